@@ -1,0 +1,328 @@
+//! MNIST and Fashion-MNIST: IDX files (gzipped or not), checksums, shuffling, batching.
+//!
+//! Both data sets share the IDX format: a big-endian header (magic `0x0000_0803` for
+//! images, `0x0000_0801` for labels, then the dimensions) followed by raw bytes. The reader
+//! checks every field against the file's length before allocating, so a corrupt header
+//! cannot ask for more memory than the file can fill.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+use ndarray::{Array1, Array2, Array4, ArrayView2, Axis};
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::{Error, Result};
+
+/// Which data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    /// Handwritten digits (LeCun, Cortes, Burges).
+    Mnist,
+    /// Zalando's clothing images in MNIST's format.
+    FashionMnist,
+}
+
+impl DatasetKind {
+    /// Where the files are found when no directory is given: the crate's own copy of MNIST,
+    /// and Debian's `dataset-fashion-mnist` package for Fashion-MNIST.
+    pub fn default_dir(self) -> PathBuf {
+        match self {
+            DatasetKind::Mnist => Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"),
+            DatasetKind::FashionMnist => PathBuf::from("/usr/share/datasets/fashion-mnist"),
+        }
+    }
+
+    /// The class names, index = label.
+    pub fn class_names(self) -> [&'static str; 10] {
+        match self {
+            DatasetKind::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            DatasetKind::FashionMnist => [
+                "T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot",
+            ],
+        }
+    }
+
+    /// MD5 of the four decompressed files, in the order train images, train labels, test
+    /// images, test labels. MNIST's are the canonical published ones; Fashion-MNIST's
+    /// upstream lists only checksums of its `.gz` files, which change with the compressor,
+    /// so these are of the decompressed files (identical in every copy).
+    fn checksums(self) -> [&'static str; 4] {
+        match self {
+            DatasetKind::Mnist => [
+                "6bbc9ace898e44ae57da46a324031adb",
+                "a25bea736e30d166cdddb491f175f624",
+                "2646ac647ad5339dbf082846283269ea",
+                "27ae3e4e09519cfbb04c329615203637",
+            ],
+            DatasetKind::FashionMnist => [
+                "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+                "9018921c3c673c538a1fc5bad174d6f9",
+                "8181f5470baa50b63fa0f6fddb340f0a",
+                "15d484375f8d13e6eb1aabb0c3f46965",
+            ],
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "mnist" => Ok(DatasetKind::Mnist),
+            "fashion" | "fashion-mnist" | "fashion_mnist" => Ok(DatasetKind::FashionMnist),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown dataset '{s}' (expected mnist or fashion)"
+            ))),
+        }
+    }
+}
+
+/// Training or test part of a data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// The 60 000 training images.
+    Train,
+    /// The 10 000 test images.
+    Test,
+}
+
+impl Split {
+    fn stems(self) -> (&'static str, &'static str) {
+        match self {
+            Split::Train => ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+            Split::Test => ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+        }
+    }
+}
+
+/// Whether to compare the files with their canonical checksums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Compare the MD5 of each decompressed file with the canonical one (the default).
+    Checksums,
+    /// Only check the IDX structure (for subsets or re-encodings of the data).
+    StructureOnly,
+}
+
+/// Images as `f32` in `[0, 1]` (bytes / 255), shape `(n, 1, rows, cols)`, with their labels.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// `(n, 1, rows, cols)`, NCHW as in PyTorch.
+    pub images: Array4<f32>,
+    /// One label per image, `0..=9`.
+    pub labels: Array1<u8>,
+}
+
+impl Dataset {
+    /// Loads one split of `kind` from `dir` (or [`DatasetKind::default_dir`]), checking
+    /// checksums. Each file is looked up as `NAME.gz`, then as the uncompressed `NAME`.
+    pub fn load(kind: DatasetKind, dir: Option<&Path>, split: Split) -> Result<Dataset> {
+        Self::load_with(kind, dir, split, Verify::Checksums)
+    }
+
+    /// As [`Dataset::load`], choosing whether checksums are compared.
+    pub fn load_with(kind: DatasetKind, dir: Option<&Path>, split: Split, verify: Verify) -> Result<Dataset> {
+        let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| kind.default_dir());
+        if !dir.is_dir() {
+            let hint = match kind {
+                DatasetKind::Mnist => "",
+                DatasetKind::FashionMnist => " (apt-get install dataset-fashion-mnist fills /usr/share/datasets/fashion-mnist)",
+            };
+            return Err(Error::data(&dir, format!("data directory not found{hint}")));
+        }
+        let (img_stem, lbl_stem) = split.stems();
+        let sums = kind.checksums();
+        let (img_sum, lbl_sum) = match split {
+            Split::Train => (sums[0], sums[1]),
+            Split::Test => (sums[2], sums[3]),
+        };
+        let want = |s| (verify == Verify::Checksums).then_some(s);
+        let (img_path, img_bytes) = read_idx_file(&dir, img_stem, want(img_sum))?;
+        let (lbl_path, lbl_bytes) = read_idx_file(&dir, lbl_stem, want(lbl_sum))?;
+        let (dims, pixels) = parse_idx(&img_path, &img_bytes, 0x0803, 3)?;
+        let (ldims, labels) = parse_idx(&lbl_path, &lbl_bytes, 0x0801, 1)?;
+        if dims[0] != ldims[0] {
+            return Err(Error::data(
+                &lbl_path,
+                format!(
+                    "{} labels but {} has {} images",
+                    ldims[0],
+                    img_path.display(),
+                    dims[0]
+                ),
+            ));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l > 9) {
+            return Err(Error::data(&lbl_path, format!("label {bad} outside 0..=9")));
+        }
+        let images = Array4::from_shape_vec((dims[0], 1, dims[1], dims[2]), pixels.iter().map(|&p| p as f32 / 255.0).collect())
+            .expect("length checked by parse_idx");
+        Ok(Dataset {
+            images,
+            labels: Array1::from(labels.to_vec()),
+        })
+    }
+
+    /// Builds a data set from arrays, checking that they agree and that pixels are finite.
+    pub fn from_arrays(images: Array4<f32>, labels: Array1<u8>) -> Result<Dataset> {
+        if images.shape()[0] != labels.len() {
+            return Err(Error::shape(
+                "Dataset::from_arrays labels",
+                format!("{} labels (one per image)", images.shape()[0]),
+                labels.shape(),
+            ));
+        }
+        if images.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFinite("Dataset::from_arrays images".into()));
+        }
+        Ok(Dataset { images, labels })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image (`channels * rows * cols`).
+    pub fn dim(&self) -> usize {
+        self.images.shape()[1..].iter().product()
+    }
+
+    /// The images as a `(n, pixels)` matrix view (no copy).
+    pub fn flat(&self) -> ArrayView2<'_, f32> {
+        let n = self.len();
+        let d = self.dim();
+        self.images.view().into_shape_with_order((n, d)).expect("images are contiguous")
+    }
+
+    /// The first `n` images (or all of them), as a new data set.
+    pub fn head(&self, n: usize) -> Dataset {
+        let n = n.min(self.len());
+        Dataset {
+            images: self.images.slice(ndarray::s![..n, .., .., ..]).to_owned(),
+            labels: self.labels.slice(ndarray::s![..n]).to_owned(),
+        }
+    }
+
+    /// Copies the images at `indices` into `out` (`(indices.len(), pixels)`), the gather
+    /// step of a shuffled batch.
+    pub fn gather_flat(&self, indices: &[usize], out: &mut Array2<f32>) {
+        let flat = self.flat();
+        let d = self.dim();
+        if out.dim() != (indices.len(), d) {
+            *out = Array2::zeros((indices.len(), d));
+        }
+        for (mut row, &i) in out.axis_iter_mut(Axis(0)).zip(indices) {
+            row.assign(&flat.row(i));
+        }
+    }
+}
+
+/// The batches of one epoch: a permutation of `0..n` (seeded shuffle) cut into chunks of
+/// `batch` (the last one shorter, as PyTorch's `DataLoader` with `drop_last=False`).
+pub fn epoch_batches<R: Rng + ?Sized>(n: usize, batch: usize, shuffle: Option<&mut R>) -> Result<Vec<Vec<usize>>> {
+    if n == 0 {
+        return Err(Error::InvalidArgument("the data set is empty".into()));
+    }
+    if batch == 0 {
+        return Err(Error::InvalidArgument("batch size must be at least 1".into()));
+    }
+    if batch > n {
+        return Err(Error::InvalidArgument(format!(
+            "batch size {batch} is larger than the data set ({n} images)"
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    if let Some(rng) = shuffle {
+        order.shuffle(rng);
+    }
+    Ok(order.chunks(batch).map(<[usize]>::to_vec).collect())
+}
+
+/// Largest file the reader accepts once decompressed (MNIST's largest is 47 MB).
+const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// Reads `dir/stem.gz` (or `dir/stem`), decompressing and checking the MD5 when asked.
+fn read_idx_file(dir: &Path, stem: &str, md5: Option<&str>) -> Result<(PathBuf, Vec<u8>)> {
+    let gz = dir.join(format!("{stem}.gz"));
+    let raw = dir.join(stem);
+    let (path, bytes) = if gz.exists() {
+        let file = File::open(&gz).map_err(|e| Error::io(&gz, e))?;
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(file)
+            .take(MAX_IDX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::data(&gz, format!("not a valid gzip stream (truncated or corrupt): {e}")))?;
+        (gz, bytes)
+    } else if raw.exists() {
+        let bytes = std::fs::read(&raw).map_err(|e| Error::io(&raw, e))?;
+        (raw, bytes)
+    } else {
+        return Err(Error::data(&gz, format!("file not found (nor uncompressed {})", raw.display())));
+    };
+    if bytes.len() as u64 > MAX_IDX_BYTES {
+        return Err(Error::data(&path, "decompresses to more than 1 GiB: not an MNIST-sized IDX file"));
+    }
+    if let Some(expected) = md5 {
+        let found = format!("{:x}", Md5::digest(&bytes));
+        if found != expected {
+            return Err(Error::Checksum {
+                path,
+                expected: expected.to_string(),
+                found,
+            });
+        }
+    }
+    Ok((path, bytes))
+}
+
+/// Parses an IDX buffer of unsigned bytes: checks the magic number and that the declared
+/// dimensions match the payload length exactly. Returns the dimensions and the payload.
+pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, ndim: usize) -> Result<(Vec<usize>, &'a [u8])> {
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        return Err(Error::data(
+            path,
+            format!("{} bytes is too short for an IDX header ({header} bytes)", bytes.len()),
+        ));
+    }
+    let word = |i: usize| u32::from_be_bytes([bytes[4 * i], bytes[4 * i + 1], bytes[4 * i + 2], bytes[4 * i + 3]]);
+    let found = word(0);
+    if found != magic {
+        return Err(Error::data(
+            path,
+            format!("wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} ({})", idx_kind(magic)),
+        ));
+    }
+    let dims: Vec<usize> = (1..=ndim).map(|i| word(i) as usize).collect();
+    let payload = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let have = bytes.len() - header;
+    match payload {
+        Some(p) if p == have => Ok((dims, &bytes[header..])),
+        Some(p) if p > have => Err(Error::data(
+            path,
+            format!("truncated: header declares {dims:?} = {p} bytes of data, file has {have}"),
+        )),
+        Some(p) => Err(Error::data(
+            path,
+            format!("{} trailing bytes after the {p} bytes that header {dims:?} declares", have - p),
+        )),
+        None => Err(Error::data(path, format!("header dimensions {dims:?} overflow"))),
+    }
+}
+
+fn idx_kind(magic: u32) -> &'static str {
+    match magic {
+        0x0803 => "images: unsigned bytes, 3 dimensions",
+        0x0801 => "labels: unsigned bytes, 1 dimension",
+        _ => "IDX",
+    }
+}

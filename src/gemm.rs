@@ -1,0 +1,143 @@
+//! The one place where matrix products are computed.
+//!
+//! Every layer calls [`gemm`] (one thread) or [`gemm_par`] (split over rayon's workers),
+//! never matrixmultiply directly, so that a faster or GPU backend has one seam to replace.
+//! matrixmultiply's own threading stays off: inside rayon workers it would fight them for
+//! the cores.
+
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
+
+use crate::Float;
+
+/// Below this many multiply-adds a product is not worth splitting across threads.
+const PAR_MIN_WORK: usize = 1 << 18;
+
+/// `C = alpha A B + beta C`, on the calling thread.
+///
+/// Shapes: `a` is `m x k`, `b` is `k x n`, `c` is `m x n`; any strides (transposed views
+/// are free). With `beta == 0` the old contents of `c` are ignored, NaN included.
+///
+/// # Panics
+/// If the shapes disagree: this is an internal seam, callers check user input first.
+pub fn gemm<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c: ArrayViewMut2<F>) {
+    let (m, k) = a.dim();
+    let (k2, n) = b.dim();
+    assert_eq!(k, k2, "gemm: inner dimensions differ");
+    assert_eq!(c.dim(), (m, n), "gemm: output shape");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if beta == F::zero() {
+            c.fill(F::zero());
+        } else {
+            c *= beta;
+        }
+        return;
+    }
+    let (rsa, csa) = strides(&a.strides()[..]);
+    let (rsb, csb) = strides(&b.strides()[..]);
+    let (rsc, csc) = strides(&c.strides()[..]);
+    // SAFETY: the views describe valid memory of the checked shapes; `c` is a unique
+    // mutable borrow so it cannot alias `a` or `b`.
+    unsafe {
+        F::gemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+            csc,
+        );
+    }
+}
+
+/// `C = alpha A B + beta C`, split into row or column blocks over rayon's thread pool.
+///
+/// The result is the same as [`gemm`] up to nothing at all: each output element is computed
+/// by exactly one call, with the same summation order along `k`.
+pub fn gemm_par<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, c: ArrayViewMut2<F>) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || m * n * k < PAR_MIN_WORK {
+        return gemm(alpha, a, b, beta, c);
+    }
+    split(alpha, a, b, beta, c, threads);
+}
+
+fn split<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c: ArrayViewMut2<F>, parts: usize) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    if parts <= 1 || m * n * k < PAR_MIN_WORK {
+        return gemm(alpha, a, b, beta, c);
+    }
+    let left = parts / 2;
+    // Split the longer output side, on a multiple of 8 (matrixmultiply's kernel width).
+    if m >= n && m >= 16 {
+        let at = round8(m * left / parts).clamp(8, m - 1);
+        let (a0, a1) = a.split_at(Axis(0), at);
+        let (c0, c1) = c.view_mut().split_at(Axis(0), at);
+        rayon::join(
+            || split(alpha, a0, b, beta, c0, left),
+            || split(alpha, a1, b, beta, c1, parts - left),
+        );
+    } else if n >= 16 {
+        let at = round8(n * left / parts).clamp(8, n - 1);
+        let (b0, b1) = b.split_at(Axis(1), at);
+        let (c0, c1) = c.view_mut().split_at(Axis(1), at);
+        rayon::join(
+            || split(alpha, a, b0, beta, c0, left),
+            || split(alpha, a, b1, beta, c1, parts - left),
+        );
+    } else {
+        gemm(alpha, a, b, beta, c);
+    }
+}
+
+fn round8(x: usize) -> usize {
+    (x + 4) / 8 * 8
+}
+
+fn strides(s: &[isize]) -> (isize, isize) {
+    (s[0], s[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    fn naive(a: &Array2<f64>, b: &Array2<f64>) -> Array2<f64> {
+        let mut c = Array2::zeros((a.nrows(), b.ncols()));
+        for i in 0..a.nrows() {
+            for j in 0..b.ncols() {
+                c[[i, j]] = (0..a.ncols()).map(|p| a[[i, p]] * b[[p, j]]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn parallel_split_matches_naive_product_on_awkward_shapes() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 0, 2), (97, 130, 33), (9, 700, 301), (300, 64, 5)] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f64 - 5.0);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j * 2) % 13) as f64 * 0.5);
+            let mut c = Array2::from_elem((m, n), f64::NAN);
+            gemm_par(1.0, a.view(), b.view(), 0.0, c.view_mut());
+            assert_eq!(c, naive(&a, &b), "shape {m}x{k}x{n}");
+            // Transposed operands are strided views, no copies.
+            let mut ct = Array2::zeros((n, m));
+            gemm_par(1.0, b.t(), a.t(), 0.0, ct.view_mut());
+            assert_eq!(ct, naive(&a, &b).t());
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! # latent
+//!
+//! PCA, autoencoders and variational autoencoders on [`ndarray`], with every forward and
+//! backward pass written out by hand, checked against finite differences and against
+//! PyTorch's own numbers.
+//!
+//! - [`data`]: MNIST / Fashion-MNIST from their IDX files, checksummed, shuffled, batched.
+//! - [`pca`]: streamed moments, top-K eigenvectors, the whitened encoder/decoder.
+//! - [`nn`]: layers as forward/backward pairs; [`loss`]; [`optim`] (Adam).
+//! - [`models`]: the notebooks' models, with PyTorch `state_dict` names.
+//! - [`plot`]: loss curves, image grids, spectra as PNG.
+//!
+//! Images are NCHW `f32` as in PyTorch; everything numeric is generic over [`Float`] so
+//! that gradient checks run in `f64`.
+
+#![warn(missing_docs)]
+
+pub mod data;
+pub mod denormals;
+mod error;
+mod float;
+pub mod gemm;
+pub mod loss;
+pub mod models;
+pub mod nn;
+pub mod optim;
+pub mod pca;
+pub mod plot;
+pub mod progress;
+
+pub use error::{Error, Result};
+pub use float::Float;

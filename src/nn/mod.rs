@@ -1,0 +1,53 @@
+//! Layers, each a forward/backward pair written out by hand.
+//!
+//! Forward keeps what backward needs (its input, a mask); backward takes `dy`, returns
+//! `dx` when asked and *accumulates* (`+=`) into the parameter gradients. Zeroing the
+//! gradients is an explicit step ([`Module::zero_grad`]).
+
+mod linear;
+mod param;
+
+pub use linear::{linear_backward, linear_forward, Linear};
+pub use param::Param;
+
+use ndarray::ArrayD;
+
+use crate::{Float, Result};
+
+/// Whether a layer runs in training mode (batch statistics, caches for backward) or
+/// evaluation mode. Always an explicit argument, never hidden state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: BatchNorm uses batch statistics and updates its running ones.
+    Train,
+    /// Evaluation: BatchNorm uses its running statistics.
+    Eval,
+}
+
+/// Anything that owns parameters: a layer, a container, a model.
+pub trait Module<F: Float> {
+    /// Calls `f` on every parameter, in a fixed order (the order of the optimizer state
+    /// and of checkpoints).
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>));
+
+    /// Sets every parameter gradient to zero.
+    fn zero_grad(&mut self) {
+        self.visit_params(&mut |p| p.zero_grad());
+    }
+
+    /// Total number of scalar parameters.
+    fn num_params(&mut self) -> usize {
+        let mut n = 0;
+        self.visit_params(&mut |p| n += p.value.len());
+        n
+    }
+}
+
+/// A layer on dynamically shaped arrays, so that layers can be chained in a container.
+pub trait Layer<F: Float>: Module<F> + Send {
+    /// Computes the output; in [`Mode::Train`] keeps what [`Layer::backward`] needs.
+    fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>>;
+
+    /// Given `dy`, accumulates parameter gradients and returns `dx` if `need_dx`.
+    fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>>;
+}

@@ -1,0 +1,60 @@
+//! A named parameter: its value and the gradient that backward accumulates into.
+
+use ndarray::{ArrayD, ArrayView2, Ix2, IxDyn};
+
+use crate::{Error, Float, Result};
+
+/// A learnable tensor with its gradient. `name` is the PyTorch `state_dict` key where a
+/// notebook model has one, so weights and reference values carry over by name.
+#[derive(Debug, Clone)]
+pub struct Param<F> {
+    /// `state_dict`-style name, e.g. `enc_lin.weight`.
+    pub name: String,
+    /// The value.
+    pub value: ArrayD<F>,
+    /// The gradient, same shape as `value`.
+    pub grad: ArrayD<F>,
+}
+
+impl<F: Float> Param<F> {
+    /// A parameter holding `value`, with a zero gradient.
+    pub fn new(name: impl Into<String>, value: ArrayD<F>) -> Self {
+        let grad = ArrayD::zeros(value.raw_dim());
+        Param {
+            name: name.into(),
+            value,
+            grad,
+        }
+    }
+
+    /// Sets the gradient to zero.
+    pub fn zero_grad(&mut self) {
+        self.grad.fill(F::zero());
+    }
+
+    /// Replaces the value, checking the shape (loading weights by name).
+    pub fn assign(&mut self, value: ArrayD<F>) -> Result<()> {
+        if value.shape() != self.value.shape() {
+            return Err(Error::shape(
+                format!("parameter {}", self.name),
+                format!("{:?}", self.value.shape()),
+                value.shape(),
+            ));
+        }
+        self.value = value;
+        Ok(())
+    }
+
+    /// The value as a matrix view (for weights that are matrices).
+    pub(crate) fn value2(&self) -> ArrayView2<'_, F> {
+        self.value.view().into_dimensionality::<Ix2>().expect("matrix parameter")
+    }
+
+
+    /// A parameter of `shape` drawn from `U(-bound, bound)`, PyTorch's default
+    /// initialisation for Linear and Conv weights and biases (bound = 1/sqrt(fan_in)).
+    pub(crate) fn uniform<R: rand::Rng + ?Sized>(name: String, shape: &[usize], bound: F, rng: &mut R) -> Self {
+        let value = ArrayD::from_shape_simple_fn(IxDyn(shape), || F::sample_uniform(rng, -bound, bound));
+        Param::new(name, value)
+    }
+}

@@ -1,0 +1,222 @@
+//! Figures as PNG files (plotters, pure Rust, with an embedded DejaVu Sans font).
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ndarray::ArrayView2;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::{Error, Result};
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT_NAME: &str = "sans-serif";
+
+fn ensure_font() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded font is valid"));
+    });
+}
+
+fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |what| Error::Plot {
+        path: path.to_path_buf(),
+        what,
+    }
+}
+
+/// One named line of a chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend entry.
+    pub name: String,
+    /// `(x, y)` points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart: title, axis labels, series, optional log-scaled y and a marked x.
+#[derive(Debug, Clone, Default)]
+pub struct LineChart {
+    /// Title above the plot.
+    pub title: String,
+    /// Label of the x axis.
+    pub x_label: String,
+    /// Label of the y axis.
+    pub y_label: String,
+    /// The lines.
+    pub series: Vec<Series>,
+    /// Log-scale the y axis.
+    pub log_y: bool,
+    /// A vertical dashed marker at this x, with a caption.
+    pub marker: Option<(f64, String)>,
+}
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// The colour of class `i` (ten well-separated colours, matplotlib's `tab10`).
+pub fn class_color(i: usize) -> RGBColor {
+    const TAB10: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    TAB10[i % 10]
+}
+
+impl LineChart {
+    /// Writes the chart to `path` (PNG, 900 x 560).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        ensure_font();
+        let err = plot_err(path);
+        let pts = self.series.iter().flat_map(|s| s.points.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in pts {
+            if !x.is_finite() || !y.is_finite() || (self.log_y && y <= 0.0) {
+                continue;
+            }
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        if x0 > x1 {
+            return Err(err("no finite points to plot".into()));
+        }
+        if x1 == x0 {
+            x1 = x0 + 1.0;
+        }
+        let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder
+            .caption(&self.title, (FONT_NAME, 24))
+            .margin(14)
+            .x_label_area_size(48)
+            .y_label_area_size(80);
+        macro_rules! draw {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart
+                    .configure_mesh()
+                    .x_desc(&self.x_label)
+                    .y_desc(&self.y_label)
+                    .label_style((FONT_NAME, 15))
+                    .axis_desc_style((FONT_NAME, 17))
+                    .light_line_style(RGBColor(235, 235, 235))
+                    .draw()
+                    .map_err(|e| err(e.to_string()))?;
+                for (i, s) in self.series.iter().enumerate() {
+                    let c = PALETTE[i % PALETTE.len()];
+                    chart
+                        .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
+                        .map_err(|e| err(e.to_string()))?
+                        .label(s.name.clone())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
+                }
+                if let Some((mx, caption)) = &self.marker {
+                    let (lo, hi) = (y0, y1);
+                    let dashes: Vec<_> = (0..40)
+                        .filter(|i| i % 2 == 0)
+                        .map(|i| {
+                            let f = |t: f64| if self.log_y { lo * (hi / lo).powf(t) } else { lo + (hi - lo) * t };
+                            PathElement::new(vec![(*mx, f(i as f64 / 40.0)), (*mx, f((i + 1) as f64 / 40.0))], BLACK.stroke_width(1))
+                        })
+                        .collect();
+                    chart.draw_series(dashes).map_err(|e| err(e.to_string()))?;
+                    let ty = if self.log_y { lo * (hi / lo).powf(0.5) } else { lo + (hi - lo) * 0.5 };
+                    chart
+                        .draw_series(std::iter::once(Text::new(format!(" {caption}"), (*mx, ty), (FONT_NAME, 16))))
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                if self.series.len() > 1 || !self.series.is_empty() {
+                    chart
+                        .configure_series_labels()
+                        .background_style(WHITE.mix(0.85))
+                        .border_style(RGBColor(180, 180, 180))
+                        .label_font((FONT_NAME, 16))
+                        .position(SeriesLabelPosition::UpperRight)
+                        .draw()
+                        .map_err(|e| err(e.to_string()))?;
+                }
+            }};
+        }
+        if self.log_y {
+            let (lo, hi) = (y0 / 1.15, y1 * 1.15);
+            draw!(builder
+                .build_cartesian_2d(x0..x1, (lo..hi).log_scale())
+                .map_err(|e| err(e.to_string()))?);
+        } else {
+            let pad = (y1 - y0).max(1e-12) * 0.05;
+            draw!(builder
+                .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+                .map_err(|e| err(e.to_string()))?);
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A grid of grey-scale images, one labelled row per entry: `(label, images)`, each
+/// image `[rows, cols]` with values in `[0, 1]` (clamped).
+pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>>)]) -> Result<()> {
+    ensure_font();
+    let err = plot_err(path);
+    let ncols = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let (ih, iw) = rows
+        .iter()
+        .flat_map(|r| r.1.first())
+        .map(|im| im.dim())
+        .next()
+        .ok_or_else(|| err("no images to draw".into()))?;
+    let scale = (96 / ih.max(iw)).max(1);
+    let (cell_h, cell_w) = (ih * scale + 8, iw * scale + 8);
+    let label_w = 150;
+    let title_h = 44;
+    let width = (label_w + ncols * cell_w + 8) as u32;
+    let height = (title_h + rows.len() * cell_h + 8) as u32;
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    draw_text(&root, title, (width as i32 / 2, 22), 22, true).map_err(&err)?;
+    for (r, (label, images)) in rows.iter().enumerate() {
+        let y = (title_h + r * cell_h) as i32;
+        draw_text(&root, label, (label_w as i32 - 12, y + cell_h as i32 / 2), 17, false).map_err(&err)?;
+        for (c, im) in images.iter().enumerate() {
+            let x = (label_w + c * cell_w + 4) as i32;
+            let top = y + 4;
+            for ((i, j), &v) in im.indexed_iter() {
+                let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                let (px, py) = (x + (j * scale) as i32, top + (i * scale) as i32);
+                root.draw(&Rectangle::new(
+                    [(px, py), (px + scale as i32 - 1, py + scale as i32 - 1)],
+                    RGBColor(g, g, g).filled(),
+                ))
+                .map_err(|e| err(e.to_string()))?;
+            }
+        }
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Text centred at `at` (or right-aligned when `centre` is false).
+fn draw_text(area: &DrawingArea<BitMapBackend, Shift>, text: &str, at: (i32, i32), size: u32, centre: bool) -> std::result::Result<(), String> {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let h = if centre { HPos::Center } else { HPos::Right };
+    let style = TextStyle::from((FONT_NAME, size).into_font()).pos(Pos::new(h, VPos::Center));
+    area.draw(&Text::new(text.to_string(), at, style)).map_err(|e| e.to_string())
+}

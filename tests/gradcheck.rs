@@ -1,0 +1,111 @@
+//! Finite-difference gradient checks in f64 for every layer, loss and model so far.
+
+mod common;
+
+use common::{fd_check, rand_array};
+use latent::loss::{self, Reduction};
+use latent::models::LinearAe;
+use latent::nn::{Layer, Linear, Mode, Module};
+use ndarray::{ArrayD, Ix2};
+use rand::SeedableRng;
+
+const TOL: f64 = 1e-6;
+
+/// Checks dx and every parameter gradient of `layer` for `loss = sum(y * dy)`.
+fn check_layer(name: &str, layer: &mut dyn Layer<f64>, x: ArrayD<f64>) {
+    let y = layer.forward(x.clone(), Mode::Train).unwrap();
+    let dy = rand_array(y.shape(), 99);
+    layer.zero_grad();
+    let dx = layer.backward(dy.clone(), true).unwrap().unwrap();
+    let objective = |layer: &mut dyn Layer<f64>, x: &ArrayD<f64>| {
+        let y = layer.forward(x.clone(), Mode::Eval).unwrap();
+        (&y * &dy).sum()
+    };
+    let e = fd_check(&x, &dx, 60, |xp| objective(layer, xp));
+    assert!(e < TOL, "{name}: dx finite-difference error {e:.2e}");
+    let mut params = Vec::new();
+    layer.visit_params(&mut |p| params.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+    for (i, (pname, value, grad)) in params.into_iter().enumerate() {
+        let e = fd_check(&value, &grad, 60, |vp| {
+            let mut j = 0;
+            layer.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(vp);
+                }
+                j += 1;
+            });
+            let out = objective(layer, &x);
+            let mut j = 0;
+            layer.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(&value);
+                }
+                j += 1;
+            });
+            out
+        });
+        assert!(e < TOL, "{name}: d{pname} finite-difference error {e:.2e}");
+    }
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for &(n, i, o, bias) in &[(4, 7, 5, true), (3, 6, 4, false), (1, 30, 2, true)] {
+        let mut layer = Linear::<f64>::new("lin", i, o, bias, &mut rng);
+        check_layer("Linear", &mut layer, rand_array(&[n, i], 3));
+    }
+}
+
+#[test]
+fn loss_gradients_match_finite_differences() {
+    let t01 = rand_array(&[3, 5], 7).mapv(|v| (v + 1.0) / 2.0);
+    let p = rand_array(&[3, 5], 8);
+    let prob = p.mapv(|v| 0.1 + 0.8 * (v + 1.0) / 2.0);
+    for red in [Reduction::Mean, Reduction::Sum] {
+        let g = loss::mse_grad(p.view(), t01.view(), red).unwrap();
+        let e = fd_check(&p, &g, 15, |pp| loss::mse_loss(pp.view(), t01.view(), red).unwrap());
+        assert!(e < TOL, "mse {red:?}: {e:.2e}");
+        let g = loss::bce_grad(prob.view(), t01.view(), red).unwrap();
+        let e = fd_check(&prob, &g, 15, |pp| loss::bce_loss(pp.view(), t01.view(), red).unwrap());
+        assert!(e < TOL, "bce {red:?}: {e:.2e}");
+        let logits = &p * 8.0;
+        let g = loss::bce_with_logits_grad(logits.view(), t01.view(), red).unwrap();
+        let e = fd_check(&logits, &g, 15, |pp| loss::bce_with_logits_loss(pp.view(), t01.view(), red).unwrap());
+        assert!(e < TOL, "bce_with_logits {red:?}: {e:.2e}");
+    }
+}
+
+#[test]
+fn bce_with_logits_is_finite_for_huge_logits() {
+    let z = ndarray::arr1(&[-1e4f64, 1e4, 0.0]).into_dyn();
+    let t = ndarray::arr1(&[1.0f64, 0.0, 1.0]).into_dyn();
+    let v = loss::bce_with_logits_loss(z.view(), t.view(), Reduction::Sum).unwrap();
+    assert!((v - (2e4 + 2f64.ln())).abs() < 1e-9, "{v}");
+}
+
+#[test]
+fn linear_ae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let mut ae = LinearAe::<f64>::new(12, 3, &mut rng).unwrap();
+    let x = rand_array(&[5, 12], 4).into_dimensionality::<Ix2>().unwrap();
+    ae.loss_and_grad(x.view()).unwrap();
+    let mut grads = Vec::new();
+    ae.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+    assert_eq!(grads.len(), 4);
+    for (i, (name, value, grad)) in grads.into_iter().enumerate() {
+        let mut probe = ae.clone();
+        let e = fd_check(&value, &grad, 40, |vp| {
+            let mut j = 0;
+            probe.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(vp);
+                }
+                j += 1;
+            });
+            let y = probe.reconstruct(x.view()).unwrap();
+            loss::mse_loss(y.view(), x.view(), Reduction::Mean).unwrap()
+        });
+        assert!(e < TOL, "LinearAe d{name}: {e:.2e}");
+    }
+}
