@@ -129,7 +129,9 @@ impl Dataset {
         if !dir.is_dir() {
             let hint = match kind {
                 DatasetKind::Mnist => "",
-                DatasetKind::FashionMnist => " (apt-get install dataset-fashion-mnist fills /usr/share/datasets/fashion-mnist)",
+                DatasetKind::FashionMnist => {
+                    " (apt-get install dataset-fashion-mnist fills /usr/share/datasets/fashion-mnist)"
+                }
             };
             return Err(Error::data(&dir, format!("data directory not found{hint}")));
         }
@@ -147,19 +149,17 @@ impl Dataset {
         if dims[0] != ldims[0] {
             return Err(Error::data(
                 &lbl_path,
-                format!(
-                    "{} labels but {} has {} images",
-                    ldims[0],
-                    img_path.display(),
-                    dims[0]
-                ),
+                format!("{} labels but {} has {} images", ldims[0], img_path.display(), dims[0]),
             ));
         }
         if let Some(bad) = labels.iter().find(|&&l| l > 9) {
             return Err(Error::data(&lbl_path, format!("label {bad} outside 0..=9")));
         }
-        let images = Array4::from_shape_vec((dims[0], 1, dims[1], dims[2]), pixels.iter().map(|&p| p as f32 / 255.0).collect())
-            .expect("length checked by parse_idx");
+        let images = Array4::from_shape_vec(
+            (dims[0], 1, dims[1], dims[2]),
+            pixels.iter().map(|&p| p as f32 / 255.0).collect(),
+        )
+        .expect("length checked by parse_idx");
         Ok(Dataset {
             images,
             labels: Array1::from(labels.to_vec()),
@@ -200,7 +200,10 @@ impl Dataset {
     pub fn flat(&self) -> ArrayView2<'_, f32> {
         let n = self.len();
         let d = self.dim();
-        self.images.view().into_shape_with_order((n, d)).expect("images are contiguous")
+        self.images
+            .view()
+            .into_shape_with_order((n, d))
+            .expect("images are contiguous")
     }
 
     /// The first `n` images (or all of them), as a new data set.
@@ -220,9 +223,11 @@ impl Dataset {
         if out.dim() != (indices.len(), d) {
             *out = Array2::zeros((indices.len(), d));
         }
-        for (mut row, &i) in out.axis_iter_mut(Axis(0)).zip(indices) {
-            row.assign(&flat.row(i));
-        }
+        use rayon::prelude::*;
+        out.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(indices.par_iter())
+            .for_each(|(mut row, &i)| row.assign(&flat.row(i)));
     }
 }
 
@@ -266,10 +271,16 @@ fn read_idx_file(dir: &Path, stem: &str, md5: Option<&str>) -> Result<(PathBuf, 
         let bytes = std::fs::read(&raw).map_err(|e| Error::io(&raw, e))?;
         (raw, bytes)
     } else {
-        return Err(Error::data(&gz, format!("file not found (nor uncompressed {})", raw.display())));
+        return Err(Error::data(
+            &gz,
+            format!("file not found (nor uncompressed {})", raw.display()),
+        ));
     };
     if bytes.len() as u64 > MAX_IDX_BYTES {
-        return Err(Error::data(&path, "decompresses to more than 1 GiB: not an MNIST-sized IDX file"));
+        return Err(Error::data(
+            &path,
+            "decompresses to more than 1 GiB: not an MNIST-sized IDX file",
+        ));
     }
     if let Some(expected) = md5 {
         let found = format!("{:x}", Md5::digest(&bytes));
@@ -299,7 +310,10 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, ndim: usize) -> R
     if found != magic {
         return Err(Error::data(
             path,
-            format!("wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} ({})", idx_kind(magic)),
+            format!(
+                "wrong IDX magic number 0x{found:08x}, expected 0x{magic:08x} ({})",
+                idx_kind(magic)
+            ),
         ));
     }
     let dims: Vec<usize> = (1..=ndim).map(|i| word(i) as usize).collect();
@@ -313,7 +327,10 @@ pub fn parse_idx<'a>(path: &Path, bytes: &'a [u8], magic: u32, ndim: usize) -> R
         )),
         Some(p) => Err(Error::data(
             path,
-            format!("{} trailing bytes after the {p} bytes that header {dims:?} declares", have - p),
+            format!(
+                "{} trailing bytes after the {p} bytes that header {dims:?} declares",
+                have - p
+            ),
         )),
         None => Err(Error::data(path, format!("header dimensions {dims:?} overflow"))),
     }

@@ -23,7 +23,9 @@ pub enum Error {
         what: String,
     },
     /// A data file decoded but does not match its canonical checksum.
-    #[error("{path}: MD5 of the decompressed file is {found}, expected {expected} (corrupt or not the canonical file)")]
+    #[error(
+        "{path}: MD5 of the decompressed file is {found}, expected {expected} (corrupt or not the canonical file)"
+    )]
     Checksum {
         /// The file concerned.
         path: PathBuf,

@@ -8,6 +8,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 /// A floating-point element type (`f32` or `f64`) with the matrix product it dispatches to.
+#[allow(clippy::wrong_self_convention)]
 pub trait Float:
     num_traits::Float
     + num_traits::FromPrimitive
@@ -40,32 +41,19 @@ pub trait Float:
     /// A uniform draw in `[lo, hi)`.
     fn sample_uniform<R: Rng + ?Sized>(rng: &mut R, lo: Self, hi: Self) -> Self;
 
-    /// `C = alpha A B + beta C` on raw strided memory (matrixmultiply's kernel for this type).
-    ///
-    /// # Safety
-    /// The pointers and strides must describe valid `m x k`, `k x n` and `m x n` matrices,
-    /// and `c` must not alias `a` or `b`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        k: usize,
-        n: usize,
+    /// `C = alpha A B + beta C` on ndarray views of any strides, on the calling thread
+    /// (faer's kernels for this type). Use [`crate::gemm::gemm`], which checks shapes.
+    fn gemm_faer(
         alpha: Self,
-        a: *const Self,
-        rsa: isize,
-        csa: isize,
-        b: *const Self,
-        rsb: isize,
-        csb: isize,
+        a: ndarray::ArrayView2<Self>,
+        b: ndarray::ArrayView2<Self>,
         beta: Self,
-        c: *mut Self,
-        rsc: isize,
-        csc: isize,
+        c: ndarray::ArrayViewMut2<Self>,
     );
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path) => {
+    ($t:ty) => {
         impl Float for $t {
             const NAME: &'static str = stringify!($t);
 
@@ -89,29 +77,39 @@ macro_rules! impl_float {
                 rng.random_range(lo..hi)
             }
 
-            #[inline]
-            unsafe fn gemm_raw(
-                m: usize,
-                k: usize,
-                n: usize,
+            fn gemm_faer(
                 alpha: Self,
-                a: *const Self,
-                rsa: isize,
-                csa: isize,
-                b: *const Self,
-                rsb: isize,
-                csb: isize,
+                a: ndarray::ArrayView2<Self>,
+                b: ndarray::ArrayView2<Self>,
                 beta: Self,
-                c: *mut Self,
-                rsc: isize,
-                csc: isize,
+                mut c: ndarray::ArrayViewMut2<Self>,
             ) {
-                // SAFETY: forwarded from the caller's contract.
-                unsafe { $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+                let (m, k) = a.dim();
+                let n = b.ncols();
+                debug_assert_eq!((k, m, n), (b.nrows(), c.nrows(), c.ncols()));
+                let accum = if beta == 0.0 {
+                    faer::Accum::Replace
+                } else {
+                    if beta != 1.0 {
+                        c *= beta;
+                    }
+                    faer::Accum::Add
+                };
+                let (sa, sb, sc) = (a.strides(), b.strides(), [c.strides()[0], c.strides()[1]]);
+                // SAFETY: the views describe valid memory of these shapes and strides, and
+                // `c` is a unique borrow, so it aliases neither `a` nor `b`.
+                let (fa, fb, fc) = unsafe {
+                    (
+                        faer::MatRef::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]),
+                        faer::MatRef::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]),
+                        faer::MatMut::from_raw_parts_mut(c.as_mut_ptr(), m, n, sc[0], sc[1]),
+                    )
+                };
+                faer::linalg::matmul::matmul(fc, accum, fa, fb, alpha, faer::Par::Seq);
             }
         }
     };
 }
 
-impl_float!(f32, matrixmultiply::sgemm);
-impl_float!(f64, matrixmultiply::dgemm);
+impl_float!(f32);
+impl_float!(f64);

@@ -1,9 +1,10 @@
 //! The one place where matrix products are computed.
 //!
 //! Every layer calls [`gemm`] (one thread) or [`gemm_par`] (split over rayon's workers),
-//! never matrixmultiply directly, so that a faster or GPU backend has one seam to replace.
-//! matrixmultiply's own threading stays off: inside rayon workers it would fight them for
-//! the cores.
+//! never a kernel library directly, so that a faster or GPU backend has one seam to
+//! replace. The kernels are faer's: on this crate's shapes (a 20-wide code, a 784-wide
+//! image) they measured 1.4x faster than matrixmultiply's on one thread (see README).
+//! Kernels run single-threaded: parallelism is explicit, over rayon, one level only.
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
@@ -35,29 +36,7 @@ pub fn gemm<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut
         }
         return;
     }
-    let (rsa, csa) = strides(&a.strides()[..]);
-    let (rsb, csb) = strides(&b.strides()[..]);
-    let (rsc, csc) = strides(&c.strides()[..]);
-    // SAFETY: the views describe valid memory of the checked shapes; `c` is a unique
-    // mutable borrow so it cannot alias `a` or `b`.
-    unsafe {
-        F::gemm_raw(
-            m,
-            k,
-            n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            rsc,
-            csc,
-        );
-    }
+    F::gemm_faer(alpha, a, b, beta, c);
 }
 
 /// `C = alpha A B + beta C`, split into row or column blocks over rayon's thread pool.
@@ -81,7 +60,7 @@ fn split<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c:
         return gemm(alpha, a, b, beta, c);
     }
     let left = parts / 2;
-    // Split the longer output side, on a multiple of 8 (matrixmultiply's kernel width).
+    // Split the longer output side, on a multiple of 8 (whole SIMD registers).
     if m >= n && m >= 16 {
         let at = round8(m * left / parts).clamp(8, m - 1);
         let (a0, a1) = a.split_at(Axis(0), at);
@@ -105,10 +84,6 @@ fn split<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c:
 
 fn round8(x: usize) -> usize {
     (x + 4) / 8 * 8
-}
-
-fn strides(s: &[isize]) -> (isize, isize) {
-    (s[0], s[1])
 }
 
 #[cfg(test)]

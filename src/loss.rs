@@ -38,7 +38,11 @@ impl Reduction {
 
 fn check_same<F, D: Dimension>(what: &str, pred: &ArrayView<F, D>, target: &ArrayView<F, D>) -> Result<()> {
     if pred.shape() != target.shape() {
-        return Err(Error::shape(format!("{what} target"), format!("{:?} (as pred)", pred.shape()), target.shape()));
+        return Err(Error::shape(
+            format!("{what} target"),
+            format!("{:?} (as pred)", pred.shape()),
+            target.shape(),
+        ));
     }
     if pred.is_empty() {
         return Err(Error::InvalidArgument(format!("{what}: empty input")));
@@ -47,15 +51,25 @@ fn check_same<F, D: Dimension>(what: &str, pred: &ArrayView<F, D>, target: &Arra
 }
 
 /// `reduce((pred - target)^2)`.
-pub fn mse_loss<F: Float, D: Dimension>(pred: ArrayView<F, D>, target: ArrayView<F, D>, reduction: Reduction) -> Result<F> {
+pub fn mse_loss<F: Float, D: Dimension>(
+    pred: ArrayView<F, D>,
+    target: ArrayView<F, D>,
+    reduction: Reduction,
+) -> Result<F> {
     check_same("mse_loss", &pred, &target)?;
     let mut sum = F::zero();
-    Zip::from(&pred).and(&target).for_each(|&p, &t| sum += (p - t) * (p - t));
+    Zip::from(&pred)
+        .and(&target)
+        .for_each(|&p, &t| sum += (p - t) * (p - t));
     Ok(sum * reduction.scale(pred.len()))
 }
 
 /// Gradient of [`mse_loss`]: `2 (pred - target) * scale`.
-pub fn mse_grad<F: Float, D: Dimension>(pred: ArrayView<F, D>, target: ArrayView<F, D>, reduction: Reduction) -> Result<Array<F, D>> {
+pub fn mse_grad<F: Float, D: Dimension>(
+    pred: ArrayView<F, D>,
+    target: ArrayView<F, D>,
+    reduction: Reduction,
+) -> Result<Array<F, D>> {
     check_same("mse_grad", &pred, &target)?;
     let c = F::lit(2.0) * reduction.scale::<F>(pred.len());
     Ok(Zip::from(&pred).and(&target).map_collect(|&p, &t| c * (p - t)))
@@ -63,7 +77,11 @@ pub fn mse_grad<F: Float, D: Dimension>(pred: ArrayView<F, D>, target: ArrayView
 
 /// Binary cross-entropy on probabilities, `-(t log p + (1-t) log(1-p))`, with each log
 /// clamped at -100 as `torch.nn.functional.binary_cross_entropy` does.
-pub fn bce_loss<F: Float, D: Dimension>(prob: ArrayView<F, D>, target: ArrayView<F, D>, reduction: Reduction) -> Result<F> {
+pub fn bce_loss<F: Float, D: Dimension>(
+    prob: ArrayView<F, D>,
+    target: ArrayView<F, D>,
+    reduction: Reduction,
+) -> Result<F> {
     check_same("bce_loss", &prob, &target)?;
     let floor = F::lit(-100.0);
     let mut sum = F::zero();
@@ -74,15 +92,25 @@ pub fn bce_loss<F: Float, D: Dimension>(prob: ArrayView<F, D>, target: ArrayView
 }
 
 /// Gradient of [`bce_loss`]: `(p - t) / max(p (1 - p), 1e-12)`, PyTorch's guarded form.
-pub fn bce_grad<F: Float, D: Dimension>(prob: ArrayView<F, D>, target: ArrayView<F, D>, reduction: Reduction) -> Result<Array<F, D>> {
+pub fn bce_grad<F: Float, D: Dimension>(
+    prob: ArrayView<F, D>,
+    target: ArrayView<F, D>,
+    reduction: Reduction,
+) -> Result<Array<F, D>> {
     check_same("bce_grad", &prob, &target)?;
     let c = reduction.scale::<F>(prob.len());
     let tiny = F::lit(1e-12);
-    Ok(Zip::from(&prob).and(&target).map_collect(|&p, &t| c * (p - t) / (p * (F::one() - p)).max(tiny)))
+    Ok(Zip::from(&prob)
+        .and(&target)
+        .map_collect(|&p, &t| c * (p - t) / (p * (F::one() - p)).max(tiny)))
 }
 
 /// Binary cross-entropy on logits, computed stably as `max(z, 0) - z t + log(1 + e^{-|z|})`.
-pub fn bce_with_logits_loss<F: Float, D: Dimension>(logits: ArrayView<F, D>, target: ArrayView<F, D>, reduction: Reduction) -> Result<F> {
+pub fn bce_with_logits_loss<F: Float, D: Dimension>(
+    logits: ArrayView<F, D>,
+    target: ArrayView<F, D>,
+    reduction: Reduction,
+) -> Result<F> {
     check_same("bce_with_logits_loss", &logits, &target)?;
     let mut sum = F::zero();
     Zip::from(&logits).and(&target).for_each(|&z, &t| {
@@ -99,7 +127,9 @@ pub fn bce_with_logits_grad<F: Float, D: Dimension>(
 ) -> Result<Array<F, D>> {
     check_same("bce_with_logits_grad", &logits, &target)?;
     let c = reduction.scale::<F>(logits.len());
-    Ok(Zip::from(&logits).and(&target).map_collect(|&z, &t| c * (sigmoid(z) - t)))
+    Ok(Zip::from(&logits)
+        .and(&target)
+        .map_collect(|&z, &t| c * (sigmoid(z) - t)))
 }
 
 /// The logistic function, written to stay finite for any `z`.

@@ -46,7 +46,14 @@ impl<F: Float> AdamConfig<F> {
 /// Values that fall below the smallest normal float are flushed to zero: with weight
 /// decay, weights fed by always-zero inputs shrink geometrically into subnormals, which
 /// are many times slower on x86 and change nothing that can be seen.
-pub fn adam_update<F: Float>(cfg: &AdamConfig<F>, t: u64, p: &mut ArrayD<F>, g: &ArrayD<F>, m: &mut ArrayD<F>, v: &mut ArrayD<F>) {
+pub fn adam_update<F: Float>(
+    cfg: &AdamConfig<F>,
+    t: u64,
+    p: &mut ArrayD<F>,
+    g: &ArrayD<F>,
+    m: &mut ArrayD<F>,
+    v: &mut ArrayD<F>,
+) {
     let one = F::one();
     let bc1 = one - cfg.beta1.powi(t as i32);
     let bc2_sqrt = (one - cfg.beta2.powi(t as i32)).sqrt();
@@ -102,7 +109,11 @@ impl<F: Float> Adam<F> {
             let (m, v) = &mut moments[i];
             if m.shape() != p.value.shape() {
                 err.get_or_insert_with(|| {
-                    Error::shape(format!("Adam state of parameter {}", p.name), format!("{:?}", m.shape()), p.value.shape())
+                    Error::shape(
+                        format!("Adam state of parameter {}", p.name),
+                        format!("{:?}", m.shape()),
+                        p.value.shape(),
+                    )
                 });
             } else {
                 adam_update(&cfg, t, &mut p.value, &p.grad, m, v);

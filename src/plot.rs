@@ -15,7 +15,8 @@ const FONT_NAME: &str = "sans-serif";
 fn ensure_font() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("embedded font is valid"));
+        plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("embedded font is valid"));
     });
 }
 
@@ -50,6 +51,8 @@ pub struct LineChart {
     pub log_y: bool,
     /// A vertical dashed marker at this x, with a caption.
     pub marker: Option<(f64, String)>,
+    /// Put the legend in the lower right corner instead of the upper right.
+    pub legend_lower_right: bool,
 }
 
 const PALETTE: [RGBColor; 6] = [
@@ -111,8 +114,16 @@ impl LineChart {
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
+                let x_fmt = |x: &f64| {
+                    if x1 - x0 >= 10.0 {
+                        format!("{x:.0}")
+                    } else {
+                        format!("{x:.1}")
+                    }
+                };
                 chart
                     .configure_mesh()
+                    .x_label_formatter(&x_fmt)
                     .x_desc(&self.x_label)
                     .y_desc(&self.y_label)
                     .label_style((FONT_NAME, 15))
@@ -133,23 +144,44 @@ impl LineChart {
                     let dashes: Vec<_> = (0..40)
                         .filter(|i| i % 2 == 0)
                         .map(|i| {
-                            let f = |t: f64| if self.log_y { lo * (hi / lo).powf(t) } else { lo + (hi - lo) * t };
-                            PathElement::new(vec![(*mx, f(i as f64 / 40.0)), (*mx, f((i + 1) as f64 / 40.0))], BLACK.stroke_width(1))
+                            let f = |t: f64| {
+                                if self.log_y {
+                                    lo * (hi / lo).powf(t)
+                                } else {
+                                    lo + (hi - lo) * t
+                                }
+                            };
+                            PathElement::new(
+                                vec![(*mx, f(i as f64 / 40.0)), (*mx, f((i + 1) as f64 / 40.0))],
+                                BLACK.stroke_width(1),
+                            )
                         })
                         .collect();
                     chart.draw_series(dashes).map_err(|e| err(e.to_string()))?;
-                    let ty = if self.log_y { lo * (hi / lo).powf(0.5) } else { lo + (hi - lo) * 0.5 };
+                    let ty = if self.log_y {
+                        lo * (hi / lo).powf(0.5)
+                    } else {
+                        lo + (hi - lo) * 0.5
+                    };
                     chart
-                        .draw_series(std::iter::once(Text::new(format!(" {caption}"), (*mx, ty), (FONT_NAME, 16))))
+                        .draw_series(std::iter::once(Text::new(
+                            format!(" {caption}"),
+                            (*mx, ty),
+                            (FONT_NAME, 16),
+                        )))
                         .map_err(|e| err(e.to_string()))?;
                 }
-                if self.series.len() > 1 || !self.series.is_empty() {
+                if !self.series.is_empty() {
                     chart
                         .configure_series_labels()
                         .background_style(WHITE.mix(0.85))
                         .border_style(RGBColor(180, 180, 180))
                         .label_font((FONT_NAME, 16))
-                        .position(SeriesLabelPosition::UpperRight)
+                        .position(if self.legend_lower_right {
+                            SeriesLabelPosition::LowerRight
+                        } else {
+                            SeriesLabelPosition::UpperRight
+                        })
                         .draw()
                         .map_err(|e| err(e.to_string()))?;
                 }
@@ -201,11 +233,12 @@ pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>
             for ((i, j), &v) in im.indexed_iter() {
                 let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
                 let (px, py) = (x + (j * scale) as i32, top + (i * scale) as i32);
-                root.draw(&Rectangle::new(
-                    [(px, py), (px + scale as i32 - 1, py + scale as i32 - 1)],
-                    RGBColor(g, g, g).filled(),
-                ))
-                .map_err(|e| err(e.to_string()))?;
+                for dy in 0..scale as i32 {
+                    for dx in 0..scale as i32 {
+                        root.draw_pixel((px + dx, py + dy), &RGBColor(g, g, g))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
+                }
             }
         }
     }
@@ -214,9 +247,16 @@ pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>
 }
 
 /// Text centred at `at` (or right-aligned when `centre` is false).
-fn draw_text(area: &DrawingArea<BitMapBackend, Shift>, text: &str, at: (i32, i32), size: u32, centre: bool) -> std::result::Result<(), String> {
+fn draw_text(
+    area: &DrawingArea<BitMapBackend, Shift>,
+    text: &str,
+    at: (i32, i32),
+    size: u32,
+    centre: bool,
+) -> std::result::Result<(), String> {
     use plotters::style::text_anchor::{HPos, Pos, VPos};
     let h = if centre { HPos::Center } else { HPos::Right };
     let style = TextStyle::from((FONT_NAME, size).into_font()).pos(Pos::new(h, VPos::Center));
-    area.draw(&Text::new(text.to_string(), at, style)).map_err(|e| e.to_string())
+    area.draw(&Text::new(text.to_string(), at, style))
+        .map_err(|e| e.to_string())
 }

@@ -13,7 +13,10 @@ fn mnist_test_split_loads_with_checksums() {
     let ds = Dataset::load(DatasetKind::Mnist, None, Split::Test).unwrap();
     assert_eq!(ds.images.shape(), &[10000, 1, 28, 28]);
     assert_eq!(ds.labels.len(), 10000);
-    let (lo, hi) = ds.images.iter().fold((1.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+    let (lo, hi) = ds
+        .images
+        .iter()
+        .fold((1.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
     assert_eq!((lo, hi), (0.0, 1.0));
     // The test set's class counts are well known: 980 zeros ... 1009 nines.
     let mut counts = [0usize; 10];
@@ -42,7 +45,11 @@ fn tiny(dir: &Path, n: u32, m: u32, img_magic: u32) {
     std::fs::create_dir_all(dir).unwrap();
     let pixels: Vec<u8> = (0..n * 6).map(|i| (i * 37 % 256) as u8).collect();
     let labels: Vec<u8> = (0..m).map(|i| (i % 10) as u8).collect();
-    std::fs::write(dir.join("t10k-images-idx3-ubyte.gz"), gz(&idx(img_magic, &[n, 2, 3], &pixels))).unwrap();
+    std::fs::write(
+        dir.join("t10k-images-idx3-ubyte.gz"),
+        gz(&idx(img_magic, &[n, 2, 3], &pixels)),
+    )
+    .unwrap();
     std::fs::write(dir.join("t10k-labels-idx1-ubyte.gz"), gz(&idx(0x801, &[m], &labels))).unwrap();
 }
 
@@ -75,7 +82,11 @@ fn structurally_valid_files_load_without_checksums() {
 fn uncompressed_files_are_read_too() {
     let d = tmp("raw");
     std::fs::create_dir_all(&d).unwrap();
-    std::fs::write(d.join("t10k-images-idx3-ubyte"), idx(0x803, &[1, 2, 3], &[0, 1, 2, 3, 4, 255])).unwrap();
+    std::fs::write(
+        d.join("t10k-images-idx3-ubyte"),
+        idx(0x803, &[1, 2, 3], &[0, 1, 2, 3, 4, 255]),
+    )
+    .unwrap();
     std::fs::write(d.join("t10k-labels-idx1-ubyte"), idx(0x801, &[1], &[3])).unwrap();
     let ds = Dataset::load_with(DatasetKind::Mnist, Some(&d), Split::Test, Verify::StructureOnly).unwrap();
     assert_eq!(ds.images[[0, 0, 1, 2]], 1.0);
@@ -89,7 +100,10 @@ fn missing_directory_and_file_are_named() {
     tiny(&d, 2, 2, 0x803);
     std::fs::remove_file(d.join("t10k-labels-idx1-ubyte.gz")).unwrap();
     let e = load_err(&d);
-    assert!(e.contains("t10k-labels-idx1-ubyte.gz") && e.contains("not found"), "{e}");
+    assert!(
+        e.contains("t10k-labels-idx1-ubyte.gz") && e.contains("not found"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -125,7 +139,11 @@ fn header_payload_mismatch_is_reported() {
     let d = tmp("short");
     std::fs::create_dir_all(&d).unwrap();
     // Header says 1000 images, file holds one: rejected before any large allocation.
-    std::fs::write(d.join("t10k-images-idx3-ubyte.gz"), gz(&idx(0x803, &[1000, 28, 28], &[0; 784]))).unwrap();
+    std::fs::write(
+        d.join("t10k-images-idx3-ubyte.gz"),
+        gz(&idx(0x803, &[1000, 28, 28], &[0; 784])),
+    )
+    .unwrap();
     std::fs::write(d.join("t10k-labels-idx1-ubyte.gz"), gz(&idx(0x801, &[1], &[0]))).unwrap();
     let e = load_err(&d);
     assert!(e.contains("truncated") && e.contains("t10k-images"), "{e}");
@@ -141,7 +159,12 @@ fn count_mismatch_is_reported() {
 
 #[test]
 fn fashion_mnist_missing_directory_says_how_to_install() {
-    let e = Dataset::load(DatasetKind::FashionMnist, Some(Path::new("/nonexistent/fashion")), Split::Test).unwrap_err();
+    let e = Dataset::load(
+        DatasetKind::FashionMnist,
+        Some(Path::new("/nonexistent/fashion")),
+        Split::Test,
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("not found"), "{e}");
     if !DatasetKind::FashionMnist.default_dir().is_dir() {
         let e = Dataset::load(DatasetKind::FashionMnist, None, Split::Test).unwrap_err();
@@ -165,7 +188,10 @@ fn batches_cover_every_index_once_and_are_seeded() {
     let mut rng2 = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     assert_eq!(epoch_batches(103, 10, Some(&mut rng2)).unwrap(), b);
     let none: Option<&mut rand_chacha::ChaCha8Rng> = None;
-    assert!(epoch_batches(5, 6, none).unwrap_err().to_string().contains("larger than the data set"));
+    assert!(epoch_batches(5, 6, none)
+        .unwrap_err()
+        .to_string()
+        .contains("larger than the data set"));
     let none: Option<&mut rand_chacha::ChaCha8Rng> = None;
     assert!(epoch_batches(0, 1, none).unwrap_err().to_string().contains("empty"));
 }

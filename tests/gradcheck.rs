@@ -71,7 +71,9 @@ fn loss_gradients_match_finite_differences() {
         assert!(e < TOL, "bce {red:?}: {e:.2e}");
         let logits = &p * 8.0;
         let g = loss::bce_with_logits_grad(logits.view(), t01.view(), red).unwrap();
-        let e = fd_check(&logits, &g, 15, |pp| loss::bce_with_logits_loss(pp.view(), t01.view(), red).unwrap());
+        let e = fd_check(&logits, &g, 15, |pp| {
+            loss::bce_with_logits_loss(pp.view(), t01.view(), red).unwrap()
+        });
         assert!(e < TOL, "bce_with_logits {red:?}: {e:.2e}");
     }
 }
@@ -88,7 +90,8 @@ fn bce_with_logits_is_finite_for_huge_logits() {
 fn linear_ae_gradients_match_finite_differences() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
     let mut ae = LinearAe::<f64>::new(12, 3, &mut rng).unwrap();
-    let x = rand_array(&[5, 12], 4).into_dimensionality::<Ix2>().unwrap();
+    // 70 rows: more than one data-parallel part, so the gradient reduction is checked too.
+    let x = rand_array(&[70, 12], 4).into_dimensionality::<Ix2>().unwrap();
     ae.loss_and_grad(x.view()).unwrap();
     let mut grads = Vec::new();
     ae.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));

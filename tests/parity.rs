@@ -14,7 +14,9 @@ use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2};
 fn linear<F: Float>(fx: &Fixture, r: &mut Report) {
     let x = fx.get::<F>("x").into_dimensionality::<Ix2>().unwrap();
     let w = fx.get::<F>("w").into_dimensionality::<Ix2>().unwrap();
-    let b = fx.has("b").then(|| fx.get::<F>("b").into_dimensionality::<Ix1>().unwrap());
+    let b = fx
+        .has("b")
+        .then(|| fx.get::<F>("b").into_dimensionality::<Ix1>().unwrap());
     let dy = fx.get::<F>("dy").into_dimensionality::<Ix2>().unwrap();
     let mut y = Array2::zeros((x.nrows(), w.nrows()));
     linear_forward(x.view(), w.view(), b.as_ref().map(|b| b.view()), y.view_mut());
@@ -22,7 +24,14 @@ fn linear<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut dx = Array2::zeros(x.raw_dim());
     let mut dw = Array2::zeros(w.raw_dim());
     let mut db = b.as_ref().map(|b| ndarray::Array1::zeros(b.raw_dim()));
-    linear_backward(x.view(), w.view(), dy.view(), Some(dx.view_mut()), dw.view_mut(), db.as_mut().map(|d| d.view_mut()));
+    linear_backward(
+        x.view(),
+        w.view(),
+        dy.view(),
+        Some(dx.view_mut()),
+        dw.view_mut(),
+        db.as_mut().map(|d| d.view_mut()),
+    );
     r.check(&fx.file, "dx", &dx.into_dyn(), &fx.get("dx"));
     r.check(&fx.file, "dw", &dw.into_dyn(), &fx.get("dw"));
     if let Some(db) = db {
@@ -34,8 +43,14 @@ fn loss_case<F: Float>(fx: &Fixture, r: &mut Report) {
     let (p, t) = (fx.get::<F>("pred"), fx.get::<F>("target"));
     let red: Reduction = fx.setting_str("reduction").parse().unwrap();
     let (value, grad) = match fx.setting_str("name").as_str() {
-        "mse" => (loss::mse_loss(p.view(), t.view(), red), loss::mse_grad(p.view(), t.view(), red)),
-        "bce" => (loss::bce_loss(p.view(), t.view(), red), loss::bce_grad(p.view(), t.view(), red)),
+        "mse" => (
+            loss::mse_loss(p.view(), t.view(), red),
+            loss::mse_grad(p.view(), t.view(), red),
+        ),
+        "bce" => (
+            loss::bce_loss(p.view(), t.view(), red),
+            loss::bce_grad(p.view(), t.view(), red),
+        ),
         "bce_with_logits" => (
             loss::bce_with_logits_loss(p.view(), t.view(), red),
             loss::bce_with_logits_grad(p.view(), t.view(), red),
@@ -64,7 +79,12 @@ fn adam<F: Float>(fx: &Fixture, r: &mut Report) {
         traj.push(p.clone());
     }
     let views: Vec<_> = traj.iter().map(|a| a.view()).collect();
-    r.check(&fx.file, "trajectory", &ndarray::stack(Axis(0), &views).unwrap(), &fx.get("trajectory"));
+    r.check(
+        &fx.file,
+        "trajectory",
+        &ndarray::stack(Axis(0), &views).unwrap(),
+        &fx.get("trajectory"),
+    );
 }
 
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.

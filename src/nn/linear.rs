@@ -1,6 +1,6 @@
 //! Linear (fully connected) layer: `y = x W^T + b`, PyTorch's layout (`W` is `[out, in]`).
 
-use ndarray::{ArrayD, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Array2, Axis, Ix2};
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Ix2};
 use rand::Rng;
 
 use super::{Layer, Mode, Module, Param};
@@ -50,7 +50,13 @@ pub struct Linear<F> {
 impl<F: Float> Linear<F> {
     /// A layer `in_features -> out_features`, weights and bias from
     /// `U(-1/sqrt(in), 1/sqrt(in))` as `torch.nn.Linear`.
-    pub fn new<R: Rng + ?Sized>(prefix: &str, in_features: usize, out_features: usize, bias: bool, rng: &mut R) -> Self {
+    pub fn new<R: Rng + ?Sized>(
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+        rng: &mut R,
+    ) -> Self {
         let bound = F::one() / F::lit(in_features as f64).sqrt();
         let weight = Param::uniform(format!("{prefix}.weight"), &[out_features, in_features], bound, rng);
         let bias = bias.then(|| Param::uniform(format!("{prefix}.bias"), &[out_features], bound, rng));
@@ -86,7 +92,10 @@ impl<F: Float> Linear<F> {
     pub fn infer(&self, x: ArrayView2<F>) -> Result<Array2<F>> {
         self.check(&x)?;
         let mut y = Array2::zeros((x.nrows(), self.out_features()));
-        let b = self.bias.as_ref().map(|b| b.value.view().into_dimensionality().expect("vector"));
+        let b = self
+            .bias
+            .as_ref()
+            .map(|b| b.value.view().into_dimensionality().expect("vector"));
         linear_forward(x, self.weight.value2(), b, y.view_mut());
         Ok(y)
     }
@@ -113,8 +122,16 @@ impl<F: Float> Linear<F> {
         }
         let mut dx = need_dx.then(|| Array2::zeros(x.raw_dim()));
         let w = self.weight.value.view().into_dimensionality::<Ix2>().expect("matrix");
-        let dw = self.weight.grad.view_mut().into_dimensionality::<Ix2>().expect("matrix");
-        let db = self.bias.as_mut().map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
+        let dw = self
+            .weight
+            .grad
+            .view_mut()
+            .into_dimensionality::<Ix2>()
+            .expect("matrix");
+        let db = self
+            .bias
+            .as_mut()
+            .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
         linear_backward(x.view(), w, dy, dx.as_mut().map(|d| d.view_mut()), dw, db);
         Ok(dx)
     }
@@ -132,9 +149,13 @@ impl<F: Float> Module<F> for Linear<F> {
 impl<F: Float> Layer<F> for Linear<F> {
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let shape = x.shape().to_vec();
-        let x2 = x
-            .into_dimensionality::<Ix2>()
-            .map_err(|_| Error::shape(format!("Linear {} input", self.weight.name), "[batch, features]", &shape))?;
+        let x2 = x.into_dimensionality::<Ix2>().map_err(|_| {
+            Error::shape(
+                format!("Linear {} input", self.weight.name),
+                "[batch, features]",
+                &shape,
+            )
+        })?;
         let y = match mode {
             Mode::Train => self.forward2(x2.view())?,
             Mode::Eval => self.infer(x2.view())?,

@@ -47,9 +47,11 @@ impl<F: Float> Param<F> {
 
     /// The value as a matrix view (for weights that are matrices).
     pub(crate) fn value2(&self) -> ArrayView2<'_, F> {
-        self.value.view().into_dimensionality::<Ix2>().expect("matrix parameter")
+        self.value
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("matrix parameter")
     }
-
 
     /// A parameter of `shape` drawn from `U(-bound, bound)`, PyTorch's default
     /// initialisation for Linear and Conv weights and biases (bound = 1/sqrt(fan_in)).

@@ -35,7 +35,10 @@ impl Fixture {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                 .collect();
-            tensors.insert(name.to_string(), ArrayD::from_shape_vec(IxDyn(view.shape()), data).unwrap());
+            tensors.insert(
+                name.to_string(),
+                ArrayD::from_shape_vec(IxDyn(view.shape()), data).unwrap(),
+            );
         }
         Fixture {
             file: path.file_name().unwrap().to_string_lossy().into_owned(),
@@ -73,18 +76,27 @@ impl Fixture {
     }
 
     pub fn setting_f64(&self, key: &str) -> f64 {
-        self.settings[key].as_f64().unwrap_or_else(|| panic!("{}: setting {key}", self.file))
+        self.settings[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{}: setting {key}", self.file))
     }
 
     pub fn setting_str(&self, key: &str) -> String {
-        self.settings[key].as_str().unwrap_or_else(|| panic!("{}: setting {key}", self.file)).to_string()
+        self.settings[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: setting {key}", self.file))
+            .to_string()
     }
 }
 
 /// `‖a − b‖ / ‖b‖` (or `‖a − b‖` when `b` is zero).
 pub fn rel_err<F: Float>(a: &ArrayD<F>, b: &ArrayD<F>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (x.to_f64_lossless() - y.to_f64_lossless()).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x.to_f64_lossless() - y.to_f64_lossless()).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| y.to_f64_lossless().powi(2)).sum();
     if den == 0.0 {
         num.sqrt()
@@ -113,22 +125,41 @@ impl Report {
     pub fn check<F: Float>(&mut self, case: &str, what: &str, ours: &ArrayD<F>, theirs: &ArrayD<F>) {
         self.checked += 1;
         if ours.shape() != theirs.shape() {
-            self.failures.push(format!("{case}: {what} ({}): shape {:?} vs {:?}", F::NAME, ours.shape(), theirs.shape()));
+            self.failures.push(format!(
+                "{case}: {what} ({}): shape {:?} vs {:?}",
+                F::NAME,
+                ours.shape(),
+                theirs.shape()
+            ));
             return;
         }
         let e = rel_err(ours, theirs);
         if e.is_nan() || e > tol::<F>() {
-            self.failures.push(format!("{case}: {what} ({}): relative error {e:.3e} > {:.0e}", F::NAME, tol::<F>()));
+            self.failures.push(format!(
+                "{case}: {what} ({}): relative error {e:.3e} > {:.0e}",
+                F::NAME,
+                tol::<F>()
+            ));
         }
     }
 
     pub fn scalar<F: Float>(&mut self, case: &str, what: &str, ours: F, theirs: F) {
-        self.check(case, what, &ndarray::arr0(ours).into_dyn(), &ndarray::arr0(theirs).into_dyn());
+        self.check(
+            case,
+            what,
+            &ndarray::arr0(ours).into_dyn(),
+            &ndarray::arr0(theirs).into_dyn(),
+        );
     }
 
     pub fn finish(self) {
         assert!(self.checked > 0, "nothing was checked");
-        assert!(self.failures.is_empty(), "{} mismatches:\n{}", self.failures.len(), self.failures.join("\n"));
+        assert!(
+            self.failures.is_empty(),
+            "{} mismatches:\n{}",
+            self.failures.len(),
+            self.failures.join("\n")
+        );
     }
 }
 
