@@ -1,0 +1,225 @@
+//! im2col / col2im: the unfolding that turns a convolution into a matrix product.
+//!
+//! For an input of `c x h x w` and a kernel of `kh x kw` (stride, padding, dilation), the
+//! column matrix has one row per `(channel, ki, kj)` and one column per output position:
+//! `cols[(ch*kh + ki)*kw + kj, oy*ow + ox] = x[ch, oy*sh - ph + ki*dh, ox*sw - pw + kj*dw]`
+//! (zero outside the image). `col2im` is its adjoint: it adds each column entry back onto
+//! the pixel it came from. Conv2d's forward is im2col then GEMM; its input gradient is GEMM
+//! then col2im; ConvTranspose2d is the same pair run the other way.
+
+use crate::{Error, Float, Result};
+
+/// Sizes of one convolution, seen from the side of the image that is unfolded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Channels of the unfolded image.
+    pub c: usize,
+    /// Its height.
+    pub h: usize,
+    /// Its width.
+    pub w: usize,
+    /// Kernel `(kh, kw)`.
+    pub kernel: (usize, usize),
+    /// Stride `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Zero padding `(ph, pw)`.
+    pub padding: (usize, usize),
+    /// Dilation `(dh, dw)`.
+    pub dilation: (usize, usize),
+    /// Output height (positions of the kernel).
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// The geometry of a convolution over a `c x h x w` image, computing the output size
+    /// as PyTorch does: `(h + 2p - d (k - 1) - 1) / s + 1`.
+    pub fn new(
+        c: usize,
+        (h, w): (usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+    ) -> Result<Self> {
+        let out = |n: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize> {
+            let span = d * (k - 1) + 1;
+            if k == 0 || s == 0 || d == 0 {
+                return Err(Error::InvalidArgument("kernel, stride and dilation must be positive".into()));
+            }
+            if n + 2 * p < span {
+                return Err(Error::InvalidArgument(format!(
+                    "kernel span {span} is larger than the padded input {}",
+                    n + 2 * p
+                )));
+            }
+            Ok((n + 2 * p - span) / s + 1)
+        };
+        Ok(ConvGeom {
+            c,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            oh: out(h, kernel.0, stride.0, padding.0, dilation.0)?,
+            ow: out(w, kernel.1, stride.1, padding.1, dilation.1)?,
+        })
+    }
+
+    /// Rows of the column matrix: `c * kh * kw`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.kernel.0 * self.kernel.1
+    }
+
+    /// Columns of the column matrix: `oh * ow`.
+    pub fn col_cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// For kernel offset `k` along an axis, the range of output positions whose input
+    /// coordinate `o*s - p + k*d` falls inside `0..n`.
+    #[inline]
+    fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
+        // o*s + off >= p  and  o*s + off < n + p
+        let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
+        let hi = if n + p > off { ((n + p - off - 1) / s + 1).min(o_len) } else { 0 };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds one image `x` (`c*h*w`, row-major) into `cols` (`col_rows x col_cols`).
+pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
+    debug_assert_eq!(x.len(), g.c * g.h * g.w);
+    debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
+    let (kh, kw) = g.kernel;
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.padding;
+    let (dh, dw) = g.dilation;
+    let n_out = g.col_cols();
+    for ch in 0..g.c {
+        let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+        for ki in 0..kh {
+            let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, sh, ph, ki * dh);
+            for kj in 0..kw {
+                let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
+                let row = &mut cols[((ch * kh + ki) * kw + kj) * n_out..][..n_out];
+                row.fill(F::zero());
+                for oy in ylo..yhi {
+                    let iy = oy * sh + ki * dh - ph;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    if sw == 1 {
+                        let ix0 = xlo + kj * dw - pw;
+                        dst[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                    } else {
+                        for ox in xlo..xhi {
+                            dst[ox] = src[ox * sw + kj * dw - pw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the column matrix `cols` back onto the image `x` (`c*h*w`): the adjoint of
+/// [`im2col`]. `x` is accumulated into, not overwritten.
+pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
+    debug_assert_eq!(x.len(), g.c * g.h * g.w);
+    debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
+    let (kh, kw) = g.kernel;
+    let (sh, sw) = g.stride;
+    let (ph, pw) = g.padding;
+    let (dh, dw) = g.dilation;
+    let n_out = g.col_cols();
+    for ch in 0..g.c {
+        let plane = &mut x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
+        for ki in 0..kh {
+            let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, sh, ph, ki * dh);
+            for kj in 0..kw {
+                let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
+                let row = &cols[((ch * kh + ki) * kw + kj) * n_out..][..n_out];
+                for oy in ylo..yhi {
+                    let iy = oy * sh + ki * dh - ph;
+                    let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let src = &row[oy * g.ow..(oy + 1) * g.ow];
+                    if sw == 1 {
+                        let ix0 = xlo + kj * dw - pw;
+                        for (d, &s) in dst[ix0..ix0 + (xhi - xlo)].iter_mut().zip(&src[xlo..xhi]) {
+                            *d += s;
+                        }
+                    } else {
+                        for ox in xlo..xhi {
+                            dst[ox * sw + kj * dw - pw] += src[ox];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col and col2im are adjoint: <im2col(x), c> = <x, col2im(c)> for random x, c,
+    /// over many geometries (stride, padding, dilation, non-square kernels).
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        let mut seed = 1u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
+        };
+        for &(c, h, w, kh, kw, s, p, d) in &[
+            (1, 5, 5, 3, 3, 1, 0, 1),
+            (2, 7, 6, 3, 2, 2, 1, 1),
+            (3, 9, 9, 3, 3, 1, 0, 2),
+            (2, 8, 5, 4, 4, 2, 2, 1),
+            (1, 4, 4, 1, 1, 3, 0, 1),
+            (2, 6, 7, 2, 3, 3, 2, 2),
+        ] {
+            let g = ConvGeom::new(c, (h, w), (kh, kw), (s, s), (p, p), (d, d)).unwrap();
+            let x: Vec<f64> = (0..c * h * w).map(|_| rnd()).collect();
+            let cc: Vec<f64> = (0..g.col_rows() * g.col_cols()).map(|_| rnd()).collect();
+            let mut cols = vec![0.0; cc.len()];
+            im2col(&x, &g, &mut cols);
+            let mut back = vec![0.0; x.len()];
+            col2im(&cc, &g, &mut back);
+            let lhs: f64 = cols.iter().zip(&cc).map(|(a, b)| a * b).sum();
+            let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!((lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn im2col_matches_the_definition() {
+        let g = ConvGeom::new(2, (5, 6), (3, 2), (2, 1), (1, 0), (1, 2)).unwrap();
+        let x: Vec<f64> = (0..60).map(|i| i as f64).collect();
+        let mut cols = vec![f64::NAN; g.col_rows() * g.col_cols()];
+        im2col(&x, &g, &mut cols);
+        for ch in 0..2 {
+            for ki in 0..3 {
+                for kj in 0..2 {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let iy = (oy * 2 + ki) as isize - 1;
+                            let ix = (ox + kj * 2) as isize;
+                            let want = if (0..5).contains(&iy) && (0..6).contains(&ix) {
+                                x[ch * 30 + iy as usize * 6 + ix as usize]
+                            } else {
+                                0.0
+                            };
+                            let got = cols[((ch * 3 + ki) * 2 + kj) * g.col_cols() + oy * g.ow + ox];
+                            assert_eq!(got, want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
