@@ -5,7 +5,7 @@ mod common;
 use common::{fd_check, rand_array};
 use latent::loss::{self, Reduction};
 use latent::models::LinearAe;
-use latent::nn::{Layer, Linear, Mode, Module};
+use latent::nn::{Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Layer, Linear, Mode, Module};
 use ndarray::{ArrayD, Ix2};
 use rand::SeedableRng;
 
@@ -54,6 +54,65 @@ fn linear_gradients_match_finite_differences() {
     for &(n, i, o, bias) in &[(4, 7, 5, true), (3, 6, 4, false), (1, 30, 2, true)] {
         let mut layer = Linear::<f64>::new("lin", i, o, bias, &mut rng);
         check_layer("Linear", &mut layer, rand_array(&[n, i], 3));
+    }
+}
+
+#[test]
+fn conv2d_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    // (n, c, h, w, out, kernel, stride, padding, dilation, bias)
+    for &(n, c, h, w, o, k, s, p, d, bias) in &[
+        (2, 2, 7, 7, 3, (3, 3), 1, 0, 1, true),
+        (3, 1, 8, 6, 2, (3, 2), 2, 1, 1, false),
+        (2, 2, 9, 9, 2, (3, 3), 1, 2, 2, true),
+        (2, 3, 10, 10, 2, (4, 4), 2, 0, 1, true),
+    ] {
+        let opts = ConvOptions::default().stride(s).padding(p).dilation(d).bias(bias);
+        let mut layer = Conv2d::<f64>::new("conv", c, o, k, opts, &mut rng);
+        check_layer(
+            &format!("Conv2d {opts:?} k{k:?}"),
+            &mut layer,
+            rand_array(&[n, c, h, w], 6),
+        );
+    }
+}
+
+#[test]
+fn conv_transpose2d_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    // (n, c, h, w, out, kernel, stride, padding, output_padding, dilation)
+    for &(n, c, h, w, o, k, s, p, op, d) in &[
+        (2, 3, 4, 4, 2, (3, 3), 2, 1, 1, 1),
+        (2, 2, 3, 5, 3, (4, 4), 2, 0, 0, 1),
+        (1, 2, 4, 4, 2, (3, 2), 1, 1, 0, 2),
+        (2, 4, 3, 3, 1, (5, 5), 1, 0, 0, 1),
+        (2, 2, 4, 3, 2, (3, 3), 3, 1, 2, 1),
+    ] {
+        let opts = ConvOptions::default()
+            .stride(s)
+            .padding(p)
+            .output_padding(op)
+            .dilation(d);
+        let mut layer = ConvTranspose2d::<f64>::new("convt", c, o, k, opts, &mut rng);
+        check_layer(
+            &format!("ConvTranspose2d {opts:?} k{k:?}"),
+            &mut layer,
+            rand_array(&[n, c, h, w], 7),
+        );
+    }
+}
+
+#[test]
+fn activation_gradients_match_finite_differences() {
+    // Inputs kept away from ReLU's kink at 0, where the derivative is undefined.
+    let x = rand_array(&[3, 11], 9).mapv(|v| if v.abs() < 0.05 { v + 0.1 } else { v } * 3.0);
+    for act in [
+        Activation::Relu,
+        Activation::LeakyRelu(0.2),
+        Activation::Sigmoid,
+        Activation::Tanh,
+    ] {
+        check_layer(&format!("{act:?}"), &mut ActivationLayer::<f64>::new(act), x.clone());
     }
 }
 

@@ -6,10 +6,13 @@ mod common;
 
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
-use latent::nn::{linear_backward, linear_forward};
+use latent::nn::{
+    activation_backward, activation_forward, conv2d_backward, conv2d_forward, conv_transpose2d_backward,
+    conv_transpose2d_forward, linear_backward, linear_forward, Activation, ConvOptions,
+};
 use latent::optim::{adam_update, AdamConfig};
 use latent::Float;
-use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2};
+use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, Ix4};
 
 fn linear<F: Float>(fx: &Fixture, r: &mut Report) {
     let x = fx.get::<F>("x").into_dimensionality::<Ix2>().unwrap();
@@ -87,6 +90,72 @@ fn adam<F: Float>(fx: &Fixture, r: &mut Report) {
     );
 }
 
+fn conv_opts(fx: &Fixture) -> ConvOptions {
+    let n = |k: &str| fx.settings[k].as_u64().map_or(0, |v| v as usize);
+    ConvOptions::default()
+        .stride(n("stride"))
+        .padding(n("padding"))
+        .dilation(n("dilation"))
+        .output_padding(n("output_padding"))
+        .bias(fx.settings["bias"].as_bool().unwrap())
+}
+
+fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
+    let transposed = fx.kind == "conv_transpose2d";
+    let opts = conv_opts(fx);
+    let kernel: Vec<usize> = fx.settings["kernel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let w = fx.get::<F>("w").into_dimensionality::<Ix4>().unwrap();
+    assert_eq!(&w.shape()[2..], &kernel[..], "{}: kernel setting", fx.file);
+    let b = fx
+        .has("b")
+        .then(|| fx.get::<F>("b").into_dimensionality::<Ix1>().unwrap());
+    let dy = fx.get::<F>("dy").into_dimensionality::<Ix4>().unwrap();
+    let bv = b.as_ref().map(|b| b.view());
+    let y = if transposed {
+        conv_transpose2d_forward(x.view(), w.view(), bv, &opts)
+    } else {
+        conv2d_forward(x.view(), w.view(), bv, &opts)
+    }
+    .unwrap();
+    r.check(&fx.file, "y", &y.into_dyn(), &fx.get("y"));
+    let mut dw = ndarray::Array4::zeros(w.raw_dim());
+    let mut db = b.as_ref().map(|b| ndarray::Array1::zeros(b.raw_dim()));
+    let dbv = db.as_mut().map(|d| d.view_mut());
+    let dx = if transposed {
+        conv_transpose2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), dbv)
+    } else {
+        conv2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), dbv)
+    }
+    .unwrap()
+    .unwrap();
+    r.check(&fx.file, "dx", &dx.into_dyn(), &fx.get("dx"));
+    r.check(&fx.file, "dw", &dw.into_dyn(), &fx.get("dw"));
+    if let Some(db) = db {
+        r.check(&fx.file, "db", &db.into_dyn(), &fx.get("db"));
+    }
+}
+
+fn activation<F: Float>(fx: &Fixture, r: &mut Report) {
+    let act = match fx.setting_str("name").as_str() {
+        "relu" => Activation::Relu,
+        "leaky_relu" => Activation::LeakyRelu(fx.setting_f64("negative_slope")),
+        "sigmoid" => Activation::Sigmoid,
+        "tanh" => Activation::Tanh,
+        other => panic!("{}: unknown activation {other}", fx.file),
+    };
+    let (x, dy) = (fx.get::<F>("x"), fx.get::<F>("dy"));
+    let y = activation_forward(act, x.view());
+    let dx = activation_backward(act, x.view(), y.view(), dy.view());
+    r.check(&fx.file, "y", &y, &fx.get("y"));
+    r.check(&fx.file, "dx", &dx, &fx.get("dx"));
+}
+
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.
 fn run(fx: &Fixture, r: &mut Report) -> bool {
     macro_rules! both {
@@ -100,6 +169,8 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "linear" => both!(linear),
         "loss" => both!(loss_case),
         "adam" => both!(adam),
+        "conv2d" | "conv_transpose2d" => both!(conv),
+        "activation" => both!(activation),
         _ => false,
     }
 }

@@ -7,6 +7,10 @@
 //! the pixel it came from. Conv2d's forward is im2col then GEMM; its input gradient is GEMM
 //! then col2im; ConvTranspose2d is the same pair run the other way.
 
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use rayon::prelude::*;
+
+use crate::gemm::gemm;
 use crate::{Error, Float, Result};
 
 /// Sizes of one convolution, seen from the side of the image that is unfolded.
@@ -46,7 +50,9 @@ impl ConvGeom {
         let out = |n: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize> {
             let span = d * (k - 1) + 1;
             if k == 0 || s == 0 || d == 0 {
-                return Err(Error::InvalidArgument("kernel, stride and dilation must be positive".into()));
+                return Err(Error::InvalidArgument(
+                    "kernel, stride and dilation must be positive".into(),
+                ));
             }
             if n + 2 * p < span {
                 return Err(Error::InvalidArgument(format!(
@@ -85,7 +91,11 @@ impl ConvGeom {
     fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
         // o*s + off >= p  and  o*s + off < n + p
         let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
-        let hi = if n + p > off { ((n + p - off - 1) / s + 1).min(o_len) } else { 0 };
+        let hi = if n + p > off {
+            ((n + p - off - 1) / s + 1).min(o_len)
+        } else {
+            0
+        };
         (lo.min(hi), hi)
     }
 }
@@ -159,6 +169,70 @@ pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
                 }
             }
         }
+    }
+}
+
+/// For every sample `n`: `out[n] = wmat · im2col(inp[n])`, with `wmat` `[rows, c*kh*kw]`,
+/// `inp` `[N, c*h*w]` and `out` `[N, rows, oh*ow]`. Parallel over the batch.
+pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut3<F>) {
+    let (ck, p) = (g.col_rows(), g.col_cols());
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(inp.axis_iter(Axis(0)).into_par_iter())
+        .for_each_init(
+            || vec![F::zero(); ck * p],
+            |cols, (mut o, x)| {
+                im2col(x.as_slice().expect("contiguous sample"), g, cols);
+                let cm = ArrayView2::from_shape((ck, p), cols).expect("sized");
+                gemm(F::one(), wmat, cm, F::zero(), o.view_mut());
+            },
+        );
+}
+
+/// For every sample `n`: `out[n] = col2im(wmat^T · src[n])`, with `wmat` `[rows, c*kh*kw]`,
+/// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Parallel over the batch.
+pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut2<F>) {
+    let (ck, p) = (g.col_rows(), g.col_cols());
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(src.axis_iter(Axis(0)).into_par_iter())
+        .for_each_init(
+            || Array2::<F>::zeros((ck, p)),
+            |cols, (mut o, s)| {
+                gemm(F::one(), wmat.t(), s, F::zero(), cols.view_mut());
+                o.fill(F::zero());
+                col2im(
+                    cols.as_slice().expect("contiguous"),
+                    g,
+                    o.as_slice_mut().expect("contiguous sample"),
+                );
+            },
+        );
+}
+
+/// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
+/// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
+/// thread over a contiguous run of samples, reduced at the end.
+pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
+    let (ck, p) = (g.col_rows(), g.col_cols());
+    let n = a.shape()[0];
+    let parts = rayon::current_num_threads().clamp(1, n.max(1));
+    let per = n.div_ceil(parts).max(1);
+    let partials: Vec<Array2<F>> = (0..n.div_ceil(per))
+        .into_par_iter()
+        .map(|part| {
+            let mut acc = Array2::<F>::zeros(dw.raw_dim());
+            let mut cols = vec![F::zero(); ck * p];
+            for i in part * per..((part + 1) * per).min(n) {
+                im2col(b.row(i).as_slice().expect("contiguous sample"), g, &mut cols);
+                let cm = ArrayView2::from_shape((ck, p), &cols).expect("sized");
+                gemm(F::one(), a.index_axis(Axis(0), i), cm.t(), F::one(), acc.view_mut());
+            }
+            acc
+        })
+        .collect();
+    for part in partials {
+        dw += &part;
     }
 }
 

@@ -4,9 +4,16 @@
 //! `dx` when asked and *accumulates* (`+=`) into the parameter gradients. Zeroing the
 //! gradients is an explicit step ([`Module::zero_grad`]).
 
+mod activation;
+mod conv2d;
+mod conv_transpose2d;
+pub mod im2col;
 mod linear;
 mod param;
 
+pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
+pub use conv2d::{conv2d_backward, conv2d_forward, Conv2d, ConvOptions};
+pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward, ConvTranspose2d};
 pub use linear::{linear_backward, linear_forward, Linear};
 pub use param::Param;
 
