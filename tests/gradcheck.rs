@@ -5,20 +5,28 @@ mod common;
 use common::{fd_check, rand_array};
 use latent::loss::{self, Reduction};
 use latent::models::LinearAe;
-use latent::nn::{Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Layer, Linear, Mode, Module};
+use latent::nn::{
+    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Layer, Linear, Mode, Module,
+};
 use ndarray::{ArrayD, Ix2};
 use rand::SeedableRng;
 
 const TOL: f64 = 1e-6;
 
-/// Checks dx and every parameter gradient of `layer` for `loss = sum(y * dy)`.
+/// Checks dx and every parameter gradient of `layer` for `loss = sum(y * dy)`, with
+/// forward in train mode.
 fn check_layer(name: &str, layer: &mut dyn Layer<f64>, x: ArrayD<f64>) {
-    let y = layer.forward(x.clone(), Mode::Train).unwrap();
+    check_layer_in(name, layer, x, Mode::Train)
+}
+
+/// As [`check_layer`], with the forward and the objective in `mode`.
+fn check_layer_in(name: &str, layer: &mut dyn Layer<f64>, x: ArrayD<f64>, mode: Mode) {
+    let y = layer.forward(x.clone(), mode).unwrap();
     let dy = rand_array(y.shape(), 99);
     layer.zero_grad();
     let dx = layer.backward(dy.clone(), true).unwrap().unwrap();
     let objective = |layer: &mut dyn Layer<f64>, x: &ArrayD<f64>| {
-        let y = layer.forward(x.clone(), Mode::Eval).unwrap();
+        let y = layer.forward(x.clone(), mode).unwrap();
         (&y * &dy).sum()
     };
     let e = fd_check(&x, &dx, 60, |xp| objective(layer, xp));
@@ -100,6 +108,21 @@ fn conv_transpose2d_gradients_match_finite_differences() {
             rand_array(&[n, c, h, w], 7),
         );
     }
+}
+
+#[test]
+fn batch_norm2d_gradients_match_finite_differences_in_both_modes() {
+    // Train mode: the batch statistics depend on x, which the check sees because the
+    // objective re-runs forward in train mode (the running statistics drift, y does not).
+    let x = rand_array(&[3, 2, 4, 5], 12);
+    let mut bn = BatchNorm2d::<f64>::new("bn", 2);
+    bn.weight.value = rand_array(&[2], 13) + 1.5;
+    bn.bias.value = rand_array(&[2], 14);
+    check_layer_in("BatchNorm2d train", &mut bn, x.clone(), Mode::Train);
+    // Eval mode, with non-trivial running statistics.
+    bn.running_mean = ndarray::arr1(&[0.3, -0.2]);
+    bn.running_var = ndarray::arr1(&[0.5, 2.0]);
+    check_layer_in("BatchNorm2d eval", &mut bn, x, Mode::Eval);
 }
 
 #[test]

@@ -7,8 +7,9 @@ mod common;
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
 use latent::nn::{
-    activation_backward, activation_forward, conv2d_backward, conv2d_forward, conv_transpose2d_backward,
-    conv_transpose2d_forward, linear_backward, linear_forward, Activation, ConvOptions,
+    activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
+    conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
+    ConvOptions, Mode,
 };
 use latent::optim::{adam_update, AdamConfig};
 use latent::Float;
@@ -156,6 +157,54 @@ fn activation<F: Float>(fx: &Fixture, r: &mut Report) {
     r.check(&fx.file, "dx", &dx, &fx.get("dx"));
 }
 
+fn batch_norm<F: Float>(fx: &Fixture, r: &mut Report) {
+    let (momentum, eps) = (F::lit(fx.setting_f64("momentum")), F::lit(fx.setting_f64("eps")));
+    let gamma = fx.get::<F>("gamma").into_dimensionality::<Ix1>().unwrap();
+    let beta = fx.get::<F>("beta").into_dimensionality::<Ix1>().unwrap();
+    let mut rm = fx.get::<F>("running_mean_in").into_dimensionality::<Ix1>().unwrap();
+    let mut rv = fx.get::<F>("running_var_in").into_dimensionality::<Ix1>().unwrap();
+    for (mode, xs, dys, ys, dxs) in [
+        (Mode::Train, "x", "dy", "y", "dx"),
+        (Mode::Eval, "x_eval", "dy_eval", "y_eval", "dx_eval"),
+    ] {
+        let x = fx.get::<F>(xs).into_dimensionality::<Ix4>().unwrap();
+        let dy = fx.get::<F>(dys).into_dimensionality::<Ix4>().unwrap();
+        let (y, cache) = batch_norm2d_forward(
+            x.view(),
+            gamma.view(),
+            beta.view(),
+            rm.view_mut(),
+            rv.view_mut(),
+            momentum,
+            eps,
+            mode,
+        )
+        .unwrap();
+        let mut dg = ndarray::Array1::zeros(gamma.raw_dim());
+        let mut db = ndarray::Array1::zeros(gamma.raw_dim());
+        let dx =
+            batch_norm2d_backward(x.view(), gamma.view(), &cache, dy.view(), dg.view_mut(), db.view_mut()).unwrap();
+        r.check(&fx.file, ys, &y.into_dyn(), &fx.get(ys));
+        r.check(&fx.file, dxs, &dx.into_dyn(), &fx.get(dxs));
+        if mode == Mode::Train {
+            r.check(&fx.file, "dgamma", &dg.into_dyn(), &fx.get("dgamma"));
+            r.check(&fx.file, "dbeta", &db.into_dyn(), &fx.get("dbeta"));
+            r.check(
+                &fx.file,
+                "running_mean_out",
+                &rm.clone().into_dyn(),
+                &fx.get("running_mean_out"),
+            );
+            r.check(
+                &fx.file,
+                "running_var_out",
+                &rv.clone().into_dyn(),
+                &fx.get("running_var_out"),
+            );
+        }
+    }
+}
+
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.
 fn run(fx: &Fixture, r: &mut Report) -> bool {
     macro_rules! both {
@@ -171,6 +220,7 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "adam" => both!(adam),
         "conv2d" | "conv_transpose2d" => both!(conv),
         "activation" => both!(activation),
+        "batch_norm2d" => both!(batch_norm),
         _ => false,
     }
 }

@@ -1,0 +1,209 @@
+//! BatchNorm2d, train and eval modes, with its running statistics.
+//!
+//! Train: per channel, `y = gamma (x - mean) / sqrt(var + eps) + beta` with the batch's
+//! mean and biased variance over `(n, h, w)`; the running mean and the *unbiased* running
+//! variance move by `momentum`. Eval: the running statistics replace the batch's.
+
+use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, Axis, Zip};
+
+use super::conv2d::to4;
+use super::{Layer, Mode, Module, Param};
+use crate::{Error, Float, Result};
+
+/// What backward needs from a BatchNorm2d forward: the per-channel mean and `1/sqrt(var + eps)`
+/// that normalised the input, and the mode they came from.
+#[derive(Debug, Clone)]
+pub struct BatchNormCache<F> {
+    /// Mean used per channel (the batch's in train mode, the running one in eval mode).
+    pub mean: Array1<F>,
+    /// `1 / sqrt(var + eps)` per channel.
+    pub inv_std: Array1<F>,
+    /// The mode of the forward pass.
+    pub mode: Mode,
+}
+
+/// Forward. In [`Mode::Train`] updates `running_mean` and `running_var` in place.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm2d_forward<F: Float>(
+    x: ArrayView4<F>,
+    gamma: ArrayView1<F>,
+    beta: ArrayView1<F>,
+    mut running_mean: ArrayViewMut1<F>,
+    mut running_var: ArrayViewMut1<F>,
+    momentum: F,
+    eps: F,
+    mode: Mode,
+) -> Result<(Array4<F>, BatchNormCache<F>)> {
+    let c = gamma.len();
+    if x.shape()[1] != c {
+        return Err(Error::shape(
+            "batch_norm2d input",
+            format!("[batch, {c}, h, w]"),
+            x.shape(),
+        ));
+    }
+    let m = x.shape()[0] * x.shape()[2] * x.shape()[3];
+    let (mean, inv_std) = match mode {
+        Mode::Train => {
+            if m < 2 {
+                return Err(Error::InvalidArgument(format!(
+                    "BatchNorm2d in train mode needs more than one value per channel, got {m}"
+                )));
+            }
+            let mf = F::lit(m as f64);
+            let mut mean = Array1::<F>::zeros(c);
+            let mut var = Array1::<F>::zeros(c);
+            for ch in 0..c {
+                let xc = x.index_axis(Axis(1), ch);
+                let mu = xc.sum() / mf;
+                let v = xc.fold(F::zero(), |a, &v| a + (v - mu) * (v - mu)) / mf;
+                mean[ch] = mu;
+                var[ch] = v;
+            }
+            let one = F::one();
+            let unbiased = F::lit(m as f64 / (m - 1) as f64);
+            Zip::from(&mut running_mean)
+                .and(&mean)
+                .for_each(|r, &mu| *r = (one - momentum) * *r + momentum * mu);
+            Zip::from(&mut running_var)
+                .and(&var)
+                .for_each(|r, &v| *r = (one - momentum) * *r + momentum * v * unbiased);
+            (mean, var.mapv(|v| one / (v + eps).sqrt()))
+        }
+        Mode::Eval => (
+            running_mean.to_owned(),
+            running_var.mapv(|v| F::one() / (v + eps).sqrt()),
+        ),
+    };
+    let mut y = x.to_owned();
+    for ch in 0..c {
+        let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+        y.index_axis_mut(Axis(1), ch).mapv_inplace(|v| g * (v - mu) * is + b);
+    }
+    Ok((y, BatchNormCache { mean, inv_std, mode }))
+}
+
+/// Backward given the forward's input `x` and cache: accumulates `dgamma`, `dbeta`, returns
+/// `dx`. In train mode the batch statistics depend on `x`, which adds the two mean terms:
+/// `dx = gamma inv_std / M (M dy - sum dy - xhat sum(dy xhat))`.
+pub fn batch_norm2d_backward<F: Float>(
+    x: ArrayView4<F>,
+    gamma: ArrayView1<F>,
+    cache: &BatchNormCache<F>,
+    dy: ArrayView4<F>,
+    mut dgamma: ArrayViewMut1<F>,
+    mut dbeta: ArrayViewMut1<F>,
+) -> Result<Array4<F>> {
+    if dy.shape() != x.shape() {
+        return Err(Error::shape("batch_norm2d dy", format!("{:?}", x.shape()), dy.shape()));
+    }
+    let m = F::lit((x.shape()[0] * x.shape()[2] * x.shape()[3]) as f64);
+    let mut dx = Array4::<F>::zeros(x.raw_dim());
+    for ch in 0..gamma.len() {
+        let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
+        let (xc, dyc) = (x.index_axis(Axis(1), ch), dy.index_axis(Axis(1), ch));
+        let mut sum_dy = F::zero();
+        let mut sum_dy_xhat = F::zero();
+        Zip::from(&xc).and(&dyc).for_each(|&v, &d| {
+            sum_dy += d;
+            sum_dy_xhat += d * (v - mu) * is;
+        });
+        dgamma[ch] += sum_dy_xhat;
+        dbeta[ch] += sum_dy;
+        let dxc = dx.index_axis_mut(Axis(1), ch);
+        match cache.mode {
+            Mode::Train => {
+                let k = g * is / m;
+                Zip::from(dxc).and(&xc).and(&dyc).for_each(|o, &v, &d| {
+                    *o = k * (m * d - sum_dy - (v - mu) * is * sum_dy_xhat);
+                });
+            }
+            Mode::Eval => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
+        }
+    }
+    Ok(dx)
+}
+
+/// A BatchNorm2d layer: `{prefix}.weight` (gamma, init 1), `{prefix}.bias` (beta, init 0)
+/// and the buffers `running_mean` (0) and `running_var` (1), as PyTorch.
+#[derive(Debug, Clone)]
+pub struct BatchNorm2d<F> {
+    /// Scale gamma, `[c]`.
+    pub weight: Param<F>,
+    /// Shift beta, `[c]`.
+    pub bias: Param<F>,
+    /// Running mean, `[c]` (`{prefix}.running_mean`).
+    pub running_mean: Array1<F>,
+    /// Running unbiased variance, `[c]` (`{prefix}.running_var`).
+    pub running_var: Array1<F>,
+    /// Weight of the new batch in the running statistics (PyTorch's default 0.1).
+    pub momentum: F,
+    /// Added to the variance (default 1e-5).
+    pub eps: F,
+    cache: Option<(Array4<F>, BatchNormCache<F>)>,
+}
+
+impl<F: Float> BatchNorm2d<F> {
+    /// A layer over `channels` channels with PyTorch's defaults.
+    pub fn new(prefix: &str, channels: usize) -> Self {
+        BatchNorm2d {
+            weight: Param::new(format!("{prefix}.weight"), ArrayD::ones(vec![channels])),
+            bias: Param::new(format!("{prefix}.bias"), ArrayD::zeros(vec![channels])),
+            running_mean: Array1::zeros(channels),
+            running_var: Array1::ones(channels),
+            momentum: F::lit(0.1),
+            eps: F::lit(1e-5),
+            cache: None,
+        }
+    }
+
+    /// Forward in `mode`; in train mode keeps what backward needs and updates the running
+    /// statistics.
+    pub fn forward4(&mut self, x: Array4<F>, mode: Mode) -> Result<Array4<F>> {
+        let gamma = self.weight.value.view().into_dimensionality().expect("vector");
+        let beta = self.bias.value.view().into_dimensionality().expect("vector");
+        let (y, cache) = batch_norm2d_forward(
+            x.view(),
+            gamma,
+            beta,
+            self.running_mean.view_mut(),
+            self.running_var.view_mut(),
+            self.momentum,
+            self.eps,
+            mode,
+        )?;
+        self.cache = Some((x, cache));
+        Ok(y)
+    }
+
+    /// Backward from the kept input.
+    pub fn backward4(&mut self, dy: ArrayView4<F>) -> Result<Array4<F>> {
+        let (x, cache) = self.cache.take().ok_or_else(|| {
+            Error::InvalidArgument(format!("BatchNorm2d {}: backward before forward", self.weight.name))
+        })?;
+        let gamma = self.weight.value.view().into_dimensionality().expect("vector");
+        let dgamma = self.weight.grad.view_mut().into_dimensionality().expect("vector");
+        let dbeta = self.bias.grad.view_mut().into_dimensionality().expect("vector");
+        batch_norm2d_backward(x.view(), gamma, &cache, dy, dgamma, dbeta)
+    }
+}
+
+impl<F: Float> Module<F> for BatchNorm2d<F> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
+        f(&mut self.weight);
+        f(&mut self.bias);
+    }
+}
+
+impl<F: Float> Layer<F> for BatchNorm2d<F> {
+    fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
+        let x = to4(x, &self.weight.name)?;
+        Ok(self.forward4(x, mode)?.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
+        let dy = to4(dy, &self.weight.name)?;
+        let dx = self.backward4(dy.view())?;
+        Ok(need_dx.then(|| dx.into_dyn()))
+    }
+}
