@@ -4,12 +4,13 @@ mod common;
 
 use common::{fd_check, rand_array};
 use latent::loss::{self, Reduction};
-use latent::models::LinearAe;
+use latent::models::{ConvAe, LinearAe};
+use latent::nn::PixelBias;
 use latent::nn::{
     Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Layer, Linear, Mode, Module,
 };
 use ndarray::{ArrayD, Ix2};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 const TOL: f64 = 1e-6;
 
@@ -123,6 +124,53 @@ fn batch_norm2d_gradients_match_finite_differences_in_both_modes() {
     bn.running_mean = ndarray::arr1(&[0.3, -0.2]);
     bn.running_var = ndarray::arr1(&[0.5, 2.0]);
     check_layer_in("BatchNorm2d eval", &mut bn, x, Mode::Eval);
+}
+
+#[test]
+fn pixel_bias_gradients_match_finite_differences() {
+    let mut layer = PixelBias::<f64>::new("bias", &[2, 3, 4]);
+    layer.bias.value = rand_array(&[2, 3, 4], 21);
+    check_layer("PixelBias", &mut layer, rand_array(&[3, 2, 3, 4], 22));
+}
+
+/// The whole conv autoencoder (per-pixel biases, two convs, Flatten, Linear both ways,
+/// Unflatten, two transposed convs) on a small instance: every parameter's gradient of
+/// the MSE loss against central differences.
+#[test]
+fn conv_ae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let mut ae = ConvAe::<f64>::new([1, 7, 7], 3, 2, 3, &mut rng).unwrap();
+    let mut rng2 = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    ae.visit_params(&mut |p| p.value.mapv_inplace(|v| v + 0.05 * rng2.random_range(-1.0..1.0)));
+    let x = rand_array(&[2, 1, 7, 7], 23)
+        .mapv(|v| (v + 1.0) / 2.0)
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    ae.loss_and_grad(x.view()).unwrap();
+    let mut grads = Vec::new();
+    ae.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+    assert_eq!(grads.len(), 14);
+    for (i, (name, value, grad)) in grads.into_iter().enumerate() {
+        let e = fd_check(&value, &grad, 25, |vp| {
+            let mut j = 0;
+            ae.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(vp);
+                }
+                j += 1;
+            });
+            let y = ae.reconstruct(x.view()).unwrap();
+            let mut j = 0;
+            ae.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(&value);
+                }
+                j += 1;
+            });
+            loss::mse_loss(y.view(), x.view(), Reduction::Mean).unwrap()
+        });
+        assert!(e < TOL, "ConvAe d{name}: {e:.2e}");
+    }
 }
 
 #[test]

@@ -6,14 +6,17 @@ mod common;
 
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
+use latent::models::ConvAe;
 use latent::nn::{
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
     ConvOptions, Mode,
 };
+use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};
 use latent::Float;
 use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, Ix4};
+use rand::SeedableRng;
 
 fn linear<F: Float>(fx: &Fixture, r: &mut Report) {
     let x = fx.get::<F>("x").into_dimensionality::<Ix2>().unwrap();
@@ -205,6 +208,28 @@ fn batch_norm<F: Float>(fx: &Fixture, r: &mut Report) {
     }
 }
 
+fn model_conv_ae<F: Float>(fx: &Fixture, r: &mut Report) {
+    let k = fx.setting_f64("K") as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut ae = ConvAe::<F>::cis522(k, &mut rng).unwrap();
+    load_params(&mut ae, |name| {
+        fx.has(&format!("param.{name}"))
+            .then(|| fx.get(&format!("param.{name}")))
+    })
+    .unwrap();
+    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let (loss, recon) = ae.loss_and_grad(x.view()).unwrap();
+    r.scalar(&fx.file, "loss", loss, *fx.get::<F>("loss").first().unwrap());
+    r.check(&fx.file, "recon", &recon.into_dyn(), &fx.get("recon"));
+    let mut grads = Vec::new();
+    ae.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
+    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
+    for (name, g) in grads {
+        r.check(&fx.file, &format!("grad.{name}"), &g, &fx.get(&format!("grad.{name}")));
+    }
+}
+
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.
 fn run(fx: &Fixture, r: &mut Report) -> bool {
     macro_rules! both {
@@ -221,6 +246,7 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "conv2d" | "conv_transpose2d" => both!(conv),
         "activation" => both!(activation),
         "batch_norm2d" => both!(batch_norm),
+        "model_conv_ae" => both!(model_conv_ae),
         _ => false,
     }
 }

@@ -6,18 +6,24 @@
 
 mod activation;
 mod batch_norm2d;
+mod bias;
 mod conv2d;
 mod conv_transpose2d;
 pub mod im2col;
 mod linear;
 mod param;
+mod reshape;
+mod sequential;
 
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
 pub use batch_norm2d::{batch_norm2d_backward, batch_norm2d_forward, BatchNorm2d, BatchNormCache};
+pub use bias::PixelBias;
 pub use conv2d::{conv2d_backward, conv2d_forward, Conv2d, ConvOptions};
 pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward, ConvTranspose2d};
 pub use linear::{linear_backward, linear_forward, Linear};
 pub use param::Param;
+pub use reshape::{Flatten, Unflatten};
+pub use sequential::{load_params, Sequential};
 
 use ndarray::ArrayD;
 
