@@ -1,0 +1,67 @@
+//! Conv layers at the notebooks' shapes (forward, forward + backward) and one training
+//! step of the CIS-522 conv autoencoder. `cargo bench --bench conv`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use latent::models::ConvAe;
+use latent::nn::{Conv2d, ConvOptions, ConvTranspose2d, Layer, Mode};
+use latent::optim::{Adam, AdamConfig};
+use ndarray::{Array4, ArrayD};
+use rand::{Rng, SeedableRng};
+
+fn rand4(rng: &mut impl Rng, shape: (usize, usize, usize, usize)) -> Array4<f32> {
+    Array4::from_shape_simple_fn(shape, || rng.random_range(-1.0..1.0))
+}
+
+fn bench(c: &mut Criterion) {
+    latent::denormals::flush_denormals();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut g = c.benchmark_group("conv");
+    g.sample_size(10);
+    // (name, transposed, batch, in, out, side, kernel, stride)
+    let cases = [
+        ("conv2d_1to32_k5_28", false, 100, 1, 32, 28, 5, 1),
+        ("conv2d_32to32_k5_24", false, 100, 32, 32, 24, 5, 1),
+        ("convt2d_32to32_k5_20", true, 100, 32, 32, 20, 5, 1),
+        ("convt2d_32to1_k5_24", true, 100, 32, 1, 24, 5, 1),
+    ];
+    for (name, transposed, n, ci, co, side, k, s) in cases {
+        let opts = ConvOptions::default().stride(s);
+        let mut layer: Box<dyn Layer<f32>> = if transposed {
+            Box::new(ConvTranspose2d::new("l", ci, co, (k, k), opts, &mut rng))
+        } else {
+            Box::new(Conv2d::new("l", ci, co, (k, k), opts, &mut rng))
+        };
+        let x = rand4(&mut rng, (n, ci, side, side)).into_dyn();
+        let y = layer.forward(x.clone(), Mode::Eval).unwrap();
+        let out_side = y.shape()[2];
+        // Multiply-adds of the forward: n * co * ci * k^2 * (input side^2 for a transposed
+        // conv, output side^2 for a conv); backward is twice that.
+        let positions = if transposed { side * side } else { out_side * out_side };
+        let flops = 2 * n * co * ci * k * k * positions;
+        g.throughput(Throughput::Elements(flops as u64));
+        g.bench_function(format!("{name}_forward"), |b| {
+            b.iter(|| layer.forward(x.clone(), Mode::Eval).unwrap())
+        });
+        g.throughput(Throughput::Elements(3 * flops as u64));
+        let dy: ArrayD<f32> = ArrayD::from_elem(y.shape(), 0.01);
+        g.bench_function(format!("{name}_forward_backward"), |b| {
+            b.iter(|| {
+                layer.forward(x.clone(), Mode::Train).unwrap();
+                layer.backward(dy.clone(), true).unwrap()
+            })
+        });
+    }
+    g.finish();
+    let mut ae = ConvAe::<f32>::cis522(20, &mut rng).unwrap();
+    let mut opt = Adam::new(AdamConfig::new(1e-3).weight_decay(1e-5));
+    let x = rand4(&mut rng, (250, 1, 28, 28)).mapv(|v| v.abs());
+    let mut g = c.benchmark_group("conv_ae");
+    g.sample_size(10);
+    g.bench_function("train_step_b250_k20", |b| {
+        b.iter(|| ae.train_step(x.view(), &mut opt).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
