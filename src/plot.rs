@@ -55,15 +55,6 @@ pub struct LineChart {
     pub legend_lower_right: bool,
 }
 
-const PALETTE: [RGBColor; 6] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-];
-
 /// The colour of class `i` (ten well-separated colours, matplotlib's `tab10`).
 pub fn class_color(i: usize) -> RGBColor {
     const TAB10: [RGBColor; 10] = [
@@ -132,7 +123,7 @@ impl LineChart {
                     .draw()
                     .map_err(|e| err(e.to_string()))?;
                 for (i, s) in self.series.iter().enumerate() {
-                    let c = PALETTE[i % PALETTE.len()];
+                    let c = class_color(i);
                     chart
                         .draw_series(LineSeries::new(s.points.iter().copied(), c.stroke_width(2)))
                         .map_err(|e| err(e.to_string()))?
