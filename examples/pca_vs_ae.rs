@@ -200,12 +200,13 @@ fn run() -> latent::Result<()> {
         &format!("Test images and reconstructions, K = {k} (test MSE)"),
         &rows,
     )?;
-    let full = Pca::params(dim.min(200)).fit(train.flat())?;
-    let cum: Vec<(f64, f64)> = full
-        .explained_variance_ratio()
+    // The full eigendecomposition already gave every eigenvalue: no second fit.
+    let cum: Vec<(f64, f64)> = pca
+        .spectrum()
         .iter()
-        .scan(0.0, |acc, &r| {
-            *acc += r;
+        .take(200)
+        .scan(0.0, |acc, &v| {
+            *acc += v / pca.total_variance();
             Some(*acc)
         })
         .enumerate()

@@ -71,9 +71,9 @@ impl<F: Float> Workspace<F> {
             sse += r * r;
             *y = scale * r;
         });
-        for g in [&mut self.dwe, &mut self.dbe, &mut self.dwd, &mut self.dbd] {
-            g.fill(F::zero());
-        }
+        // The weight gradients are overwritten by their GEMMs (beta = 0); the bias ones sum.
+        self.dbe.fill(F::zero());
+        self.dbd.fill(F::zero());
         let dy = self.y.view();
         let mut dwd = self.dwd.view_mut().into_dimensionality::<Ix2>().expect("matrix");
         gemm(F::one(), dy.t(), self.h.view(), F::zero(), dwd.view_mut());

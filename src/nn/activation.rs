@@ -32,41 +32,45 @@ pub fn activation_forward<F: Float>(act: Activation, x: ArrayViewD<F>) -> ArrayD
     }
 }
 
-/// `dx = act'(x) * dy`, from the input `x` (ReLU, LeakyReLU) or the output `y` (Sigmoid:
-/// `y (1 - y)`, Tanh: `1 - y^2`), as PyTorch computes them.
-pub fn activation_backward<F: Float>(
-    act: Activation,
-    x: ArrayViewD<F>,
-    y: ArrayViewD<F>,
-    dy: ArrayViewD<F>,
-) -> ArrayD<F> {
+impl Activation {
+    /// Whether the derivative is read off the output `y` (Sigmoid: `y (1 - y)`, Tanh:
+    /// `1 - y^2`) rather than the input `x` (ReLU, LeakyReLU: the sign of `x`).
+    pub fn backward_uses_output(self) -> bool {
+        matches!(self, Activation::Sigmoid | Activation::Tanh)
+    }
+}
+
+/// `dx = act'(x) * dy`, from `saved`: the output `y` when
+/// [`Activation::backward_uses_output`], the input `x` otherwise, as PyTorch computes them.
+pub fn activation_backward<F: Float>(act: Activation, saved: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F> {
     match act {
-        Activation::Relu => Zip::from(&x)
+        Activation::Relu => Zip::from(&saved)
             .and(&dy)
             .map_collect(|&x, &g| if x > F::zero() { g } else { F::zero() }),
         Activation::LeakyRelu(s) => {
             let s = F::lit(s);
-            Zip::from(&x)
+            Zip::from(&saved)
                 .and(&dy)
                 .map_collect(|&x, &g| if x > F::zero() { g } else { s * g })
         }
-        Activation::Sigmoid => Zip::from(&y).and(&dy).map_collect(|&y, &g| g * y * (F::one() - y)),
-        Activation::Tanh => Zip::from(&y).and(&dy).map_collect(|&y, &g| g * (F::one() - y * y)),
+        Activation::Sigmoid => Zip::from(&saved).and(&dy).map_collect(|&y, &g| g * y * (F::one() - y)),
+        Activation::Tanh => Zip::from(&saved).and(&dy).map_collect(|&y, &g| g * (F::one() - y * y)),
     }
 }
 
-/// An activation as a layer (keeps its input and output in training mode).
+/// An activation as a layer. In training mode it keeps the one array its derivative
+/// needs (the input or the output, see [`Activation::backward_uses_output`]).
 #[derive(Debug, Clone)]
 pub struct ActivationLayer<F> {
     /// Which activation.
     pub act: Activation,
-    cache: Option<(ArrayD<F>, ArrayD<F>)>,
+    saved: Option<ArrayD<F>>,
 }
 
 impl<F: Float> ActivationLayer<F> {
     /// A layer applying `act`.
     pub fn new(act: Activation) -> Self {
-        ActivationLayer { act, cache: None }
+        ActivationLayer { act, saved: None }
     }
 }
 
@@ -78,23 +82,23 @@ impl<F: Float> Layer<F> for ActivationLayer<F> {
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let y = activation_forward(self.act, x.view());
         if mode == Mode::Train {
-            self.cache = Some((x, y.clone()));
+            self.saved = Some(if self.act.backward_uses_output() { y.clone() } else { x });
         }
         Ok(y)
     }
 
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
-        let (x, y) = self
-            .cache
+        let saved = self
+            .saved
             .take()
             .ok_or_else(|| Error::InvalidArgument(format!("{:?}: backward before forward", self.act)))?;
-        if dy.shape() != y.shape() {
+        if dy.shape() != saved.shape() {
             return Err(Error::shape(
                 format!("{:?} dy", self.act),
-                format!("{:?}", y.shape()),
+                format!("{:?}", saved.shape()),
                 dy.shape(),
             ));
         }
-        Ok(need_dx.then(|| activation_backward(self.act, x.view(), y.view(), dy.view())))
+        Ok(need_dx.then(|| activation_backward(self.act, saved.view(), dy.view())))
     }
 }

@@ -6,8 +6,7 @@
 
 use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, Axis, Zip};
 
-use super::conv2d::to4;
-use super::{Layer, Mode, Module, Param};
+use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
 /// What backward needs from a BatchNorm2d forward: the per-channel mean and `1/sqrt(var + eps)`

@@ -1,10 +1,8 @@
 //! Conv2d: `y[n, o] = b[o] + sum_c w[o, c] ⋆ x[n, c]` by im2col + GEMM, parallel over the batch.
 
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, Ix4};
-use rand::Rng;
+use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis};
 
 use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
-use super::{Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
 /// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
@@ -180,117 +178,4 @@ pub fn conv2d_backward<F: Float>(
         gemm_fold(dym, &g, wm, dxm);
         dx
     }))
-}
-
-/// A 2-D convolution layer: weight `[out, in, kh, kw]`, bias `[out]`, PyTorch's default
-/// initialisation (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, `fan_in = in*kh*kw`) and
-/// `state_dict` names `{prefix}.weight`, `{prefix}.bias`.
-#[derive(Debug, Clone)]
-pub struct Conv2d<F> {
-    /// `[out, in, kh, kw]`.
-    pub weight: Param<F>,
-    /// `[out]`.
-    pub bias: Option<Param<F>>,
-    /// Stride, padding, dilation.
-    pub opts: ConvOptions,
-    input: Option<Array4<F>>,
-}
-
-impl<F: Float> Conv2d<F> {
-    /// `in_ch -> out_ch` channels with a `kernel = (kh, kw)` kernel.
-    pub fn new<R: Rng + ?Sized>(
-        prefix: &str,
-        in_ch: usize,
-        out_ch: usize,
-        kernel: (usize, usize),
-        opts: ConvOptions,
-        rng: &mut R,
-    ) -> Self {
-        let bound = F::one() / F::lit((in_ch * kernel.0 * kernel.1) as f64).sqrt();
-        let weight = Param::uniform(
-            format!("{prefix}.weight"),
-            &[out_ch, in_ch, kernel.0, kernel.1],
-            bound,
-            rng,
-        );
-        let bias = opts
-            .bias
-            .then(|| Param::uniform(format!("{prefix}.bias"), &[out_ch], bound, rng));
-        Conv2d {
-            weight,
-            bias,
-            opts,
-            input: None,
-        }
-    }
-
-    fn w(&self) -> ArrayView4<'_, F> {
-        self.weight.value.view().into_dimensionality().expect("4-D weight")
-    }
-
-    /// Forward without keeping the input.
-    pub fn infer(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
-        let b = self
-            .bias
-            .as_ref()
-            .map(|b| b.value.view().into_dimensionality().expect("vector"));
-        conv2d_forward(x, self.w(), b, &self.opts)
-    }
-
-    /// Backward from the kept input.
-    pub fn backward4(&mut self, dy: ArrayView4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
-        let x = self
-            .input
-            .take()
-            .ok_or_else(|| Error::InvalidArgument(format!("Conv2d {}: backward before forward", self.weight.name)))?;
-        let w = self
-            .weight
-            .value
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("4-D weight");
-        let dw = self
-            .weight
-            .grad
-            .view_mut()
-            .into_dimensionality::<Ix4>()
-            .expect("4-D weight");
-        let db = self
-            .bias
-            .as_mut()
-            .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
-        conv2d_backward(x.view(), w, dy, &self.opts, need_dx, dw, db)
-    }
-}
-
-impl<F: Float> Module<F> for Conv2d<F> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
-    }
-}
-
-impl<F: Float> Layer<F> for Conv2d<F> {
-    fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
-        let x = to4(x, &self.weight.name)?;
-        let y = self.infer(x.view())?;
-        if mode == Mode::Train {
-            self.input = Some(x);
-        }
-        Ok(y.into_dyn())
-    }
-
-    fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
-        let dy = to4(dy, &self.weight.name)?;
-        Ok(self.backward4(dy.view(), need_dx)?.map(Array4::into_dyn))
-    }
-}
-
-/// A dynamic array as NCHW, or an error naming the layer.
-pub(crate) fn to4<F: Float>(x: ArrayD<F>, layer: &str) -> Result<Array4<F>> {
-    let shape = x.shape().to_vec();
-    x.into_dimensionality::<Ix4>()
-        .map_err(|_| Error::shape(format!("layer {layer} input"), "[batch, channels, h, w]", &shape))
 }

@@ -1,12 +1,10 @@
 //! ConvTranspose2d: the adjoint of Conv2d, on the same im2col kernels run the other way
 //! (its forward is Conv2d's input gradient and its input gradient is Conv2d's forward).
 
-use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
-use rand::Rng;
+use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
 
-use super::conv2d::{add_channel_bias, channel_bias_grad, to4, ConvOptions};
+use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
 use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
-use super::{Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
 /// The geometry of the convolution this one transposes: unfolding the *output* image
@@ -117,111 +115,4 @@ pub fn conv_transpose2d_backward<F: Float>(
         unfold_gemm(dym, &g, wm, dxm);
         dx
     }))
-}
-
-/// A transposed 2-D convolution layer: weight `[in, out, kh, kw]`, bias `[out]`, PyTorch's
-/// default initialisation (`fan_in = out*kh*kw`, as `torch.nn.ConvTranspose2d` computes it)
-/// and `state_dict` names.
-#[derive(Debug, Clone)]
-pub struct ConvTranspose2d<F> {
-    /// `[in, out, kh, kw]`.
-    pub weight: Param<F>,
-    /// `[out]`.
-    pub bias: Option<Param<F>>,
-    /// Stride, padding, dilation, output padding.
-    pub opts: ConvOptions,
-    input: Option<Array4<F>>,
-}
-
-impl<F: Float> ConvTranspose2d<F> {
-    /// `in_ch -> out_ch` channels with a `kernel = (kh, kw)` kernel.
-    pub fn new<R: Rng + ?Sized>(
-        prefix: &str,
-        in_ch: usize,
-        out_ch: usize,
-        kernel: (usize, usize),
-        opts: ConvOptions,
-        rng: &mut R,
-    ) -> Self {
-        let bound = F::one() / F::lit((out_ch * kernel.0 * kernel.1) as f64).sqrt();
-        let weight = Param::uniform(
-            format!("{prefix}.weight"),
-            &[in_ch, out_ch, kernel.0, kernel.1],
-            bound,
-            rng,
-        );
-        let bias = opts
-            .bias
-            .then(|| Param::uniform(format!("{prefix}.bias"), &[out_ch], bound, rng));
-        ConvTranspose2d {
-            weight,
-            bias,
-            opts,
-            input: None,
-        }
-    }
-
-    /// Forward without keeping the input.
-    pub fn infer(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
-        let w = self
-            .weight
-            .value
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("4-D weight");
-        let b = self
-            .bias
-            .as_ref()
-            .map(|b| b.value.view().into_dimensionality().expect("vector"));
-        conv_transpose2d_forward(x, w, b, &self.opts)
-    }
-
-    /// Backward from the kept input.
-    pub fn backward4(&mut self, dy: ArrayView4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
-        let x = self.input.take().ok_or_else(|| {
-            Error::InvalidArgument(format!("ConvTranspose2d {}: backward before forward", self.weight.name))
-        })?;
-        let w = self
-            .weight
-            .value
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("4-D weight");
-        let dw = self
-            .weight
-            .grad
-            .view_mut()
-            .into_dimensionality::<Ix4>()
-            .expect("4-D weight");
-        let db = self
-            .bias
-            .as_mut()
-            .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
-        conv_transpose2d_backward(x.view(), w, dy, &self.opts, need_dx, dw, db)
-    }
-}
-
-impl<F: Float> Module<F> for ConvTranspose2d<F> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
-        f(&mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(b);
-        }
-    }
-}
-
-impl<F: Float> Layer<F> for ConvTranspose2d<F> {
-    fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
-        let x = to4(x, &self.weight.name)?;
-        let y = self.infer(x.view())?;
-        if mode == Mode::Train {
-            self.input = Some(x);
-        }
-        Ok(y.into_dyn())
-    }
-
-    fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
-        let dy = to4(dy, &self.weight.name)?;
-        Ok(self.backward4(dy.view(), need_dx)?.map(Array4::into_dyn))
-    }
 }

@@ -156,10 +156,10 @@ impl<F: Float> Layer<F> for Linear<F> {
                 &shape,
             )
         })?;
-        let y = match mode {
-            Mode::Train => self.forward2(x2.view())?,
-            Mode::Eval => self.infer(x2.view())?,
-        };
+        let y = self.infer(x2.view())?;
+        if mode == Mode::Train {
+            self.input = Some(x2);
+        }
         Ok(y.into_dyn())
     }
 

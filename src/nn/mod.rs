@@ -8,6 +8,7 @@ mod activation;
 mod batch_norm2d;
 mod bias;
 mod conv2d;
+mod conv_layer;
 mod conv_transpose2d;
 pub mod im2col;
 mod linear;
@@ -18,16 +19,17 @@ mod sequential;
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
 pub use batch_norm2d::{batch_norm2d_backward, batch_norm2d_forward, BatchNorm2d, BatchNormCache};
 pub use bias::PixelBias;
-pub use conv2d::{conv2d_backward, conv2d_forward, Conv2d, ConvOptions};
-pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward, ConvTranspose2d};
+pub use conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
+pub use conv_layer::{Conv2d, ConvDirection, ConvLayer, ConvTranspose2d, Direct, Transposed};
+pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward};
 pub use linear::{linear_backward, linear_forward, Linear};
 pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
 
-use ndarray::ArrayD;
+use ndarray::{Array4, ArrayD, Ix4};
 
-use crate::{Float, Result};
+use crate::{Error, Float, Result};
 
 /// Whether a layer runs in training mode (batch statistics, caches for backward) or
 /// evaluation mode. Always an explicit argument, never hidden state.
@@ -65,4 +67,11 @@ pub trait Layer<F: Float>: Module<F> + Send {
 
     /// Given `dy`, accumulates parameter gradients and returns `dx` if `need_dx`.
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>>;
+}
+
+/// A dynamic array as NCHW, or an error naming the layer.
+pub(crate) fn to4<F: Float>(x: ArrayD<F>, layer: &str) -> Result<Array4<F>> {
+    let shape = x.shape().to_vec();
+    x.into_dimensionality::<Ix4>()
+        .map_err(|_| Error::shape(format!("layer {layer} input"), "[batch, channels, h, w]", &shape))
 }

@@ -1,0 +1,225 @@
+//! The convolution layer, in both directions: one struct holding weight, bias, options
+//! and the kept input, parameterised by a [`ConvDirection`] that says which pair of
+//! free functions runs it and how PyTorch lays out and initialises its weight.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+
+use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
+use rand::Rng;
+
+use super::conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
+use super::conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward};
+use super::{to4, Layer, Mode, Module, Param};
+use crate::{Error, Float, Result};
+
+/// Which way a convolution layer runs: [`Direct`] (Conv2d) or [`Transposed`]
+/// (ConvTranspose2d).
+pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
+    /// The PyTorch class name, for messages.
+    const NAME: &'static str;
+    /// The weight's shape for `in_ch -> out_ch` channels and a `kernel`.
+    fn weight_shape(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> [usize; 4];
+    /// The fan-in PyTorch's default initialisation uses (`size(1) * kh * kw`).
+    fn fan_in(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> usize;
+    /// The forward free function.
+    fn forward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        b: Option<ArrayView1<F>>,
+        o: &ConvOptions,
+    ) -> Result<Array4<F>>;
+    /// The backward free function.
+    #[allow(clippy::too_many_arguments)]
+    fn backward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        need_dx: bool,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
+    ) -> Result<Option<Array4<F>>>;
+}
+
+/// Conv2d: weight `[out, in, kh, kw]`, `fan_in = in*kh*kw`.
+#[derive(Debug, Clone, Copy)]
+pub struct Direct;
+
+/// ConvTranspose2d: weight `[in, out, kh, kw]`, `fan_in = out*kh*kw` (PyTorch reads the
+/// fan-in off the weight's second axis).
+#[derive(Debug, Clone, Copy)]
+pub struct Transposed;
+
+impl ConvDirection for Direct {
+    const NAME: &'static str = "Conv2d";
+    fn weight_shape(i: usize, o: usize, k: (usize, usize)) -> [usize; 4] {
+        [o, i, k.0, k.1]
+    }
+    fn fan_in(i: usize, _o: usize, k: (usize, usize)) -> usize {
+        i * k.0 * k.1
+    }
+    fn forward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        b: Option<ArrayView1<F>>,
+        o: &ConvOptions,
+    ) -> Result<Array4<F>> {
+        conv2d_forward(x, w, b, o)
+    }
+    fn backward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        need_dx: bool,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
+    ) -> Result<Option<Array4<F>>> {
+        conv2d_backward(x, w, dy, o, need_dx, dw, db)
+    }
+}
+
+impl ConvDirection for Transposed {
+    const NAME: &'static str = "ConvTranspose2d";
+    fn weight_shape(i: usize, o: usize, k: (usize, usize)) -> [usize; 4] {
+        [i, o, k.0, k.1]
+    }
+    fn fan_in(_i: usize, o: usize, k: (usize, usize)) -> usize {
+        o * k.0 * k.1
+    }
+    fn forward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        b: Option<ArrayView1<F>>,
+        o: &ConvOptions,
+    ) -> Result<Array4<F>> {
+        conv_transpose2d_forward(x, w, b, o)
+    }
+    fn backward<F: Float>(
+        x: ArrayView4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        need_dx: bool,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
+    ) -> Result<Option<Array4<F>>> {
+        conv_transpose2d_backward(x, w, dy, o, need_dx, dw, db)
+    }
+}
+
+/// A convolution layer with PyTorch's default initialisation
+/// (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))` for weight and bias) and `state_dict` names
+/// `{prefix}.weight`, `{prefix}.bias`.
+#[derive(Debug, Clone)]
+pub struct ConvLayer<F, D> {
+    /// The weight, laid out as [`ConvDirection::weight_shape`].
+    pub weight: Param<F>,
+    /// `[out]`.
+    pub bias: Option<Param<F>>,
+    /// Stride, padding, dilation (and output padding for the transposed direction).
+    pub opts: ConvOptions,
+    input: Option<Array4<F>>,
+    direction: PhantomData<D>,
+}
+
+/// `torch.nn.Conv2d`: weight `[out, in, kh, kw]`.
+pub type Conv2d<F> = ConvLayer<F, Direct>;
+
+/// `torch.nn.ConvTranspose2d`: weight `[in, out, kh, kw]`.
+pub type ConvTranspose2d<F> = ConvLayer<F, Transposed>;
+
+impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
+    /// `in_ch -> out_ch` channels with a `kernel = (kh, kw)` kernel.
+    pub fn new<R: Rng + ?Sized>(
+        prefix: &str,
+        in_ch: usize,
+        out_ch: usize,
+        kernel: (usize, usize),
+        opts: ConvOptions,
+        rng: &mut R,
+    ) -> Self {
+        let bound = F::one() / F::lit(D::fan_in(in_ch, out_ch, kernel) as f64).sqrt();
+        let weight = Param::uniform(
+            format!("{prefix}.weight"),
+            &D::weight_shape(in_ch, out_ch, kernel),
+            bound,
+            rng,
+        );
+        let bias = opts
+            .bias
+            .then(|| Param::uniform(format!("{prefix}.bias"), &[out_ch], bound, rng));
+        ConvLayer {
+            weight,
+            bias,
+            opts,
+            input: None,
+            direction: PhantomData,
+        }
+    }
+
+    /// Forward without keeping the input.
+    pub fn infer(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
+        let w = self
+            .weight
+            .value
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("4-D weight");
+        let b = self
+            .bias
+            .as_ref()
+            .map(|b| b.value.view().into_dimensionality().expect("vector"));
+        D::forward(x, w, b, &self.opts)
+    }
+
+    /// Backward from the input kept by a train-mode forward.
+    pub fn backward4(&mut self, dy: ArrayView4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
+        let x = self.input.take().ok_or_else(|| {
+            Error::InvalidArgument(format!("{} {}: backward before forward", D::NAME, self.weight.name))
+        })?;
+        let w = self
+            .weight
+            .value
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("4-D weight");
+        let dw = self
+            .weight
+            .grad
+            .view_mut()
+            .into_dimensionality::<Ix4>()
+            .expect("4-D weight");
+        let db = self
+            .bias
+            .as_mut()
+            .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
+        D::backward(x.view(), w, dy, &self.opts, need_dx, dw, db)
+    }
+}
+
+impl<F: Float, D: ConvDirection> Module<F> for ConvLayer<F, D> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
+        f(&mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(b);
+        }
+    }
+}
+
+impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
+    fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
+        let x = to4(x, &self.weight.name)?;
+        let y = self.infer(x.view())?;
+        if mode == Mode::Train {
+            self.input = Some(x);
+        }
+        Ok(y.into_dyn())
+    }
+
+    fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
+        let dy = to4(dy, &self.weight.name)?;
+        Ok(self.backward4(dy.view(), need_dx)?.map(Array4::into_dyn))
+    }
+}
