@@ -116,14 +116,20 @@ pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
             for kj in 0..kw {
                 let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
                 let row = &mut cols[((ch * kh + ki) * kw + kj) * n_out..][..n_out];
-                row.fill(F::zero());
+                // Only positions whose tap falls in the padding are zero: fill those alone.
+                if ylo > 0 || yhi < g.oh || xlo > 0 || xhi < g.ow {
+                    row.fill(F::zero());
+                }
                 for oy in ylo..yhi {
                     let iy = oy * sh + ki * dh - ph;
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
                     let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
                     if sw == 1 {
+                        // Runs are short (an output row): a plain loop beats a memmove call.
                         let ix0 = xlo + kj * dw - pw;
-                        dst[xlo..xhi].copy_from_slice(&src[ix0..ix0 + (xhi - xlo)]);
+                        for (d, &v) in dst[xlo..xhi].iter_mut().zip(&src[ix0..]) {
+                            *d = v;
+                        }
                     } else {
                         for ox in xlo..xhi {
                             dst[ox] = src[ox * sw + kj * dw - pw];
