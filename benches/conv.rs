@@ -23,6 +23,12 @@ fn bench(c: &mut Criterion) {
         ("conv2d_32to32_k5_24", false, 100, 32, 32, 24, 5, 1),
         ("convt2d_32to32_k5_20", true, 100, 32, 32, 20, 5, 1),
         ("convt2d_32to1_k5_24", true, 100, 32, 1, 24, 5, 1),
+        // The DCGAN VAE's layers (Coursera lab: hidden 16 / 64, z 32) at its batch of 1024.
+        ("dcgan_conv2d_1to16_k4s2_28", false, 1024, 1, 16, 28, 4, 2),
+        ("dcgan_conv2d_16to32_k4s2_13", false, 1024, 16, 32, 13, 4, 2),
+        ("dcgan_convt2d_64to32_k4s1_3", true, 1024, 64, 32, 3, 4, 1),
+        ("dcgan_convt2d_32to16_k3s2_6", true, 1024, 32, 16, 6, 3, 2),
+        ("dcgan_convt2d_16to1_k4s2_13", true, 1024, 16, 1, 13, 4, 2),
     ];
     for (name, transposed, n, ci, co, side, k, s) in cases {
         let opts = ConvOptions::default().stride(s);

@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
-use latent::models::LinearAe;
+use latent::models::{ConvAe, LinearAe};
 use latent::optim::{Adam, AdamConfig};
 use latent::pca::{principal_angles, Pca};
-use latent::plot::{image_grid, LineChart, Series};
+use latent::plot::{image_grid, scatter_by_class, LineChart, Series};
 use latent::progress::EpochProgress;
+use latent::Float;
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rand::SeedableRng;
 
@@ -35,6 +36,11 @@ fn run() -> latent::Result<()> {
         &[
             ("k", "20", "latent dimensions / principal components"),
             ("epochs", "20", "linear AE training epochs"),
+            (
+                "conv-epochs",
+                "3",
+                "conv AE training epochs (the notebook's 20 for the README figures; 0 skips it)",
+            ),
             ("batch", "250", "batch size"),
             ("lr", "1e-3", "Adam learning rate"),
             ("weight-decay", "1e-5", "Adam L2 weight decay"),
@@ -52,6 +58,7 @@ fn run() -> latent::Result<()> {
     .parse();
     let k: usize = flags.get("k");
     let epochs: usize = flags.get("epochs");
+    let conv_epochs: usize = flags.get("conv-epochs");
     let batch: usize = flags.get("batch");
     let lr: f32 = flags.get("lr");
     let wd: f32 = flags.get("weight-decay");
@@ -96,24 +103,11 @@ fn run() -> latent::Result<()> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut ae = LinearAe::<f32>::new(dim, k, &mut rng)?;
     let mut opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
-    let mut curve = Vec::new();
-    let mut epoch_times = Vec::new();
     let mut xb = Array2::zeros((0, dim));
-    for epoch in 0..epochs {
-        let batches = epoch_batches(train.len(), batch, Some(&mut rng))?;
-        let bar = EpochProgress::new(format!("linear AE epoch {}/{epochs}", epoch + 1), batches.len());
-        let mut sum = 0.0;
-        for (i, idx) in batches.iter().enumerate() {
-            train.gather_flat(idx, &mut xb);
-            let loss = ae
-                .train_step(xb.view(), &mut opt)
-                .map_err(|e| latent::Error::InvalidArgument(format!("epoch {}, batch {i}: {e}", epoch + 1)))?;
-            sum += loss as f64;
-            curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, loss as f64));
-            bar.step(loss as f64);
-        }
-        epoch_times.push(bar.finish(sum / batches.len() as f64).as_secs_f64());
-    }
+    let (curve, epoch_times) = train_epochs("linear AE", epochs, train.len(), batch, &mut rng, |idx| {
+        train.gather_flat(idx, &mut xb);
+        ae.train_step(xb.view(), &mut opt)
+    })?;
     let ae_test = mse(&reconstruct_chunked(&ae, test.flat())?, test.flat());
     let dec = ae
         .dec_lin
@@ -124,6 +118,66 @@ fn run() -> latent::Result<()> {
         .expect("matrix")
         .mapv(f64::from);
     let angles = principal_angles(&dec, pca.components())?.mapv(f64::to_degrees);
+
+    // Convolutional autoencoder (CIS-522 architecture), same recipe.
+    let side = (dim as f64).sqrt() as usize;
+    // A collapsed start (every ReLU feeding the code dead, so the code is constant) shows
+    // within the first hundred steps; rather than train it for minutes, say so and restart
+    // from a fresh PyTorch-default initialisation.
+    const CHECK_STEP: usize = 100;
+    let mut attempt = 0;
+    let (mut conv, conv_curve, conv_times) = loop {
+        let mut conv = ConvAe::<f32>::cis522(k, &mut rng)?;
+        let mut conv_opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
+        let mut steps = 0;
+        let mut collapsed = false;
+        let run = train_epochs("conv AE", conv_epochs, train.len(), batch, &mut rng, |idx| {
+            train.gather_flat(idx, &mut xb);
+            let x4 = xb
+                .view()
+                .into_shape_with_order((idx.len(), 1, side, side))
+                .expect("square images");
+            let loss = conv.train_step(x4, &mut conv_opt)?;
+            steps += 1;
+            if steps == CHECK_STEP && conv.code_spread().is_some_and(|s| s < 1e-6) {
+                collapsed = true;
+                return Err(latent::Error::Numerical("collapsed".into()));
+            }
+            Ok(loss)
+        });
+        match run {
+            Ok((curve, times)) => break (conv, curve, times),
+            Err(_) if collapsed && attempt < 3 => {
+                attempt += 1;
+                eprintln!(
+                    "conv AE collapsed at step {CHECK_STEP}: its code is constant over the batch (all ReLUs \
+                     feeding it are dead), the failure the notebook warns about; restarting from a new \
+                     initialisation (attempt {} of 4)",
+                    attempt + 1
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let conv_eval = if conv_epochs > 0 {
+        Some(evaluate_conv(&mut conv, &test, side)?)
+    } else {
+        None
+    };
+    // The error of always answering the training mean image: what a collapsed model gets.
+    let mean_image = pca.mean();
+    let mean_image_mse = test
+        .flat()
+        .rows()
+        .into_iter()
+        .map(|r| {
+            r.iter()
+                .zip(mean_image)
+                .map(|(&x, &m)| (x as f64 - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (test.len() * dim) as f64;
 
     let ratio = pca.explained_variance_ratio().sum();
     println!();
@@ -158,24 +212,51 @@ fn run() -> latent::Result<()> {
             angles.mean().unwrap_or(0.0)
         );
     }
+    if let Some(ev) = &conv_eval {
+        println!(
+            "{:<34} {:>12.6} {:>12.3} s  ({conv_epochs} epochs, first {:.1} s, last {:.1} s, median {:.1} s/epoch)",
+            "conv autoencoder",
+            ev.test_mse,
+            conv_times.iter().sum::<f64>(),
+            conv_times[0],
+            conv_times[conv_times.len() - 1],
+            common::median(conv_times.clone())
+        );
+        if ev.test_mse > 0.9 * mean_image_mse || ev.code_spread < 1e-6 {
+            println!(
+                "WARNING: the conv AE has collapsed: its test MSE {:.6} is the error of the mean image ({:.6}) \
+                 and its codes barely vary (largest standard deviation {:.2e}); the ReLUs feeding the code \
+                 are dead. This is the failure the notebook warns about: rerun with another --seed.",
+                ev.test_mse, mean_image_mse, ev.code_spread
+            );
+        } else {
+            println!("conv AE / PCA test MSE: {:.4}", ev.test_mse / pca_test);
+        }
+    }
+    println!("(mean-image test MSE, what a collapsed model gets: {mean_image_mse:.6})");
     println!("(PCA training-set MSE, the best any linear AE can reach on the training data: {pca_train:.6})");
 
     std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
-    if epochs > 0 {
+    if epochs > 0 || conv_epochs > 0 {
+        let mut series = vec![Series {
+            name: "linear AE (training batches)".into(),
+            points: curve,
+        }];
+        if conv_epochs > 0 {
+            series.push(Series {
+                name: "conv AE (training batches)".into(),
+                points: conv_curve,
+            });
+        }
+        series.push(Series {
+            name: format!("PCA, K = {k} (training set)"),
+            points: vec![(0.0, pca_train), (epochs.max(conv_epochs) as f64, pca_train)],
+        });
         LineChart {
-            title: format!("Linear autoencoder training, K = {k}"),
+            title: format!("Autoencoder training, K = {k}"),
             x_label: "epoch".into(),
             y_label: "MSE per pixel".into(),
-            series: vec![
-                Series {
-                    name: "linear AE (training batches)".into(),
-                    points: curve,
-                },
-                Series {
-                    name: format!("PCA, K = {k} (training set)"),
-                    points: vec![(0.0, pca_train), (epochs as f64, pca_train)],
-                },
-            ],
+            series,
             log_y: false,
             marker: None,
             legend_lower_right: false,
@@ -184,13 +265,28 @@ fn run() -> latent::Result<()> {
     }
     let show = 8;
     let imgs = test.flat().slice(s![..show, ..]).to_owned();
-    let mut rows = vec![("original".to_string(), as_images(imgs.view()))];
-    let ae_rec = ae.reconstruct(imgs.view())?;
+    let pca_rec = pca.reconstruct(imgs.view())?;
+    let mut rows = vec![
+        ("original".to_string(), as_images(imgs.view())),
+        (format!("PCA ({pca_test:.4})"), as_images(pca_rec.view())),
+    ];
     if epochs > 0 {
+        let ae_rec = ae.reconstruct(imgs.view())?;
         rows.push((format!("linear AE ({ae_test:.4})"), as_images(ae_rec.view())));
     }
-    let pca_rec = pca.reconstruct(imgs.view())?;
-    rows.push((format!("PCA ({pca_test:.4})"), as_images(pca_rec.view())));
+    if let Some(ev) = &conv_eval {
+        let x4 = imgs
+            .view()
+            .into_shape_with_order((show, 1, side, side))
+            .expect("square images");
+        let rec = conv.reconstruct(x4)?;
+        let rec = rec
+            .view()
+            .into_shape_with_order((show, dim))
+            .expect("contiguous")
+            .to_owned();
+        rows.push((format!("conv AE ({:.4})", ev.test_mse), as_images(rec.view())));
+    }
     let rows: Vec<_> = rows
         .iter()
         .map(|(l, v)| (l.clone(), v.iter().map(|a| a.view()).collect()))
@@ -225,8 +321,146 @@ fn run() -> latent::Result<()> {
         legend_lower_right: true,
     }
     .save(&out.join("pca_vs_ae_spectrum.png"))?;
+    // Interpolation between two test images of different digits: in pixel space, and
+    // through the codes of each autoencoder.
+    let a = 0;
+    let b = (1..test.len()).find(|&i| test.labels[i] != test.labels[a]).unwrap_or(1);
+    let steps = 11;
+    let pair = ndarray::stack(Axis(0), &[test.flat().row(a), test.flat().row(b)]).expect("same widths");
+    let blend = |h: &Array2<f32>| -> Array2<f32> {
+        Array2::from_shape_fn((steps, h.ncols()), |(i, j)| {
+            let t = i as f32 / (steps - 1) as f32;
+            (1.0 - t) * h[[0, j]] + t * h[[1, j]]
+        })
+    };
+    let mut rows = vec![("pixels".to_string(), as_images(blend(&pair).view()))];
+    if epochs > 0 {
+        let h = ae.encode(pair.view())?;
+        rows.push((
+            "linear AE codes".to_string(),
+            as_images(ae.decode(blend(&h).view())?.view()),
+        ));
+    }
+    if conv_epochs > 0 {
+        let h = conv.encode(pair.view().into_shape_with_order((2, 1, side, side)).expect("square"))?;
+        let imgs = conv.decode(blend(&h))?;
+        rows.push((
+            "conv AE codes".to_string(),
+            as_images(imgs.view().into_shape_with_order((steps, dim)).expect("contiguous")),
+        ));
+    }
+    let rows: Vec<_> = rows
+        .iter()
+        .map(|(l, v)| (l.clone(), v.iter().map(|a| a.view()).collect()))
+        .collect();
+    image_grid(
+        &out.join("pca_vs_ae_interpolation.png"),
+        &format!("Interpolating test image {a} into test image {b} (11 steps)"),
+        &rows,
+    )?;
+    if let Some(ev) = &conv_eval {
+        // The conv AE's test codes on their own top two principal components.
+        let pc = Pca::params(2.min(k)).fit(ev.codes.view())?;
+        let proj = pc.transform(ev.codes.view())?;
+        let points: Vec<(f64, f64)> = proj
+            .rows()
+            .into_iter()
+            .map(|r| (r[0] as f64, if r.len() > 1 { r[1] as f64 } else { 0.0 }))
+            .collect();
+        scatter_by_class(
+            &out.join("pca_vs_ae_latent.png"),
+            &format!("Conv AE test codes (K = {k}) on their top two principal components"),
+            ("PC 1", "PC 2"),
+            &points,
+            test.labels.as_slice().expect("contiguous"),
+            &kind.class_names(),
+        )?;
+        // Images decoded from z ~ N(0, I): an autoencoder is no generative model.
+        let z = Array2::from_shape_simple_fn((25, k), || f32::sample_normal(&mut rng));
+        let imgs = conv.decode(z)?;
+        let imgs = as_images(imgs.view().into_shape_with_order((25, dim)).expect("contiguous"));
+        let rows: Vec<_> = imgs
+            .chunks(5)
+            .map(|c| (String::new(), c.iter().map(|a| a.view()).collect()))
+            .collect();
+        image_grid(
+            &out.join("pca_vs_ae_samples.png"),
+            "Conv AE decoder on z ~ N(0, I)",
+            &rows,
+        )?;
+    }
     println!("figures written to {}", display(&out));
     Ok(())
+}
+
+/// A loss curve: `(epoch, loss)` points.
+type Curve = Vec<(f64, f64)>;
+
+/// Trains for `epochs` epochs of shuffled batches, calling `step` with each batch's
+/// indices; returns the per-batch loss curve (x in epochs) and each epoch's time.
+fn train_epochs(
+    label: &str,
+    epochs: usize,
+    n: usize,
+    batch: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    mut step: impl FnMut(&[usize]) -> latent::Result<f32>,
+) -> latent::Result<(Curve, Vec<f64>)> {
+    let mut curve = Vec::new();
+    let mut times = Vec::new();
+    for epoch in 0..epochs {
+        let batches = epoch_batches(n, batch, Some(&mut *rng))?;
+        let bar = EpochProgress::new(format!("{label} epoch {}/{epochs}", epoch + 1), batches.len());
+        let mut sum = 0.0;
+        for (i, idx) in batches.iter().enumerate() {
+            let loss = step(idx)
+                .map_err(|e| latent::Error::InvalidArgument(format!("{label}: epoch {}, batch {i}: {e}", epoch + 1)))?;
+            sum += loss as f64;
+            curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, loss as f64));
+            bar.step(loss as f64);
+        }
+        times.push(bar.finish(sum / batches.len() as f64).as_secs_f64());
+    }
+    Ok((curve, times))
+}
+
+/// The conv AE on the test set.
+struct ConvEval {
+    test_mse: f64,
+    codes: Array2<f32>,
+    /// Largest standard deviation of a code dimension over the test set (0 when collapsed).
+    code_spread: f64,
+}
+
+fn evaluate_conv(conv: &mut ConvAe<f32>, test: &Dataset, side: usize) -> latent::Result<ConvEval> {
+    let mut codes = Vec::new();
+    let mut sse = 0.0f64;
+    for chunk in test.flat().axis_chunks_iter(Axis(0), 500) {
+        let x4 = chunk
+            .into_shape_with_order((chunk.nrows(), 1, side, side))
+            .expect("square images");
+        let h = conv.encode(x4)?;
+        let rec = conv.decode(h.clone())?;
+        sse += rec
+            .iter()
+            .zip(x4.iter())
+            .map(|(&r, &x)| ((r - x) as f64).powi(2))
+            .sum::<f64>();
+        codes.push(h);
+    }
+    let views: Vec<_> = codes.iter().map(|c| c.view()).collect();
+    let codes = ndarray::concatenate(Axis(0), &views).expect("same widths");
+    let code_spread = codes
+        .mapv(f64::from)
+        .std_axis(Axis(0), 0.0)
+        .iter()
+        .copied()
+        .fold(0.0, f64::max);
+    Ok(ConvEval {
+        test_mse: sse / (test.len() * test.dim()) as f64,
+        codes,
+        code_spread,
+    })
 }
 
 fn name(kind: DatasetKind) -> &'static str {

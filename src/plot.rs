@@ -105,6 +105,14 @@ impl LineChart {
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
+                // Three significant digits: log axes otherwise print float noise.
+                let y_fmt = |y: &f64| {
+                    if y.abs() >= 0.01 || *y == 0.0 {
+                        format!("{y:.3}")
+                    } else {
+                        format!("{y:.1e}")
+                    }
+                };
                 let x_fmt = |x: &f64| {
                     if x1 - x0 >= 10.0 {
                         format!("{x:.0}")
@@ -115,6 +123,8 @@ impl LineChart {
                 chart
                     .configure_mesh()
                     .x_label_formatter(&x_fmt)
+                    .y_label_formatter(&y_fmt)
+                    .y_labels(8)
                     .x_desc(&self.x_label)
                     .y_desc(&self.y_label)
                     .label_style((FONT_NAME, 15))
@@ -208,7 +218,7 @@ pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>
         .ok_or_else(|| err("no images to draw".into()))?;
     let scale = (96 / ih.max(iw)).max(1);
     let (cell_h, cell_w) = (ih * scale + 8, iw * scale + 8);
-    let label_w = 150;
+    let label_w = if rows.iter().all(|r| r.0.is_empty()) { 8 } else { 150 };
     let title_h = 44;
     let width = (label_w + ncols * cell_w + 8) as u32;
     let height = (title_h + rows.len() * cell_h + 8) as u32;
@@ -250,4 +260,72 @@ fn draw_text(
     let style = TextStyle::from((FONT_NAME, size).into_font()).pos(Pos::new(h, VPos::Center));
     area.draw(&Text::new(text.to_string(), at, style))
         .map_err(|e| e.to_string())
+}
+
+/// A scatter plot of 2-D points coloured by class, with a legend of `class_names`
+/// (index = label). PNG, 820 x 700.
+pub fn scatter_by_class(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    points: &[(f64, f64)],
+    labels: &[u8],
+    class_names: &[&str],
+) -> Result<()> {
+    ensure_font();
+    let err = plot_err(path);
+    if points.len() != labels.len() || points.is_empty() {
+        return Err(err(format!("{} points but {} labels", points.len(), labels.len())));
+    }
+    let finite = points.iter().filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in finite {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    let (px, py) = (((x1 - x0) * 0.05).max(1e-9), ((y1 - y0) * 0.05).max(1e-9));
+    let root = BitMapBackend::new(path, (820, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_NAME, 22))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT_NAME, 14))
+        .axis_desc_style((FONT_NAME, 16))
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (class, name) in class_names.iter().enumerate() {
+        let c = class_color(class);
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .zip(labels)
+            .filter(|(_, &l)| l as usize == class)
+            .map(|(&p, _)| p)
+            .collect();
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 2, c.mix(0.6).filled())))
+            .map_err(|e| err(e.to_string()))?
+            .label(name.to_string())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font((FONT_NAME, 15))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
 }

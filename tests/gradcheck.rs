@@ -242,3 +242,25 @@ fn linear_ae_gradients_match_finite_differences() {
         assert!(e < TOL, "LinearAe d{name}: {e:.2e}");
     }
 }
+
+/// The collapse the notebook warns about: when every ReLU after the second encoder conv
+/// is dead, the code is constant over the batch and `code_spread` says so; a healthy
+/// encoder's codes vary.
+#[test]
+fn conv_ae_reports_a_collapsed_code() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+    let mut ae = ConvAe::<f64>::new([1, 7, 7], 3, 2, 3, &mut rng).unwrap();
+    let x = rand_array(&[4, 1, 7, 7], 24)
+        .mapv(|v| (v + 1.0) / 2.0)
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    ae.loss_and_grad(x.view()).unwrap();
+    assert!(ae.code_spread().unwrap() > 1e-3, "a healthy encoder's codes vary");
+    ae.visit_params(&mut |p| {
+        if p.name == "enc_conv_2.bias" {
+            p.value.fill(-1e3);
+        }
+    });
+    ae.loss_and_grad(x.view()).unwrap();
+    assert_eq!(ae.code_spread().unwrap(), 0.0, "dead ReLUs: constant code");
+}

@@ -22,6 +22,7 @@ pub struct ConvAe<F> {
     pub decoder: Sequential<F>,
     image: [usize; 3],
     k: usize,
+    code_spread: Option<F>,
 }
 
 impl<F: Float> ConvAe<F> {
@@ -79,6 +80,7 @@ impl<F: Float> ConvAe<F> {
             decoder,
             image,
             k,
+            code_spread: None,
         })
     }
 
@@ -90,6 +92,13 @@ impl<F: Float> ConvAe<F> {
     /// Latent dimensions.
     pub fn k(&self) -> usize {
         self.k
+    }
+
+    /// The largest standard deviation, over the last training batch, of any code
+    /// dimension. Zero (to rounding) means the encoder has collapsed: every ReLU feeding
+    /// the code is dead, the code is constant and the decoder can only learn the mean image.
+    pub fn code_spread(&self) -> Option<F> {
+        self.code_spread
     }
 
     fn check(&self, x: &ArrayView4<F>) -> Result<()> {
@@ -131,6 +140,12 @@ impl<F: Float> ConvAe<F> {
         self.check(&x)?;
         self.zero_grad();
         let h = self.encoder.forward(x.to_owned().into_dyn(), Mode::Train)?;
+        let h2 = h.view().into_dimensionality::<Ix2>().expect("encoder ends in Linear");
+        self.code_spread = Some(
+            h2.std_axis(ndarray::Axis(0), F::zero())
+                .iter()
+                .fold(F::zero(), |m, &v| m.max(v)),
+        );
         let y = self.decoder.forward(h, Mode::Train)?;
         let loss = mse_loss(y.view(), x.into_dyn(), Reduction::Mean)?;
         if !loss.is_finite() {
