@@ -8,6 +8,7 @@
 //! - [`pca`]: streamed moments, top-K eigenvectors, the whitened encoder/decoder.
 //! - [`nn`]: layers as forward/backward pairs; [`loss`]; [`optim`] (Adam).
 //! - [`models`]: the notebooks' models, with PyTorch `state_dict` names.
+//! - [`vae`]: the ELBO, its estimators and gradients, one VAE training step.
 //! - [`plot`]: loss curves, image grids, spectra as PNG.
 //!
 //! Images are NCHW `f32` as in PyTorch; everything numeric is generic over [`Float`] so
@@ -27,6 +28,7 @@ pub mod optim;
 pub mod pca;
 pub mod plot;
 pub mod progress;
+pub mod vae;
 
 pub use error::{Error, Result};
 pub use float::Float;

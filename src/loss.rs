@@ -83,11 +83,8 @@ pub fn bce_loss<F: Float, D: Dimension>(
     reduction: Reduction,
 ) -> Result<F> {
     check_same("bce_loss", &prob, &target)?;
-    let floor = F::lit(-100.0);
     let mut sum = F::zero();
-    Zip::from(&prob).and(&target).for_each(|&p, &t| {
-        sum -= t * p.ln().max(floor) + (F::one() - t) * (F::one() - p).ln().max(floor);
-    });
+    Zip::from(&prob).and(&target).for_each(|&p, &t| sum += bce_elem(p, t));
     Ok(sum * reduction.scale(prob.len()))
 }
 
@@ -99,10 +96,9 @@ pub fn bce_grad<F: Float, D: Dimension>(
 ) -> Result<Array<F, D>> {
     check_same("bce_grad", &prob, &target)?;
     let c = reduction.scale::<F>(prob.len());
-    let tiny = F::lit(1e-12);
     Ok(Zip::from(&prob)
         .and(&target)
-        .map_collect(|&p, &t| c * (p - t) / (p * (F::one() - p)).max(tiny)))
+        .map_collect(|&p, &t| c * bce_elem_grad(p, t)))
 }
 
 /// Binary cross-entropy on logits, computed stably as `max(z, 0) - z t + log(1 + e^{-|z|})`.
@@ -113,9 +109,9 @@ pub fn bce_with_logits_loss<F: Float, D: Dimension>(
 ) -> Result<F> {
     check_same("bce_with_logits_loss", &logits, &target)?;
     let mut sum = F::zero();
-    Zip::from(&logits).and(&target).for_each(|&z, &t| {
-        sum += z.max(F::zero()) - z * t + (-z.abs()).exp().ln_1p();
-    });
+    Zip::from(&logits)
+        .and(&target)
+        .for_each(|&z, &t| sum += bce_logits_elem(z, t));
     Ok(sum * reduction.scale(logits.len()))
 }
 
@@ -130,6 +126,25 @@ pub fn bce_with_logits_grad<F: Float, D: Dimension>(
     Ok(Zip::from(&logits)
         .and(&target)
         .map_collect(|&z, &t| c * (sigmoid(z) - t)))
+}
+
+/// One element of [`bce_loss`]: `-(t log p + (1-t) log(1-p))`, logs clamped at -100.
+#[inline]
+pub(crate) fn bce_elem<F: Float>(p: F, t: F) -> F {
+    let floor = F::lit(-100.0);
+    -(t * p.ln().max(floor) + (F::one() - t) * (F::one() - p).ln().max(floor))
+}
+
+/// Derivative of [`bce_elem`] in `p`, with PyTorch's guard on the denominator.
+#[inline]
+pub(crate) fn bce_elem_grad<F: Float>(p: F, t: F) -> F {
+    (p - t) / (p * (F::one() - p)).max(F::lit(1e-12))
+}
+
+/// One element of [`bce_with_logits_loss`], stable for any logit.
+#[inline]
+pub(crate) fn bce_logits_elem<F: Float>(z: F, t: F) -> F {
+    z.max(F::zero()) - z * t + (-z.abs()).exp().ln_1p()
 }
 
 /// The logistic function, written to stay finite for any `z`.

@@ -6,7 +6,8 @@ mod common;
 
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
-use latent::models::ConvAe;
+use latent::models::{ConvAe, ConvVae, DcganVae, StridedVae};
+use latent::vae::{self, DiagGaussian, Likelihood, Vae};
 use latent::nn::{
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
@@ -15,7 +16,7 @@ use latent::nn::{
 use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};
 use latent::Float;
-use ndarray::{Array2, ArrayD, Axis, Ix1, Ix2, Ix4};
+use ndarray::{Array1, Array2, ArrayD, Axis, Ix1, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
 
 fn linear<F: Float>(fx: &Fixture, r: &mut Report) {
@@ -231,6 +232,201 @@ fn model_conv_ae<F: Float>(fx: &Fixture, r: &mut Report) {
     }
 }
 
+fn get2<F: Float>(fx: &Fixture, name: &str) -> Array2<F> {
+    fx.get::<F>(name).into_dimensionality::<Ix2>().unwrap()
+}
+
+fn scalar_of<F: Float>(fx: &Fixture, name: &str) -> F {
+    *fx.get::<F>(name).first().unwrap()
+}
+
+fn log_p_x_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
+    let x = get2::<F>(fx, "x");
+    let mu_xs = fx.get::<F>("mu_xs").into_dimensionality::<Ix3>().unwrap();
+    let ls = scalar_of::<F>(fx, "log_sig_x");
+    let v = vae::log_p_x_gaussian(x.view(), mu_xs.view(), ls).unwrap();
+    r.scalar(&fx.file, "value", v, scalar_of(fx, "value"));
+    let (dmu, dls) = vae::log_p_x_gaussian_backward(x.view(), mu_xs.view(), ls, F::one()).unwrap();
+    r.check(&fx.file, "dmu_xs", &dmu.into_dyn(), &fx.get("dmu_xs"));
+    r.scalar(&fx.file, "dlog_sig_x", dls, scalar_of(fx, "dlog_sig_x"));
+}
+
+fn kl_closed_diag<F: Float>(fx: &Fixture, r: &mut Report) {
+    let q = DiagGaussian::new(get2::<F>(fx, "mu"), get2::<F>(fx, "logvar")).unwrap();
+    r.check(&fx.file, "kl", &vae::kl_diag(&q).into_dyn(), &fx.get("kl"));
+    let dkl = fx.get::<F>("dkl").into_dimensionality::<Ix1>().unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros(q.mu.raw_dim()), Array2::zeros(q.mu.raw_dim()));
+    vae::kl_diag_backward(&q, dkl.view(), &mut dmu, &mut dlv).unwrap();
+    r.check(&fx.file, "dmu", &dmu.into_dyn(), &fx.get("dmu"));
+    r.check(&fx.file, "dlogvar", &dlv.into_dyn(), &fx.get("dlogvar"));
+}
+
+fn kl_mc_isotropic<F: Float>(fx: &Fixture, r: &mut Report) {
+    let phi = get2::<F>(fx, "phi");
+    let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
+    let q = DiagGaussian::from_isotropic(phi.view()).unwrap();
+    let zs = q.rsample(eps.view()).unwrap();
+    r.check(&fx.file, "zs", &zs.clone().into_dyn(), &fx.get("zs"));
+    let v = vae::kl_mc_isotropic(phi.view(), zs.view()).unwrap();
+    r.scalar(&fx.file, "value", v, scalar_of(fx, "value"));
+    // Total gradient: the direct partial plus the path through the reparameterised zs.
+    let (mut dphi, dzs) = vae::kl_mc_isotropic_backward(phi.view(), zs.view(), F::one()).unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros(q.mu.raw_dim()), Array2::zeros(q.mu.raw_dim()));
+    q.rsample_backward(eps.view(), dzs.view(), &mut dmu, &mut dlv).unwrap();
+    dphi += &DiagGaussian::isotropic_grad(dmu.view(), dlv.view());
+    r.check(&fx.file, "dphi", &dphi.into_dyn(), &fx.get("dphi"));
+    // The same estimate from the per-sample log ratio used by the ELBO and IWAE.
+    let ratio = vae::log_ratio(&q, eps.view(), zs.view()).unwrap();
+    r.scalar(&fx.file, "value via log_ratio", ratio.mean().unwrap(), scalar_of(fx, "value"));
+}
+
+fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
+    let x = get2::<F>(fx, "x");
+    let w = get2::<F>(fx, "W");
+    let c = fx.get::<F>("c").into_dimensionality::<Ix1>().unwrap();
+    let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
+    let q = DiagGaussian::new(get2::<F>(fx, "mu"), get2::<F>(fx, "logvar")).unwrap();
+    let (b, k, kd) = eps.dim();
+    let like = Likelihood::Gaussian {
+        log_sig_x: F::lit(fx.setting_f64("sigma_x").ln()),
+        normalised: true,
+    };
+    // The decoder of this case: mean = W z + c.
+    let z = q.rsample(eps.view()).unwrap();
+    let z2 = z.view().into_shape_with_order((b * k, kd)).unwrap();
+    let mean = (z2.dot(&w.t()) + &c).into_shape_with_order((b, k, x.ncols())).unwrap();
+    let ll = vae::log_likelihood(like, x.view(), mean.view()).unwrap();
+    let log_w = &ll - &vae::log_ratio(&q, eps.view(), z.view()).unwrap();
+    r.check(&fx.file, "log_w", &log_w.clone().into_dyn(), &fx.get("log_w"));
+    let iwae = vae::log_mean_exp(log_w.view());
+    r.check(&fx.file, "iwae", &iwae.into_dyn(), &fx.get("iwae"));
+    let elbo: Array1<F> = log_w.mean_axis(Axis(1)).unwrap();
+    r.check(&fx.file, "elbo", &elbo.into_dyn(), &fx.get("elbo"));
+    // Backward: normalised importance weights, then the likelihood, decoder, log ratio
+    // and the reparameterisation.
+    let diwae = fx.get::<F>("diwae").into_dimensionality::<Ix1>().unwrap();
+    let wts = vae::log_mean_exp_backward(log_w.view(), diwae.view()).unwrap();
+    let (dmean, _) = vae::log_likelihood_backward(like, x.view(), mean.view(), wts.view()).unwrap();
+    let dmean2 = dmean.into_shape_with_order((b * k, x.ncols())).unwrap();
+    let mut dz = dmean2.dot(&w).into_shape_with_order((b, k, kd)).unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros(q.mu.raw_dim()), Array2::zeros(q.mu.raw_dim()));
+    dz += &vae::log_ratio_backward(z.view(), wts.mapv(|v| -v).view(), &mut dlv).unwrap();
+    q.rsample_backward(eps.view(), dz.view(), &mut dmu, &mut dlv).unwrap();
+    r.check(&fx.file, "dmu", &dmu.into_dyn(), &fx.get("dmu"));
+    r.check(&fx.file, "dlogvar", &dlv.into_dyn(), &fx.get("dlogvar"));
+}
+
+/// Loads `param.*`, runs one training-mode loss and backward, and checks the loss, the
+/// named intermediates, every gradient and every buffer after the step.
+fn vae_model<F: Float, M: Vae<F>>(
+    fx: &Fixture,
+    r: &mut Report,
+    model: &mut M,
+    eps: ndarray::Array3<F>,
+    check: &mut dyn FnMut(&mut M, &vae::LossParts<F>, &mut Report),
+) {
+    load_params(model, |name| {
+        fx.has(&format!("param.{name}"))
+            .then(|| fx.get(&format!("param.{name}")))
+    })
+    .unwrap();
+    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let mut cfg = model.recipe();
+    cfg.objective = vae::Objective::Elbo {
+        samples: eps.dim().1,
+        beta: 1.0,
+    };
+    let parts = vae::loss_and_grad(model, x.view(), eps.view(), &cfg).unwrap();
+    r.scalar(&fx.file, "loss", parts.loss, scalar_of(fx, "loss"));
+    check(model, &parts, r);
+    let mut grads = Vec::new();
+    model.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
+    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
+    for (name, g) in &grads {
+        let theirs = fx.get::<F>(&format!("grad.{name}"));
+        let weight_grad = name
+            .strip_suffix(".bias")
+            .and_then(|prefix| grads.iter().find(|(n, _)| *n == format!("{prefix}.weight")))
+            .map(|(_, w)| common::norm(w));
+        match weight_grad {
+            // A bias followed by BatchNorm: its gradient is exactly zero.
+            Some(scale) if common::norm(&theirs) < 1e-9 * scale => {
+                r.check_scaled(&fx.file, &format!("grad.{name} (zero)"), g, &theirs, scale)
+            }
+            _ => r.check(&fx.file, &format!("grad.{name}"), g, &theirs),
+        }
+    }
+    let mut buffers = Vec::new();
+    model.visit_buffers(&mut |name, v| buffers.push((name.to_string(), v.to_owned())));
+    let expected = fx.names().filter(|n| n.starts_with("buffer_after.")).count();
+    assert_eq!(buffers.len(), expected, "{}: buffer count", fx.file);
+    for (name, v) in buffers {
+        r.check(&fx.file, &format!("buffer_after.{name}"), &v, &fx.get(&format!("buffer_after.{name}")));
+    }
+}
+
+fn model_conv_vae<F: Float>(fx: &Fixture, r: &mut Report) {
+    let k = fx.setting_f64("K") as usize;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut m = ConvVae::<F>::cis522(k, &mut rng).unwrap();
+    let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
+    vae_model(fx, r, &mut m, eps, &mut |m, parts, r| {
+        r.check(&fx.file, "phi", &m.last_phi().unwrap().clone().into_dyn(), &fx.get("phi"));
+        r.scalar(&fx.file, "kl_mc", parts.kl, scalar_of(fx, "kl_mc"));
+        r.scalar(&fx.file, "log_p_x", -parts.recon, scalar_of(fx, "log_p_x"));
+    });
+    // mu_xs for both samples: decode the same codes again.
+    let phi = m.last_phi().unwrap().clone();
+    let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
+    let z = DiagGaussian::from_isotropic(phi.view()).unwrap().rsample(eps.view()).unwrap();
+    let (b, n, kd) = z.dim();
+    let mu_xs = vae::decode_images(&mut m, z.view().into_shape_with_order((b * n, kd)).unwrap()).unwrap();
+    r.check(
+        &fx.file,
+        "mu_xs",
+        &mu_xs.into_shape_with_order((b, n, 784)).unwrap().into_dyn(),
+        &fx.get("mu_xs"),
+    );
+}
+
+fn model_dcgan_vae<F: Float>(fx: &Fixture, r: &mut Report) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut m = DcganVae::<F>::new(
+        [1, 28, 28],
+        fx.setting_f64("z_dim") as usize,
+        fx.setting_f64("enc_hidden") as usize,
+        fx.setting_f64("dec_hidden") as usize,
+        &mut rng,
+    )
+    .unwrap();
+    let eps = get2::<F>(fx, "eps").insert_axis(Axis(1));
+    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let b = F::lit(x.shape()[0] as f64);
+    vae_model(fx, r, &mut m, eps, &mut |_, parts, r| {
+        r.check(&fx.file, "recon", &parts.output.clone().into_dyn(), &fx.get("recon"));
+        r.scalar(&fx.file, "bce", parts.recon * b, scalar_of(fx, "bce"));
+        r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
+        r.check(&fx.file, "mean", &parts.posterior.mu.clone().into_dyn(), &fx.get("mean"));
+        r.check(&fx.file, "std", &parts.posterior.std().into_dyn(), &fx.get("std"));
+    });
+}
+
+fn model_strided_vae<F: Float>(fx: &Fixture, r: &mut Report) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut m = StridedVae::<F>::new([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
+    let eps = get2::<F>(fx, "eps").insert_axis(Axis(1));
+    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let b = F::lit(x.shape()[0] as f64);
+    vae_model(fx, r, &mut m, eps, &mut |_, parts, r| {
+        r.check(&fx.file, "x_hat", &parts.output.clone().into_dyn(), &fx.get("x_hat"));
+        r.scalar(&fx.file, "sse", parts.recon * b, scalar_of(fx, "sse"));
+        r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
+        r.check(&fx.file, "mu", &parts.posterior.mu.clone().into_dyn(), &fx.get("mu"));
+        r.check(&fx.file, "logvar", &parts.posterior.logvar.clone().into_dyn(), &fx.get("logvar"));
+    });
+}
+
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.
 fn run(fx: &Fixture, r: &mut Report) -> bool {
     macro_rules! both {
@@ -248,6 +444,13 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "activation" => both!(activation),
         "batch_norm2d" => both!(batch_norm),
         "model_conv_ae" => both!(model_conv_ae),
+        "log_p_x_gaussian" => both!(log_p_x_gaussian),
+        "kl_closed_diag" => both!(kl_closed_diag),
+        "kl_mc_isotropic" => both!(kl_mc_isotropic),
+        "iwae_linear_gaussian" => both!(iwae_linear_gaussian),
+        "model_conv_vae" => both!(model_conv_vae),
+        "model_dcgan_vae" => both!(model_dcgan_vae),
+        "model_strided_vae" => both!(model_strided_vae),
         _ => false,
     }
 }

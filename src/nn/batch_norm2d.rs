@@ -4,7 +4,7 @@
 //! mean and biased variance over `(n, h, w)`; the running mean and the *unbiased* running
 //! variance move by `momentum`. Eval: the running statistics replace the batch's.
 
-use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMutD, Axis, Zip};
 
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
@@ -191,6 +191,12 @@ impl<F: Float> Module<F> for BatchNorm2d<F> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
         f(&mut self.weight);
         f(&mut self.bias);
+    }
+
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {
+        let prefix = self.weight.name.strip_suffix(".weight").unwrap_or(&self.weight.name);
+        f(&format!("{prefix}.running_mean"), self.running_mean.view_mut().into_dyn());
+        f(&format!("{prefix}.running_var"), self.running_var.view_mut().into_dyn());
     }
 }
 

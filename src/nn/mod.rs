@@ -27,7 +27,7 @@ pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
 
-use ndarray::{Array4, ArrayD, Ix4};
+use ndarray::{Array4, ArrayD, ArrayViewMutD, Ix4};
 
 use crate::{Error, Float, Result};
 
@@ -46,6 +46,10 @@ pub trait Module<F: Float> {
     /// Calls `f` on every parameter, in a fixed order (the order of the optimizer state
     /// and of checkpoints).
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>));
+
+    /// Calls `f` on every buffer (state that is not trained by gradients: BatchNorm's
+    /// running statistics) with its `state_dict` name, in a fixed order.
+    fn visit_buffers(&mut self, _f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {}
 
     /// Sets every parameter gradient to zero.
     fn zero_grad(&mut self) {

@@ -1,6 +1,6 @@
 //! A chain of layers: forward in order, backward in reverse.
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewMutD};
 
 use super::{Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
@@ -38,6 +38,12 @@ impl<F: Float> Module<F> for Sequential<F> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
         for l in &mut self.layers {
             l.visit_params(f);
+        }
+    }
+
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {
+        for l in &mut self.layers {
+            l.visit_buffers(f);
         }
     }
 }

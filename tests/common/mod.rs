@@ -89,6 +89,11 @@ impl Fixture {
     }
 }
 
+/// `‖a‖`.
+pub fn norm<F: Float>(a: &ArrayD<F>) -> f64 {
+    a.iter().map(|x| x.to_f64_lossless().powi(2)).sum::<f64>().sqrt()
+}
+
 /// `‖a − b‖ / ‖b‖` (or `‖a − b‖` when `b` is zero).
 pub fn rel_err<F: Float>(a: &ArrayD<F>, b: &ArrayD<F>) -> f64 {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
@@ -137,6 +142,28 @@ impl Report {
         if e.is_nan() || e > tol::<F>() {
             self.failures.push(format!(
                 "{case}: {what} ({}): relative error {e:.3e} > {:.0e}",
+                F::NAME,
+                tol::<F>()
+            ));
+        }
+    }
+
+    /// For a reference that is zero up to rounding (a bias followed by BatchNorm has an
+    /// exactly zero gradient; PyTorch's value is noise of order 1e-14), a relative error is
+    /// meaningless: compare `‖ours − theirs‖ / scale` instead, with `scale` the norm of a
+    /// related non-zero quantity (the same layer's weight gradient).
+    pub fn check_scaled<F: Float>(&mut self, case: &str, what: &str, ours: &ArrayD<F>, theirs: &ArrayD<F>, scale: f64) {
+        self.checked += 1;
+        assert_eq!(ours.shape(), theirs.shape(), "{case}: {what}");
+        let num: f64 = ours
+            .iter()
+            .zip(theirs)
+            .map(|(x, y)| (x.to_f64_lossless() - y.to_f64_lossless()).powi(2))
+            .sum();
+        let e = num.sqrt() / scale;
+        if e.is_nan() || e > tol::<F>() {
+            self.failures.push(format!(
+                "{case}: {what} ({}): error {e:.3e} relative to scale {scale:.3e} > {:.0e}",
                 F::NAME,
                 tol::<F>()
             ));
