@@ -7,7 +7,6 @@ mod common;
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
 use latent::models::{ConvAe, ConvVae, DcganVae, StridedVae};
-use latent::vae::{self, DiagGaussian, Likelihood, Vae};
 use latent::nn::{
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
@@ -15,6 +14,7 @@ use latent::nn::{
 };
 use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};
+use latent::vae::{self, DiagGaussian, Likelihood, Vae};
 use latent::Float;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix1, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
@@ -277,7 +277,12 @@ fn kl_mc_isotropic<F: Float>(fx: &Fixture, r: &mut Report) {
     r.check(&fx.file, "dphi", &dphi.into_dyn(), &fx.get("dphi"));
     // The same estimate from the per-sample log ratio used by the ELBO and IWAE.
     let ratio = vae::log_ratio(&q, eps.view(), zs.view()).unwrap();
-    r.scalar(&fx.file, "value via log_ratio", ratio.mean().unwrap(), scalar_of(fx, "value"));
+    r.scalar(
+        &fx.file,
+        "value via log_ratio",
+        ratio.mean().unwrap(),
+        scalar_of(fx, "value"),
+    );
 }
 
 fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
@@ -362,7 +367,12 @@ fn vae_model<F: Float, M: Vae<F>>(
     let expected = fx.names().filter(|n| n.starts_with("buffer_after.")).count();
     assert_eq!(buffers.len(), expected, "{}: buffer count", fx.file);
     for (name, v) in buffers {
-        r.check(&fx.file, &format!("buffer_after.{name}"), &v, &fx.get(&format!("buffer_after.{name}")));
+        r.check(
+            &fx.file,
+            &format!("buffer_after.{name}"),
+            &v,
+            &fx.get(&format!("buffer_after.{name}")),
+        );
     }
 }
 
@@ -372,14 +382,22 @@ fn model_conv_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut m = ConvVae::<F>::cis522(k, &mut rng).unwrap();
     let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
     vae_model(fx, r, &mut m, eps, &mut |m, parts, r| {
-        r.check(&fx.file, "phi", &m.last_phi().unwrap().clone().into_dyn(), &fx.get("phi"));
+        r.check(
+            &fx.file,
+            "phi",
+            &m.last_phi().unwrap().clone().into_dyn(),
+            &fx.get("phi"),
+        );
         r.scalar(&fx.file, "kl_mc", parts.kl, scalar_of(fx, "kl_mc"));
         r.scalar(&fx.file, "log_p_x", -parts.recon, scalar_of(fx, "log_p_x"));
     });
     // mu_xs for both samples: decode the same codes again.
     let phi = m.last_phi().unwrap().clone();
     let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
-    let z = DiagGaussian::from_isotropic(phi.view()).unwrap().rsample(eps.view()).unwrap();
+    let z = DiagGaussian::from_isotropic(phi.view())
+        .unwrap()
+        .rsample(eps.view())
+        .unwrap();
     let (b, n, kd) = z.dim();
     let mu_xs = vae::decode_images(&mut m, z.view().into_shape_with_order((b * n, kd)).unwrap()).unwrap();
     r.check(
@@ -407,7 +425,12 @@ fn model_dcgan_vae<F: Float>(fx: &Fixture, r: &mut Report) {
         r.check(&fx.file, "recon", &parts.output.clone().into_dyn(), &fx.get("recon"));
         r.scalar(&fx.file, "bce", parts.recon * b, scalar_of(fx, "bce"));
         r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
-        r.check(&fx.file, "mean", &parts.posterior.mu.clone().into_dyn(), &fx.get("mean"));
+        r.check(
+            &fx.file,
+            "mean",
+            &parts.posterior.mu.clone().into_dyn(),
+            &fx.get("mean"),
+        );
         r.check(&fx.file, "std", &parts.posterior.std().into_dyn(), &fx.get("std"));
     });
 }
@@ -423,7 +446,12 @@ fn model_strided_vae<F: Float>(fx: &Fixture, r: &mut Report) {
         r.scalar(&fx.file, "sse", parts.recon * b, scalar_of(fx, "sse"));
         r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
         r.check(&fx.file, "mu", &parts.posterior.mu.clone().into_dyn(), &fx.get("mu"));
-        r.check(&fx.file, "logvar", &parts.posterior.logvar.clone().into_dyn(), &fx.get("logvar"));
+        r.check(
+            &fx.file,
+            "logvar",
+            &parts.posterior.logvar.clone().into_dyn(),
+            &fx.get("logvar"),
+        );
     });
 }
 

@@ -43,9 +43,12 @@ impl<F: Float> DcganVae<F> {
         let [c, h, w] = image;
         // The encoder must end at 1x1 and the decoder (3, s2; 4, s1; 3, s2; 4, s2 from 1x1)
         // must come back to the image size: 28x28, as in the lab.
-        let enc_side = |n| conv_out(n, 4, 2).and_then(|n| conv_out(n, 4, 2)).and_then(|n| conv_out(n, 4, 2));
-        if z_dim == 0 || enc_hidden == 0 || dec_hidden == 0 || c == 0 || h != 28 || w != 28 || enc_side(h) != Some(1)
-        {
+        let enc_side = |n| {
+            conv_out(n, 4, 2)
+                .and_then(|n| conv_out(n, 4, 2))
+                .and_then(|n| conv_out(n, 4, 2))
+        };
+        if z_dim == 0 || enc_hidden == 0 || dec_hidden == 0 || c == 0 || h != 28 || w != 28 || enc_side(h) != Some(1) {
             return Err(Error::InvalidArgument(format!(
                 "DcganVae: image {image:?} (must be [c, 28, 28]), z = {z_dim}, widths {enc_hidden}/{dec_hidden}"
             )));

@@ -105,7 +105,14 @@ impl<F: Float> VanillaVae<F> {
         let rev: Vec<usize> = params.hidden.iter().rev().copied().collect();
         for (i, pair) in rev.windows(2).enumerate() {
             decoder = decoder
-                .push(ConvTranspose2d::new(&format!("decoder.{i}.0"), pair[0], pair[1], (3, 3), up, rng))
+                .push(ConvTranspose2d::new(
+                    &format!("decoder.{i}.0"),
+                    pair[0],
+                    pair[1],
+                    (3, 3),
+                    up,
+                    rng,
+                ))
                 .push(BatchNorm2d::new(&format!("decoder.{i}.1"), pair[1]))
                 .push(lrelu());
         }

@@ -195,7 +195,10 @@ impl<F: Float> Module<F> for BatchNorm2d<F> {
 
     fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {
         let prefix = self.weight.name.strip_suffix(".weight").unwrap_or(&self.weight.name);
-        f(&format!("{prefix}.running_mean"), self.running_mean.view_mut().into_dyn());
+        f(
+            &format!("{prefix}.running_mean"),
+            self.running_mean.view_mut().into_dyn(),
+        );
         f(&format!("{prefix}.running_var"), self.running_var.view_mut().into_dyn());
     }
 }

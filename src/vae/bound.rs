@@ -39,7 +39,9 @@ impl Objective {
         }
         if let Objective::Elbo { beta, .. } = *self {
             if !(beta.is_finite() && beta >= 0.0) {
-                return Err(Error::InvalidArgument(format!("objective: beta = {beta} must be finite and >= 0")));
+                return Err(Error::InvalidArgument(format!(
+                    "objective: beta = {beta} must be finite and >= 0"
+                )));
             }
         }
         Ok(())

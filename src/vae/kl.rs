@@ -10,7 +10,8 @@ use super::DiagGaussian;
 use crate::{Error, Float, Result};
 
 /// Closed-form `KL(N(mu, e^logvar) || N(0, I)) = 1/2 sum_k (mu^2 + e^logvar - 1 - logvar)`
-/// for each row: `[b]`.
+/// for each row: `[b]`. `e^logvar - 1` is computed as `expm1`, so that the KL of a
+/// posterior a hair away from the prior is that hair, not rounding noise.
 pub fn kl_diag<F: Float>(q: &DiagGaussian<F>) -> Array1<F> {
     let half = F::lit(0.5);
     let mut kl = Array1::zeros(q.batch());
@@ -21,9 +22,29 @@ pub fn kl_diag<F: Float>(q: &DiagGaussian<F>) -> Array1<F> {
             *kl = half
                 * Zip::from(&mu)
                     .and(&lv)
-                    .fold(F::zero(), |acc, &m, &v| acc + m * m + v.exp() - F::one() - v);
+                    .fold(F::zero(), |acc, &m, &v| acc + m * m + (v.exp_m1() - v));
         });
     kl
+}
+
+/// Closed-form KL of the CIS-522 isotropic posterior, `phi = (mu, log sigma)` `[b, K+1]`:
+/// `1/2 (|mu|^2 + K (sigma^2 - 1 - 2 log sigma))` for each row, `[b]`.
+pub fn kl_isotropic<F: Float>(phi: ArrayView2<F>) -> Result<Array1<F>> {
+    let (_, k1) = phi.dim();
+    if k1 < 2 {
+        return Err(Error::shape("kl_isotropic phi", "[batch, K+1], K >= 1", phi.shape()));
+    }
+    let half = F::lit(0.5);
+    let k = F::lit((k1 - 1) as f64);
+    Ok(phi
+        .rows()
+        .into_iter()
+        .map(|row| {
+            let two_ls = row[k1 - 1] + row[k1 - 1];
+            let mu2 = row.slice(s![..k1 - 1]).fold(F::zero(), |a, &m| a + m * m);
+            half * (mu2 + k * (two_ls.exp_m1() - two_ls))
+        })
+        .collect())
 }
 
 /// Backward of [`kl_diag`] with upstream `dkl` `[b]`: *adds* `dkl * mu` to `dmu` and
@@ -35,14 +56,18 @@ pub fn kl_diag_backward<F: Float>(
     dlogvar: &mut Array2<F>,
 ) -> Result<()> {
     if dkl.len() != q.batch() {
-        return Err(Error::shape("kl_diag_backward dkl", format!("[{}]", q.batch()), dkl.shape()));
+        return Err(Error::shape(
+            "kl_diag_backward dkl",
+            format!("[{}]", q.batch()),
+            dkl.shape(),
+        ));
     }
     let half = F::lit(0.5);
     for (i, &d) in dkl.iter().enumerate() {
         Zip::from(dmu.row_mut(i)).and(q.mu.row(i)).for_each(|g, &m| *g += d * m);
         Zip::from(dlogvar.row_mut(i))
             .and(q.logvar.row(i))
-            .for_each(|g, &v| *g += d * half * (v.exp() - F::one()));
+            .for_each(|g, &v| *g += d * half * v.exp_m1());
     }
     Ok(())
 }
@@ -145,11 +170,7 @@ pub fn log_ratio<F: Float>(q: &DiagGaussian<F>, eps: ArrayView3<F>, z: ArrayView
 /// `-logvar / 2`; `log p` depends on `z`. So this *adds* `-sum_j dr / 2` to `dlogvar` and
 /// returns `d/dz = dr * z` `[b, n, K]`, to be passed through
 /// [`DiagGaussian::rsample_backward`].
-pub fn log_ratio_backward<F: Float>(
-    z: ArrayView3<F>,
-    dr: ArrayView2<F>,
-    dlogvar: &mut Array2<F>,
-) -> Result<Array3<F>> {
+pub fn log_ratio_backward<F: Float>(z: ArrayView3<F>, dr: ArrayView2<F>, dlogvar: &mut Array2<F>) -> Result<Array3<F>> {
     let (b, n, _) = z.dim();
     if dr.dim() != (b, n) || dlogvar.nrows() != b {
         return Err(Error::shape("log_ratio_backward dr", format!("[{b}, {n}]"), dr.shape()));

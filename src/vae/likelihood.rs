@@ -96,7 +96,11 @@ pub fn log_likelihood_backward<F: Float>(
     check(&x, &mean, "log_likelihood_backward")?;
     let (b, n, d) = mean.dim();
     if dll.dim() != (b, n) {
-        return Err(Error::shape("log_likelihood_backward dll", format!("[{b}, {n}]"), dll.shape()));
+        return Err(Error::shape(
+            "log_likelihood_backward dll",
+            format!("[{b}, {n}]"),
+            dll.shape(),
+        ));
     }
     let two = F::lit(2.0);
     let mut dmean = Array3::zeros((b, n, d));

@@ -2,7 +2,7 @@
 //!
 //! - [`posterior`](DiagGaussian): q(z|x) as a diagonal Gaussian (isotropic, `(mu, logvar)`
 //!   or `(mean, log std)`), reparameterised sampling and its backward;
-//! - KL to N(0, I): [`kl_diag`] (closed form), [`kl_mc_isotropic`] (the CIS-522 Monte-Carlo
+//! - KL to N(0, I): [`kl_diag`], [`kl_isotropic`] (closed form), [`kl_mc_isotropic`] (the CIS-522 Monte-Carlo
 //!   estimate), [`log_ratio`] (per sample, for the Monte-Carlo ELBO and IWAE);
 //! - likelihoods p(x|z): [`Likelihood`] (Gaussian with learned sigma_x, squared error,
 //!   Bernoulli on probabilities or logits), [`log_likelihood`], [`log_p_x_gaussian`];
@@ -17,7 +17,9 @@ mod posterior;
 mod step;
 
 pub use bound::{log_mean_exp, log_mean_exp_backward, Objective};
-pub use kl::{kl_diag, kl_diag_backward, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward};
+pub use kl::{
+    kl_diag, kl_diag_backward, kl_isotropic, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward,
+};
 pub use likelihood::{
     log_likelihood, log_likelihood_backward, log_p_x_gaussian, log_p_x_gaussian_backward, Likelihood, HALF_LN_2PI,
 };

@@ -120,7 +120,10 @@ impl<F: Float> DiagGaussian<F> {
         let mut z = eps.to_owned();
         for ((mut zi, mu), sd) in z.outer_iter_mut().zip(self.mu.outer_iter()).zip(std.outer_iter()) {
             for mut zij in zi.outer_iter_mut() {
-                Zip::from(&mut zij).and(&mu).and(&sd).for_each(|z, &m, &s| *z = m + s * *z);
+                Zip::from(&mut zij)
+                    .and(&mu)
+                    .and(&sd)
+                    .for_each(|z, &m, &s| *z = m + s * *z);
             }
         }
         Ok(z)
@@ -146,7 +149,11 @@ impl<F: Float> DiagGaussian<F> {
         let half = F::lit(0.5);
         let std = self.std();
         for i in 0..self.batch() {
-            for (e, d) in eps.index_axis(Axis(0), i).outer_iter().zip(dz.index_axis(Axis(0), i).outer_iter()) {
+            for (e, d) in eps
+                .index_axis(Axis(0), i)
+                .outer_iter()
+                .zip(dz.index_axis(Axis(0), i).outer_iter())
+            {
                 Zip::from(dmu.row_mut(i)).and(&d).for_each(|g, &d| *g += d);
                 Zip::from(dlogvar.row_mut(i))
                     .and(&d)

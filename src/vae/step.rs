@@ -5,8 +5,8 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4
 use rand::Rng;
 
 use super::{
-    kl_diag, kl_diag_backward, log_likelihood, log_likelihood_backward, log_mean_exp, log_mean_exp_backward,
-    log_ratio, log_ratio_backward, DiagGaussian, Likelihood, Objective,
+    kl_diag, kl_diag_backward, log_likelihood, log_likelihood_backward, log_mean_exp, log_mean_exp_backward, log_ratio,
+    log_ratio_backward, DiagGaussian, Likelihood, Objective,
 };
 use crate::loss::Reduction;
 use crate::nn::{Mode, Module};
@@ -133,9 +133,11 @@ fn forward<F: Float, M: Vae<F> + ?Sized>(
     let out = model.decode(z2, mode)?;
     let d = out.len() / (b * n).max(1);
     let out3 = out.view().into_shape_with_order((b, n, d)).expect("contiguous");
-    let x2 = x.as_standard_layout().into_owned().into_shape_with_order((b, d)).map_err(|_| {
-        Error::shape("VAE decoder output", format!("{d} pixels per image"), x.shape())
-    })?;
+    let x2 = x
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order((b, d))
+        .map_err(|_| Error::shape("VAE decoder output", format!("{d} pixels per image"), x.shape()))?;
     let ll = log_likelihood(model.likelihood(), x2.view(), out3)?;
     let (kl, ratio) = match (cfg.objective, cfg.kl) {
         (Objective::Elbo { .. }, KlEstimator::Closed) => (Some(kl_diag(&q)), None),
@@ -232,7 +234,11 @@ pub fn loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
         Reduction::Sum => F::one(),
     };
     let dll = w_ll.mapv(|w| -scale * w);
-    let out3 = fw.out.view().into_shape_with_order((b, n, fw.x2.ncols())).expect("contiguous");
+    let out3 = fw
+        .out
+        .view()
+        .into_shape_with_order((b, n, fw.x2.ncols()))
+        .expect("contiguous");
     let (dout, dlog_sig) = log_likelihood_backward(model.likelihood(), fw.x2.view(), out3, dll.view())?;
     model.likelihood_backward(dlog_sig);
     let dout = dout.into_shape_with_order(fw.out.raw_dim()).expect("same size");
@@ -305,7 +311,9 @@ pub fn iwae_log_likelihood<F: Float, M: Vae<F> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<Array1<F>> {
     if k == 0 || chunk == 0 {
-        return Err(Error::InvalidArgument("iwae_log_likelihood: k and chunk must be >= 1".into()));
+        return Err(Error::InvalidArgument(
+            "iwae_log_likelihood: k and chunk must be >= 1".into(),
+        ));
     }
     let mut out = Vec::with_capacity(x.shape()[0]);
     for start in (0..x.shape()[0]).step_by(chunk) {
@@ -321,7 +329,11 @@ pub fn iwae_log_likelihood<F: Float, M: Vae<F> + ?Sized, R: Rng + ?Sized>(
         )?;
         let d = dec.len() / (b * k);
         let dec3 = dec.into_shape_with_order((b, k, d)).expect("contiguous");
-        let x2 = xs.as_standard_layout().into_owned().into_shape_with_order((b, d)).expect("same size");
+        let x2 = xs
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((b, d))
+            .expect("same size");
         let like = match model.likelihood() {
             Likelihood::Gaussian { log_sig_x, .. } => Likelihood::Gaussian {
                 log_sig_x,

@@ -192,11 +192,21 @@ impl Report {
 
 /// Central finite differences of `f` at `x`, at `probes` coordinates spread over `x`,
 /// compared with `analytic`. Returns the largest relative error (scaled by max(1, |g|)).
-pub fn fd_check(x: &ArrayD<f64>, analytic: &ArrayD<f64>, probes: usize, mut f: impl FnMut(&ArrayD<f64>) -> f64) -> f64 {
+pub fn fd_check(x: &ArrayD<f64>, analytic: &ArrayD<f64>, probes: usize, f: impl FnMut(&ArrayD<f64>) -> f64) -> f64 {
+    fd_check_h(x, analytic, probes, 1e-6, f)
+}
+
+/// [`fd_check`] with step `h`.
+pub fn fd_check_h(
+    x: &ArrayD<f64>,
+    analytic: &ArrayD<f64>,
+    probes: usize,
+    h: f64,
+    mut f: impl FnMut(&ArrayD<f64>) -> f64,
+) -> f64 {
     assert_eq!(x.shape(), analytic.shape());
     let n = x.len();
     let step = (n / probes.max(1)).max(1);
-    let h = 1e-6;
     let mut worst = 0.0f64;
     let mut xp = x.clone();
     for i in (0..n).step_by(step) {

@@ -1,0 +1,372 @@
+//! The VAE estimators and models: finite-difference gradient checks in f64 for every
+//! estimator and for one whole training step of every model under every objective, plus
+//! shape and error checks.
+
+mod common;
+
+use common::{fd_check, fd_check_h, rand_array};
+use latent::loss::Reduction;
+use latent::models::{ConvVae, DcganVae, StridedVae, VanillaVaeParams};
+use latent::nn::Module;
+use latent::vae::{self, DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
+use ndarray::{Array1, Array2, Array3, ArrayD, Ix2, Ix3, Ix4};
+use rand::{Rng, SeedableRng};
+
+const TOL: f64 = 1e-6;
+
+/// Finite-difference step for whole models: summed losses over thousands of pixels are
+/// large, so a step of 1e-6 loses digits to rounding (|loss| * 1e-16 / h); 1e-5 keeps the
+/// truncation error (h^2 times the third derivative) below that.
+const H: f64 = 1e-5;
+
+fn arr2(shape: [usize; 2], seed: u64, scale: f64) -> Array2<f64> {
+    rand_array(&shape, seed)
+        .mapv(|v| v * scale)
+        .into_dimensionality::<Ix2>()
+        .unwrap()
+}
+
+fn arr3(shape: [usize; 3], seed: u64) -> Array3<f64> {
+    rand_array(&shape, seed).into_dimensionality::<Ix3>().unwrap()
+}
+
+#[test]
+fn kl_diag_gradient_matches_finite_differences() {
+    let (mu, lv) = (arr2([3, 4], 1, 2.0), arr2([3, 4], 2, 3.0));
+    let dkl = Array1::from(vec![0.3, -1.2, 2.0]);
+    let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros((3, 4)), Array2::zeros((3, 4)));
+    vae::kl_diag_backward(&q, dkl.view(), &mut dmu, &mut dlv).unwrap();
+    let f = |mu: &Array2<f64>, lv: &Array2<f64>| {
+        let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+        vae::kl_diag(&q).dot(&dkl)
+    };
+    let e = fd_check(&mu.clone().into_dyn(), &dmu.into_dyn(), 12, |m| {
+        f(&m.clone().into_dimensionality().unwrap(), &lv)
+    });
+    assert!(e < TOL, "dmu {e:.2e}");
+    let e = fd_check(&lv.clone().into_dyn(), &dlv.into_dyn(), 12, |l| {
+        f(&mu, &l.clone().into_dimensionality().unwrap())
+    });
+    assert!(e < TOL, "dlogvar {e:.2e}");
+}
+
+/// The total gradient of the Monte-Carlo KL with respect to phi, through the samples.
+#[test]
+fn kl_mc_isotropic_total_gradient_matches_finite_differences() {
+    let phi = arr2([3, 4], 3, 0.8);
+    let eps = arr3([3, 5, 3], 4);
+    let value = |phi: &Array2<f64>| {
+        let q = DiagGaussian::from_isotropic(phi.view()).unwrap();
+        let zs = q.rsample(eps.view()).unwrap();
+        vae::kl_mc_isotropic(phi.view(), zs.view()).unwrap()
+    };
+    let q = DiagGaussian::from_isotropic(phi.view()).unwrap();
+    let zs = q.rsample(eps.view()).unwrap();
+    let (mut dphi, dzs) = vae::kl_mc_isotropic_backward(phi.view(), zs.view(), 1.0).unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros((3, 3)), Array2::zeros((3, 3)));
+    q.rsample_backward(eps.view(), dzs.view(), &mut dmu, &mut dlv).unwrap();
+    dphi += &DiagGaussian::isotropic_grad(dmu.view(), dlv.view());
+    let e = fd_check(&phi.clone().into_dyn(), &dphi.into_dyn(), 12, |p| {
+        value(&p.clone().into_dimensionality().unwrap())
+    });
+    assert!(e < TOL, "dphi {e:.2e}");
+}
+
+/// `log_ratio` and its backward, through the reparameterisation, against finite differences.
+#[test]
+fn log_ratio_total_gradient_matches_finite_differences() {
+    let (mu, lv) = (arr2([2, 3], 5, 1.0), arr2([2, 3], 6, 1.5));
+    let eps = arr3([2, 4, 3], 7);
+    let dr = arr2([2, 4], 8, 1.0);
+    let f = |mu: &Array2<f64>, lv: &Array2<f64>| {
+        let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+        let z = q.rsample(eps.view()).unwrap();
+        (vae::log_ratio(&q, eps.view(), z.view()).unwrap() * &dr).sum()
+    };
+    let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+    let z = q.rsample(eps.view()).unwrap();
+    let (mut dmu, mut dlv) = (Array2::zeros((2, 3)), Array2::zeros((2, 3)));
+    let dz = vae::log_ratio_backward(z.view(), dr.view(), &mut dlv).unwrap();
+    q.rsample_backward(eps.view(), dz.view(), &mut dmu, &mut dlv).unwrap();
+    let e = fd_check(&mu.clone().into_dyn(), &dmu.into_dyn(), 6, |m| {
+        f(&m.clone().into_dimensionality().unwrap(), &lv)
+    });
+    assert!(e < TOL, "dmu {e:.2e}");
+    let e = fd_check(&lv.clone().into_dyn(), &dlv.into_dyn(), 6, |l| {
+        f(&mu, &l.clone().into_dimensionality().unwrap())
+    });
+    assert!(e < TOL, "dlogvar {e:.2e}");
+}
+
+#[test]
+fn likelihood_gradients_match_finite_differences() {
+    let x = arr2([2, 5], 9, 1.0).mapv(|v| (v + 1.0) / 2.0);
+    let up = arr2([2, 3], 10, 1.0);
+    let logits = arr3([2, 3, 5], 11);
+    let probs = logits.mapv(|z| 0.05 + 0.9 / (1.0 + (-z).exp()));
+    for (like, mean) in [
+        (
+            Likelihood::Gaussian {
+                log_sig_x: -0.4,
+                normalised: false,
+            },
+            logits.clone(),
+        ),
+        (
+            Likelihood::Gaussian {
+                log_sig_x: 0.3,
+                normalised: true,
+            },
+            logits.clone(),
+        ),
+        (Likelihood::SquaredError, logits.clone()),
+        (Likelihood::Bernoulli, probs),
+        (Likelihood::BernoulliLogits, logits.clone()),
+    ] {
+        let f = |m: &ArrayD<f64>, like: Likelihood<f64>| {
+            let m = m.view().into_dimensionality::<Ix3>().unwrap();
+            (vae::log_likelihood(like, x.view(), m).unwrap() * &up).sum()
+        };
+        let (dmean, dls) = vae::log_likelihood_backward(like, x.view(), mean.view(), up.view()).unwrap();
+        let e = fd_check(&mean.clone().into_dyn(), &dmean.into_dyn(), 30, |m| f(m, like));
+        assert!(e < TOL, "{like:?}: dmean {e:.2e}");
+        if let Likelihood::Gaussian { log_sig_x, normalised } = like {
+            let m = mean.clone().into_dyn();
+            let h = 1e-6;
+            let at = |s: f64| {
+                f(
+                    &m,
+                    Likelihood::Gaussian {
+                        log_sig_x: s,
+                        normalised,
+                    },
+                )
+            };
+            let numeric = (at(log_sig_x + h) - at(log_sig_x - h)) / (2.0 * h);
+            assert!(
+                (numeric - dls).abs() < TOL * dls.abs().max(1.0),
+                "dlog_sig_x {numeric} vs {dls}"
+            );
+        }
+    }
+}
+
+#[test]
+fn log_mean_exp_gradient_matches_finite_differences_and_is_stable() {
+    let log_w = arr2([3, 6], 12, 40.0);
+    let dv = Array1::from(vec![1.0, -0.5, 2.0]);
+    let g = vae::log_mean_exp_backward(log_w.view(), dv.view()).unwrap();
+    let e = fd_check(&log_w.clone().into_dyn(), &g.into_dyn(), 18, |lw| {
+        vae::log_mean_exp(lw.view().into_dimensionality::<Ix2>().unwrap()).dot(&dv)
+    });
+    assert!(e < TOL, "{e:.2e}");
+    // Weights of -1e4 nats would underflow a naive exp: the shift keeps them exact.
+    let lw = Array2::from_shape_vec((1, 2), vec![-1e4, -1e4 + 2f64.ln()]).unwrap();
+    let v = vae::log_mean_exp(lw.view())[0];
+    assert!((v - (-1e4 + 1.5f64.ln())).abs() < 1e-9, "{v}");
+    // With one sample, IWAE is the ELBO.
+    let one = arr2([4, 1], 13, 5.0);
+    assert_eq!(vae::log_mean_exp(one.view()), one.column(0));
+}
+
+/// One training step of `model` under `cfg`: every parameter gradient against finite
+/// differences of the loss.
+fn check_model<M: Vae<f64>>(name: &str, model: &mut M, batch: usize, cfg: LossConfig, probes: usize) {
+    let [c, h, w] = model.image_shape();
+    let x = rand_array(&[batch, c, h, w], 14)
+        .mapv(|v| 0.1 + 0.4 * (v + 1.0))
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([batch, cfg.objective.samples(), model.latent_dim()], 15);
+    vae::loss_and_grad(model, x.view(), eps.view(), &cfg).unwrap();
+    let mut grads = Vec::new();
+    model.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+    for (i, (pname, value, grad)) in grads.into_iter().enumerate() {
+        let e = fd_check_h(&value, &grad, probes, H, |vp| {
+            let mut j = 0;
+            model.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(vp);
+                }
+                j += 1;
+            });
+            let loss = vae::loss_and_grad(model, x.view(), eps.view(), &cfg).unwrap().loss;
+            let mut j = 0;
+            model.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(&value);
+                }
+                j += 1;
+            });
+            loss
+        });
+        assert!(e < TOL, "{name} {cfg:?}: d{pname} {e:.2e}");
+    }
+}
+
+fn objectives() -> Vec<LossConfig> {
+    let elbo = |samples, beta, kl, reduction| LossConfig {
+        objective: Objective::Elbo { samples, beta },
+        kl,
+        reduction,
+    };
+    vec![
+        elbo(1, 1.0, KlEstimator::Closed, Reduction::Sum),
+        elbo(3, 2.5, KlEstimator::MonteCarlo, Reduction::Mean),
+        elbo(2, 0.5, KlEstimator::Closed, Reduction::Mean),
+        LossConfig {
+            objective: Objective::Iwae { samples: 4 },
+            kl: KlEstimator::MonteCarlo,
+            reduction: Reduction::Mean,
+        },
+    ]
+}
+
+/// Small random perturbations so that no ReLU sits on its kink and the pixel biases are
+/// not all zero.
+fn jitter(model: &mut impl Module<f64>, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    model.visit_params(&mut |p| p.value.mapv_inplace(|v| v + 0.05 * rng.random_range(-1.0..1.0)));
+}
+
+#[test]
+fn conv_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
+    let mut m = ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
+    jitter(&mut m, 17);
+    for cfg in objectives() {
+        check_model("ConvVae", &mut m, 2, cfg, 8);
+    }
+}
+
+#[test]
+fn strided_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
+    let mut m = StridedVae::<f64>::new([1, 28, 28], 2, &mut rng).unwrap();
+    jitter(&mut m, 19);
+    for cfg in objectives() {
+        check_model("StridedVae", &mut m, 2, cfg, 5);
+    }
+}
+
+#[test]
+fn dcgan_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
+    let mut m = DcganVae::<f64>::new([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
+    jitter(&mut m, 21);
+    for cfg in objectives() {
+        check_model("DcganVae", &mut m, 3, cfg, 5);
+    }
+}
+
+#[test]
+fn vanilla_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(22);
+    let params = VanillaVaeParams {
+        image: [2, 8, 8],
+        latent: 3,
+        hidden: vec![2, 3],
+    };
+    let mut m = params.build::<f64, _>(&mut rng).unwrap();
+    jitter(&mut m, 23);
+    for cfg in objectives() {
+        check_model("VanillaVae", &mut m, 3, cfg, 5);
+    }
+}
+
+/// AntixK's defaults: 3x64x64 images through widths 32..512 down to 2x2 and back.
+#[test]
+fn vanilla_vae_default_shapes() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(24);
+    let mut m = VanillaVaeParams::default().build::<f32, _>(&mut rng).unwrap();
+    let mut names = Vec::new();
+    m.visit_params(&mut |p| names.push((p.name.clone(), p.value.shape().to_vec())));
+    assert!(names.contains(&("encoder.4.0.weight".into(), vec![512, 256, 3, 3])));
+    assert!(names.contains(&("fc_mu.weight".into(), vec![128, 2048])));
+    assert!(names.contains(&("decoder.3.0.weight".into(), vec![64, 32, 3, 3])));
+    assert!(names.contains(&("final_layer.3.weight".into(), vec![3, 32, 3, 3])));
+    let mut buffers = 0;
+    m.visit_buffers(&mut |_, _| buffers += 1);
+    assert_eq!(buffers, 2 * (5 + 4 + 1), "running mean and var of every BatchNorm");
+    let x = ndarray::Array4::<f32>::from_elem((2, 3, 64, 64), 0.25);
+    let eps = Array3::<f32>::zeros((2, 1, 128));
+    let cfg = m.recipe();
+    let parts = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap();
+    assert_eq!(parts.output.shape(), &[2, 3, 64, 64]);
+    assert!(parts.output.iter().all(|v| v.abs() <= 1.0), "Tanh output");
+    assert_eq!(parts.posterior.mu.dim(), (2, 128));
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(25);
+    let mut m = StridedVae::<f32>::new([1, 28, 28], 4, &mut rng).unwrap();
+    let cfg = m.recipe();
+    let x = ndarray::Array4::<f32>::zeros((2, 1, 27, 28));
+    let e = vae::loss_and_grad(&mut m, x.view(), Array3::zeros((2, 1, 4)).view(), &cfg).unwrap_err();
+    assert!(e.to_string().contains("VAE input images"), "{e}");
+    let x = ndarray::Array4::<f32>::zeros((2, 1, 28, 28));
+    let e = vae::loss_and_grad(&mut m, x.view(), Array3::zeros((2, 1, 3)).view(), &cfg).unwrap_err();
+    assert!(e.to_string().contains("VAE noise eps"), "{e}");
+    let mut bad = x.clone();
+    bad[[1, 0, 3, 3]] = f32::NAN;
+    let e = vae::loss_and_grad(&mut m, bad.view(), Array3::zeros((2, 1, 4)).view(), &cfg).unwrap_err();
+    assert!(e.to_string().contains("non-finite"), "{e}");
+    let zero = LossConfig {
+        objective: Objective::Elbo { samples: 0, beta: 1.0 },
+        ..cfg
+    };
+    let e = vae::loss_and_grad(&mut m, x.view(), Array3::zeros((2, 0, 4)).view(), &zero).unwrap_err();
+    assert!(e.to_string().contains("samples"), "{e}");
+    assert!(StridedVae::<f32>::new([1, 32, 32], 4, &mut rng).is_err());
+    assert!(DcganVae::<f32>::new([1, 32, 32], 4, 2, 2, &mut rng).is_err());
+    assert!(VanillaVaeParams {
+        image: [3, 60, 60],
+        ..Default::default()
+    }
+    .build::<f32, _>(&mut rng)
+    .is_err());
+}
+
+/// IWAE-k is at least the ELBO on the same samples, and the IWAE estimate grows (on
+/// average) with k towards log p(x).
+#[test]
+fn iwae_bounds_the_elbo_from_above() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
+    let mut m = ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
+    let x = rand_array(&[4, 1, 7, 7], 27)
+        .mapv(|v| (v + 1.0) / 2.0)
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([4, 6, 2], 28);
+    let elbo = LossConfig {
+        objective: Objective::Elbo { samples: 6, beta: 1.0 },
+        kl: KlEstimator::MonteCarlo,
+        reduction: Reduction::Mean,
+    };
+    let iwae = LossConfig {
+        objective: Objective::Iwae { samples: 6 },
+        ..elbo
+    };
+    let e = vae::evaluate(&mut m, x.view(), eps.view(), &elbo).unwrap().bound;
+    let i = vae::evaluate(&mut m, x.view(), eps.view(), &iwae).unwrap().bound;
+    assert!(i >= e, "IWAE {i} < ELBO {e}");
+    // A sharp likelihood (sigma_x = e^-1.5) makes the posterior far from q, so the gap
+    // between the bounds is wide; average over repetitions to beat the sampling noise.
+    m.log_sig_x.value.fill(-1.5);
+    let mut mean_ll = |k, reps| {
+        (0..reps)
+            .map(|_| {
+                vae::iwae_log_likelihood(&mut m, x.view(), k, 2, &mut rng)
+                    .unwrap()
+                    .mean()
+                    .unwrap()
+            })
+            .sum::<f64>()
+            / reps as f64
+    };
+    let (l1, l5, l50) = (mean_ll(1, 400), mean_ll(5, 80), mean_ll(50, 8));
+    eprintln!("IWAE-1 {l1:.4}, IWAE-5 {l5:.4}, IWAE-50 {l50:.4}");
+    assert!(l1 < l5 && l5 < l50, "IWAE-k not increasing in k: {l1}, {l5}, {l50}");
+}
