@@ -370,3 +370,55 @@ fn iwae_bounds_the_elbo_from_above() {
     eprintln!("IWAE-1 {l1:.4}, IWAE-5 {l5:.4}, IWAE-50 {l50:.4}");
     assert!(l1 < l5 && l5 < l50, "IWAE-k not increasing in k: {l1}, {l5}, {l50}");
 }
+
+/// The ELBO ascent on phi: gradients with respect to a free posterior through a frozen
+/// decoder (BatchNorm on running statistics), against finite differences.
+#[test]
+fn posterior_gradient_through_a_frozen_decoder_matches_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
+    let mut m = DcganVae::<f64>::new([1, 28, 28], 3, 2, 2, &mut rng).unwrap();
+    jitter(&mut m, 30);
+    m.visit_buffers(&mut |name, mut v| {
+        if name.ends_with("running_var") {
+            v.fill(1.7);
+        }
+    });
+    let x = rand_array(&[1, 1, 28, 28], 31)
+        .mapv(|v| 0.1 + 0.4 * (v + 1.0))
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([1, 3, 3], 32);
+    let (mu, lv) = (arr2([1, 3], 33, 1.0), arr2([1, 3], 34, 1.0));
+    for cfg in objectives() {
+        let cfg = LossConfig {
+            objective: match cfg.objective {
+                Objective::Elbo { beta, .. } => Objective::Elbo { samples: 3, beta },
+                Objective::Iwae { .. } => Objective::Iwae { samples: 3 },
+            },
+            ..cfg
+        };
+        let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+        let (_, dmu, dlv) = vae::posterior_loss_and_grad(&mut m, x.view(), &q, eps.view(), &cfg).unwrap();
+        let mut loss = |mu: &Array2<f64>, lv: &Array2<f64>| {
+            let q = DiagGaussian::new(mu.clone(), lv.clone()).unwrap();
+            vae::posterior_loss_and_grad(&mut m, x.view(), &q, eps.view(), &cfg)
+                .unwrap()
+                .0
+                .loss
+        };
+        let e = fd_check_h(&mu.clone().into_dyn(), &dmu.into_dyn(), 3, H, |p| {
+            loss(&p.clone().into_dimensionality().unwrap(), &lv)
+        });
+        assert!(e < TOL, "{cfg:?}: dmu {e:.2e}");
+        let e = fd_check_h(&lv.clone().into_dyn(), &dlv.into_dyn(), 3, H, |p| {
+            loss(&mu, &p.clone().into_dimensionality().unwrap())
+        });
+        assert!(e < TOL, "{cfg:?}: dlogvar {e:.2e}");
+    }
+    // Frozen: the running statistics were used, not updated.
+    m.visit_buffers(&mut |name, v| {
+        if name.ends_with("running_var") {
+            assert!(v.iter().all(|&s| s == 1.7), "{name} changed");
+        }
+    });
+}

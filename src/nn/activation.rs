@@ -81,7 +81,7 @@ impl<F: Float> Module<F> for ActivationLayer<F> {
 impl<F: Float> Layer<F> for ActivationLayer<F> {
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let y = activation_forward(self.act, x.view());
-        if mode == Mode::Train {
+        if mode.keeps_cache() {
             self.saved = Some(if self.act.backward_uses_output() { y.clone() } else { x });
         }
         Ok(y)

@@ -69,7 +69,7 @@ pub fn batch_norm2d_forward<F: Float>(
                 .for_each(|r, &v| *r = (one - momentum) * *r + momentum * v * unbiased);
             (mean, var.mapv(|v| one / (v + eps).sqrt()))
         }
-        Mode::Eval => (
+        Mode::Eval | Mode::Frozen => (
             running_mean.to_owned(),
             running_var.mapv(|v| F::one() / (v + eps).sqrt()),
         ),
@@ -117,7 +117,7 @@ pub fn batch_norm2d_backward<F: Float>(
                     *o = k * (m * d - sum_dy - (v - mu) * is * sum_dy_xhat);
                 });
             }
-            Mode::Eval => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
+            Mode::Eval | Mode::Frozen => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
         }
     }
     Ok(dx)

@@ -212,7 +212,7 @@ impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let x = to4(x, &self.weight.name)?;
         let y = self.infer(x.view())?;
-        if mode == Mode::Train {
+        if mode.keeps_cache() {
             self.input = Some(x);
         }
         Ok(y.into_dyn())

@@ -157,7 +157,7 @@ impl<F: Float> Layer<F> for Linear<F> {
             )
         })?;
         let y = self.infer(x2.view())?;
-        if mode == Mode::Train {
+        if mode.keeps_cache() {
             self.input = Some(x2);
         }
         Ok(y.into_dyn())

@@ -37,8 +37,19 @@ use crate::{Error, Float, Result};
 pub enum Mode {
     /// Training: BatchNorm uses batch statistics and updates its running ones.
     Train,
-    /// Evaluation: BatchNorm uses its running statistics.
+    /// Evaluation: BatchNorm uses its running statistics; nothing is kept for backward.
     Eval,
+    /// A fixed network that gradients still flow through (with respect to its input, say
+    /// the latent code in the ELBO ascent on phi): BatchNorm uses its running statistics
+    /// as in [`Mode::Eval`], and every layer keeps what backward needs.
+    Frozen,
+}
+
+impl Mode {
+    /// Whether layers keep their inputs for a backward pass.
+    pub fn keeps_cache(self) -> bool {
+        self != Mode::Eval
+    }
 }
 
 /// Anything that owns parameters: a layer, a container, a model.

@@ -25,6 +25,6 @@ pub use likelihood::{
 };
 pub use posterior::DiagGaussian;
 pub use step::{
-    decode_images, evaluate, iwae_log_likelihood, loss_and_grad, one_sample, sample_noise, train_step, KlEstimator,
-    LossConfig, LossParts, Vae,
+    decode_images, evaluate, iwae_log_likelihood, loss_and_grad, one_sample, posterior_loss_and_grad, sample_noise,
+    train_step, KlEstimator, LossConfig, LossParts, Vae,
 };

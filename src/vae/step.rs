@@ -126,8 +126,20 @@ fn forward<F: Float, M: Vae<F> + ?Sized>(
 ) -> Result<Forward<F>> {
     cfg.objective.validate()?;
     check_input(model, &x, &eps)?;
-    let (b, n, k) = eps.dim();
     let q = model.encode(x, mode)?;
+    forward_from(model, x, q, eps, cfg, mode)
+}
+
+/// Everything after the encoder: sample, decode, score.
+fn forward_from<F: Float, M: Vae<F> + ?Sized>(
+    model: &mut M,
+    x: ArrayView4<F>,
+    q: DiagGaussian<F>,
+    eps: ArrayView3<F>,
+    cfg: &LossConfig,
+    mode: Mode,
+) -> Result<Forward<F>> {
+    let (b, n, k) = eps.dim();
     let z = q.rsample(eps)?;
     let z2 = z.view().into_shape_with_order((b * n, k)).expect("contiguous");
     let out = model.decode(z2, mode)?;
@@ -219,8 +231,45 @@ pub fn loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
 ) -> Result<LossParts<F>> {
     model.zero_grad();
     let fw = forward(model, x, eps, cfg, Mode::Train)?;
-    let (bound, w_ll, w_ratio) = bound_and_weights(&fw, cfg.objective)?;
-    let parts = parts(&fw, &bound, cfg);
+    let (parts, dmu, dlogvar) = backward_to_posterior(model, &fw, cfg)?;
+    model.encode_backward(dmu, dlogvar)?;
+    Ok(parts)
+}
+
+/// The loss for images `x` under a given posterior `q` (not the encoder's), and its
+/// gradient with respect to q's `mu` and `logvar`, through a fixed decoder
+/// ([`Mode::Frozen`]: BatchNorm on running statistics). This is the notebook's "ELBO
+/// ascent on phi". The model's parameter gradients are zeroed, then hold the decoder's.
+pub fn posterior_loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
+    model: &mut M,
+    x: ArrayView4<F>,
+    q: &DiagGaussian<F>,
+    eps: ArrayView3<F>,
+    cfg: &LossConfig,
+) -> Result<(LossParts<F>, Array2<F>, Array2<F>)> {
+    cfg.objective.validate()?;
+    check_input(model, &x, &eps)?;
+    if q.mu.dim() != (x.shape()[0], model.latent_dim()) {
+        return Err(Error::shape(
+            "posterior_loss_and_grad q",
+            format!("[{}, {}]", x.shape()[0], model.latent_dim()),
+            q.mu.shape(),
+        ));
+    }
+    model.zero_grad();
+    let fw = forward_from(model, x, q.clone(), eps, cfg, Mode::Frozen)?;
+    backward_to_posterior(model, &fw, cfg)
+}
+
+/// The backward pass from the loss to the posterior's `mu` and `logvar`: the bound's
+/// weights, the likelihood, the decoder, the KL term, the reparameterisation.
+fn backward_to_posterior<F: Float, M: Vae<F> + ?Sized>(
+    model: &mut M,
+    fw: &Forward<F>,
+    cfg: &LossConfig,
+) -> Result<(LossParts<F>, Array2<F>, Array2<F>)> {
+    let (bound, w_ll, w_ratio) = bound_and_weights(fw, cfg.objective)?;
+    let parts = parts(fw, &bound, cfg);
     if !parts.loss.is_finite() {
         return Err(Error::NonFinite(format!(
             "VAE loss (reconstruction {}, KL {})",
@@ -264,8 +313,7 @@ pub fn loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
         _ => unreachable!("forward computes one KL form"),
     }
     fw.q.rsample_backward(fw.eps.view(), dz.view(), &mut dmu, &mut dlogvar)?;
-    model.encode_backward(dmu, dlogvar)?;
-    Ok(parts)
+    Ok((parts, dmu, dlogvar))
 }
 
 /// [`loss_and_grad`] with fresh noise from `rng`, then one Adam step.
