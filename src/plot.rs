@@ -105,12 +105,15 @@ impl LineChart {
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
-                // Three significant digits: log axes otherwise print float noise.
+                // Decimals to match the axis span (log axes otherwise print float noise).
+                let decimals = (2.0 - (y1 - y0).max(1e-12).log10().floor()).clamp(0.0, 4.0) as usize;
                 let y_fmt = |y: &f64| {
-                    if y.abs() >= 0.01 || *y == 0.0 {
+                    if self.log_y && y.abs() < 0.01 && *y != 0.0 {
+                        format!("{y:.1e}")
+                    } else if self.log_y {
                         format!("{y:.3}")
                     } else {
-                        format!("{y:.1e}")
+                        format!("{y:.decimals$}")
                     }
                 };
                 let x_fmt = |x: &f64| {
@@ -317,6 +320,161 @@ pub fn scatter_by_class(
             .map_err(|e| err(e.to_string()))?
             .label(name.to_string())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font((FONT_NAME, 15))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// Samples of one 2-D Gaussian with its mean and a `2 sigma` ellipse.
+#[derive(Debug, Clone)]
+pub struct GaussianSamples {
+    /// The mean.
+    pub centre: (f64, f64),
+    /// Two standard deviations along each axis.
+    pub radius: (f64, f64),
+    /// The samples.
+    pub points: Vec<(f64, f64)>,
+}
+
+fn bounds(points: impl Iterator<Item = (f64, f64)>) -> Option<(f64, f64, f64, f64)> {
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for (x, y) in points.filter(|p| p.0.is_finite() && p.1.is_finite()) {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    (x0 <= x1).then(|| {
+        let (px, py) = (((x1 - x0) * 0.06).max(1e-6), ((y1 - y0) * 0.06).max(1e-6));
+        (x0 - px, x1 + px, y0 - py, y1 + py)
+    })
+}
+
+/// Samples of several 2-D Gaussians, each in its own colour with its mean (a cross) and
+/// its `2 sigma` ellipse, as the CIS-522 notebook's `rsample` figure. PNG, 760 x 700.
+pub fn gaussian_samples(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    groups: &[GaussianSamples],
+) -> Result<()> {
+    ensure_font();
+    let err = plot_err(path);
+    let ellipse = |g: &GaussianSamples| -> Vec<(f64, f64)> {
+        (0..=120)
+            .map(|i| {
+                let t = i as f64 / 120.0 * std::f64::consts::TAU;
+                (g.centre.0 + g.radius.0 * t.cos(), g.centre.1 + g.radius.1 * t.sin())
+            })
+            .collect()
+    };
+    let all = groups.iter().flat_map(|g| g.points.iter().copied().chain(ellipse(g)));
+    let (x0, x1, y0, y1) = bounds(all).ok_or_else(|| err("no finite points to plot".into()))?;
+    let root = BitMapBackend::new(path, (760, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_NAME, 22))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT_NAME, 14))
+        .axis_desc_style((FONT_NAME, 16))
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    for (i, g) in groups.iter().enumerate() {
+        let c = class_color(i);
+        chart
+            .draw_series(g.points.iter().map(|&p| Circle::new(p, 2, c.mix(0.5).filled())))
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .draw_series(std::iter::once(PathElement::new(ellipse(g), c.stroke_width(2))))
+            .map_err(|e| err(e.to_string()))?;
+        chart
+            .draw_series(std::iter::once(Cross::new(g.centre, 7, BLACK.stroke_width(2))))
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))?;
+    Ok(())
+}
+
+/// One named series of points with symmetric error bars: `(x, y, half_width)`.
+#[derive(Debug, Clone)]
+pub struct ErrorSeries {
+    /// Legend entry.
+    pub name: String,
+    /// `(x, y, half_width)`; a half width of zero draws the point alone.
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// Points with vertical error bars, one colour per series (each series shifted a little
+/// along x so that bars at the same x do not hide each other). PNG, 900 x 560.
+pub fn error_bars(path: &Path, title: &str, (x_label, y_label): (&str, &str), series: &[ErrorSeries]) -> Result<()> {
+    ensure_font();
+    let err = plot_err(path);
+    let ends = series
+        .iter()
+        .flat_map(|s| s.points.iter().flat_map(|&(x, y, e)| [(x, y - e), (x, y + e)]));
+    let (x0, x1, y0, y1) = bounds(ends).ok_or_else(|| err("no finite points to plot".into()))?;
+    let (x0, x1) = (x0 - 0.5, x1 + 0.5);
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_NAME, 22))
+        .margin(14)
+        .x_label_area_size(48)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FONT_NAME, 14))
+        .axis_desc_style((FONT_NAME, 16))
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let spread = 0.25;
+    let n = series.len().max(1) as f64;
+    for (i, s) in series.iter().enumerate() {
+        let c = class_color(i);
+        let dx = if n > 1.0 {
+            spread * (i as f64 / (n - 1.0) - 0.5)
+        } else {
+            0.0
+        };
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|&(x, y, e)| ErrorBar::new_vertical(x + dx, y - e, y, y + e, c.stroke_width(2), 8)),
+            )
+            .map_err(|e| err(e.to_string()))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+        chart
+            .draw_series(
+                s.points
+                    .iter()
+                    .map(|&(x, y, _)| Circle::new((x + dx, y), 4, c.filled())),
+            )
+            .map_err(|e| err(e.to_string()))?;
     }
     chart
         .configure_series_labels()
