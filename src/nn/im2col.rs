@@ -7,7 +7,7 @@
 //! the pixel it came from. Conv2d's forward is im2col then GEMM; its input gradient is GEMM
 //! then col2im; ConvTranspose2d is the same pair run the other way.
 
-use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use crate::gemm::gemm;
@@ -102,8 +102,15 @@ impl ConvGeom {
 
 /// Unfolds one image `x` (`c*h*w`, row-major) into `cols` (`col_rows x col_cols`).
 pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
-    debug_assert_eq!(x.len(), g.c * g.h * g.w);
     debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
+    im2col_ld(x, g, cols, g.col_cols());
+}
+
+/// [`im2col`] into a wider matrix: row `r` of this image's block starts at `cols[r * ld]`
+/// (`ld >= col_cols`), so that several images can sit side by side in one column matrix.
+pub fn im2col_ld<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
+    debug_assert_eq!(x.len(), g.c * g.h * g.w);
+    debug_assert!(ld >= g.col_cols() && cols.len() >= (g.col_rows() - 1) * ld + g.col_cols());
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
@@ -115,7 +122,7 @@ pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
             let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, sh, ph, ki * dh);
             for kj in 0..kw {
                 let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
-                let row = &mut cols[((ch * kh + ki) * kw + kj) * n_out..][..n_out];
+                let row = &mut cols[((ch * kh + ki) * kw + kj) * ld..][..n_out];
                 // Only positions whose tap falls in the padding are zero: fill those alone.
                 if ylo > 0 || yhi < g.oh || xlo > 0 || xhi < g.ow {
                     row.fill(F::zero());
@@ -144,8 +151,14 @@ pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
 /// Adds the column matrix `cols` back onto the image `x` (`c*h*w`): the adjoint of
 /// [`im2col`]. `x` is accumulated into, not overwritten.
 pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
-    debug_assert_eq!(x.len(), g.c * g.h * g.w);
     debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
+    col2im_ld(cols, g, x, g.col_cols());
+}
+
+/// [`col2im`] from a block of a wider matrix with leading dimension `ld` (see [`im2col_ld`]).
+pub fn col2im_ld<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F], ld: usize) {
+    debug_assert_eq!(x.len(), g.c * g.h * g.w);
+    debug_assert!(ld >= g.col_cols() && cols.len() >= (g.col_rows() - 1) * ld + g.col_cols());
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
@@ -157,7 +170,7 @@ pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
             let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, sh, ph, ki * dh);
             for kj in 0..kw {
                 let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
-                let row = &cols[((ch * kh + ki) * kw + kj) * n_out..][..n_out];
+                let row = &cols[((ch * kh + ki) * kw + kj) * ld..][..n_out];
                 for oy in ylo..yhi {
                     let iy = oy * sh + ki * dh - ph;
                     let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
@@ -178,61 +191,122 @@ pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
     }
 }
 
+/// Columns per GEMM that make a product worth its call: images with fewer output
+/// positions than this are unfolded several at a time, side by side.
+const MIN_GEMM_COLS: usize = 512;
+
+/// Images per GEMM for `p` output positions each and a batch of `n`.
+fn group_size(p: usize, n: usize) -> usize {
+    MIN_GEMM_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
+}
+
 /// For every sample `n`: `out[n] = wmat · im2col(inp[n])`, with `wmat` `[rows, c*kh*kw]`,
-/// `inp` `[N, c*h*w]` and `out` `[N, rows, oh*ow]`. Parallel over the batch.
+/// `inp` `[N, c*h*w]` and `out` `[N, rows, oh*ow]`. Small images are unfolded a group at a
+/// time into one wide column matrix, so that each GEMM has enough columns. Parallel over
+/// groups.
 pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut3<F>) {
     let (ck, p) = (g.col_rows(), g.col_cols());
-    out.axis_iter_mut(Axis(0))
+    let rows = wmat.nrows();
+    let gs = group_size(p, inp.nrows());
+    out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
-        .zip(inp.axis_iter(Axis(0)).into_par_iter())
+        .zip(inp.axis_chunks_iter(Axis(0), gs).into_par_iter())
         .for_each_init(
-            || vec![F::zero(); ck * p],
-            |cols, (mut o, x)| {
-                im2col(x.as_slice().expect("contiguous sample"), g, cols);
-                let cm = ArrayView2::from_shape((ck, p), cols).expect("sized");
-                gemm(F::one(), wmat, cm, F::zero(), o.view_mut());
+            || (vec![F::zero(); ck * gs * p], vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }]),
+            |(cols, ybuf), (mut o, x)| {
+                let m = x.nrows();
+                let ld = m * p;
+                for (j, xj) in x.outer_iter().enumerate() {
+                    im2col_ld(xj.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
+                }
+                let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
+                if m == 1 {
+                    gemm(F::one(), wmat, cm, F::zero(), o.index_axis_mut(Axis(0), 0));
+                    return;
+                }
+                let mut y = ArrayViewMut2::from_shape((rows, ld), &mut ybuf[..rows * ld]).expect("sized");
+                gemm(F::one(), wmat, cm, F::zero(), y.view_mut());
+                for (j, mut oj) in o.outer_iter_mut().enumerate() {
+                    oj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
+                }
             },
         );
 }
 
+/// Copies the samples `src[j]` `[rows, p]` side by side into `dst` `[rows, m * p]`.
+fn gather_side_by_side<'a, F: Float>(src: ArrayView3<F>, dst: &'a mut [F]) -> ArrayView2<'a, F> {
+    let (m, rows, p) = src.dim();
+    {
+        let mut d = ArrayViewMut2::from_shape((rows, m * p), &mut dst[..rows * m * p]).expect("sized");
+        for (j, sj) in src.outer_iter().enumerate() {
+            d.slice_mut(s![.., j * p..(j + 1) * p]).assign(&sj);
+        }
+    }
+    ArrayView2::from_shape((rows, m * p), &dst[..rows * m * p]).expect("sized")
+}
+
 /// For every sample `n`: `out[n] = col2im(wmat^T · src[n])`, with `wmat` `[rows, c*kh*kw]`,
-/// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Parallel over the batch.
+/// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Grouped as
+/// [`unfold_gemm`]; parallel over groups.
 pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut2<F>) {
     let (ck, p) = (g.col_rows(), g.col_cols());
-    out.axis_iter_mut(Axis(0))
+    let rows = wmat.nrows();
+    let gs = group_size(p, src.shape()[0]);
+    out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
-        .zip(src.axis_iter(Axis(0)).into_par_iter())
+        .zip(src.axis_chunks_iter(Axis(0), gs).into_par_iter())
         .for_each_init(
-            || Array2::<F>::zeros((ck, p)),
-            |cols, (mut o, s)| {
-                gemm(F::one(), wmat.t(), s, F::zero(), cols.view_mut());
+            || (vec![F::zero(); ck * gs * p], vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }]),
+            |(cols, sbuf), (mut o, sc)| {
+                let m = sc.shape()[0];
+                let ld = m * p;
+                {
+                    let cm = ArrayViewMut2::from_shape((ck, ld), &mut cols[..ck * ld]).expect("sized");
+                    if m == 1 {
+                        gemm(F::one(), wmat.t(), sc.index_axis(Axis(0), 0), F::zero(), cm);
+                    } else {
+                        let sm = gather_side_by_side(sc, sbuf);
+                        gemm(F::one(), wmat.t(), sm, F::zero(), cm);
+                    }
+                }
                 o.fill(F::zero());
-                col2im(
-                    cols.as_slice().expect("contiguous"),
-                    g,
-                    o.as_slice_mut().expect("contiguous sample"),
-                );
+                for (j, mut oj) in o.outer_iter_mut().enumerate() {
+                    col2im_ld(&cols[j * p..], g, oj.as_slice_mut().expect("contiguous sample"), ld);
+                }
             },
         );
 }
 
 /// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
 /// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
-/// thread over a contiguous run of samples, reduced at the end.
+/// thread over a contiguous run of samples (grouped as [`unfold_gemm`]), reduced at the end.
 pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
     let (ck, p) = (g.col_rows(), g.col_cols());
+    let rows = a.shape()[1];
     let n = a.shape()[0];
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
     let per = n.div_ceil(parts).max(1);
+    let gs = group_size(p, per);
     let partials: Vec<Array2<F>> = (0..n.div_ceil(per))
         .into_par_iter()
         .map(|part| {
             let mut acc = Array2::<F>::zeros(dw.raw_dim());
-            let mut cols = vec![F::zero(); ck * p];
-            for i in part * per..((part + 1) * per).min(n) {
-                im2col(b.row(i).as_slice().expect("contiguous sample"), g, &mut cols);
-                let cm = ArrayView2::from_shape((ck, p), &cols).expect("sized");
-                gemm(F::one(), a.index_axis(Axis(0), i), cm.t(), F::one(), acc.view_mut());
+            let mut cols = vec![F::zero(); ck * gs * p];
+            let mut abuf = vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }];
+            let end = ((part + 1) * per).min(n);
+            for start in (part * per..end).step_by(gs) {
+                let stop = (start + gs).min(end);
+                let (m, ld) = (stop - start, (stop - start) * p);
+                for (j, i) in (start..stop).enumerate() {
+                    im2col_ld(b.row(i).as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
+                }
+                let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
+                if m == 1 {
+                    gemm(F::one(), a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
+                } else {
+                    let am = gather_side_by_side(a.slice(s![start..stop, .., ..]), &mut abuf);
+                    gemm(F::one(), am, cm.t(), F::one(), acc.view_mut());
+                }
             }
             acc
         })

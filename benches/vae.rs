@@ -1,0 +1,38 @@
+//! One training step (forward, backward, Adam) of each notebook VAE at its recipe's batch
+//! size, and the ConvVAE at batch 1. `cargo bench --bench vae`
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::optim::{Adam, AdamConfig};
+use latent::vae::{self, Vae};
+use ndarray::Array4;
+use rand::{Rng, SeedableRng};
+
+fn step(c: &mut Criterion, name: &str, model: &mut dyn Vae<f32>, batch: usize, lr: f32) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let x = Array4::from_shape_simple_fn((batch, 1, 28, 28), || rng.random_range(0.0f32..1.0));
+    let cfg = model.recipe();
+    let mut opt = Adam::new(AdamConfig::new(lr));
+    c.bench_function(name, |b| {
+        b.iter(|| vae::train_step(model, x.view(), &cfg, &mut opt, &mut rng).unwrap())
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    latent::denormals::flush_denormals();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut conv = ConvVae::<f32>::cis522(20, &mut rng).unwrap();
+    step(c, "conv_vae_b1", &mut conv, 1, 1e-3);
+    step(c, "conv_vae_b100", &mut conv, 100, 1e-3);
+    let mut strided = StridedVae::<f32>::new([1, 28, 28], 32, &mut rng).unwrap();
+    step(c, "strided_vae_b128", &mut strided, 128, 1e-3);
+    let mut dcgan = DcganVae::<f32>::coursera(32, &mut rng).unwrap();
+    step(c, "dcgan_vae_b1024", &mut dcgan, 1024, 2e-3);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).warm_up_time(std::time::Duration::from_secs(1));
+    targets = bench
+}
+criterion_main!(benches);
