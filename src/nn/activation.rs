@@ -19,16 +19,38 @@ pub enum Activation {
     Tanh,
 }
 
+/// Arrays at least this long are processed in parallel.
+const PAR_MIN: usize = 1 << 15;
+
+/// `f` over `x`, in parallel for large arrays.
+fn map<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F> {
+    if x.len() >= PAR_MIN {
+        Zip::from(&x).par_map_collect(|&v| f(v))
+    } else {
+        x.mapv(f)
+    }
+}
+
+/// `g = f(saved, g)` in place over `dy`, in parallel for large arrays.
+fn map_grad<F: Float>(saved: ArrayViewD<F>, dy: &mut ArrayD<F>, f: impl Fn(F, F) -> F + Sync + Send) {
+    let z = Zip::from(dy).and(&saved);
+    if saved.len() >= PAR_MIN {
+        z.par_for_each(|g, &s| *g = f(s, *g));
+    } else {
+        z.for_each(|g, &s| *g = f(s, *g));
+    }
+}
+
 /// `y = act(x)`.
 pub fn activation_forward<F: Float>(act: Activation, x: ArrayViewD<F>) -> ArrayD<F> {
     match act {
-        Activation::Relu => x.mapv(|v| if v > F::zero() { v } else { F::zero() }),
+        Activation::Relu => map(x, |v| if v > F::zero() { v } else { F::zero() }),
         Activation::LeakyRelu(s) => {
             let s = F::lit(s);
-            x.mapv(|v| if v > F::zero() { v } else { s * v })
+            map(x, move |v| if v > F::zero() { v } else { s * v })
         }
-        Activation::Sigmoid => x.mapv(sigmoid),
-        Activation::Tanh => x.mapv(F::tanh),
+        Activation::Sigmoid => map(x, sigmoid),
+        Activation::Tanh => map(x, F::tanh),
     }
 }
 
@@ -43,18 +65,21 @@ impl Activation {
 /// `dx = act'(x) * dy`, from `saved`: the output `y` when
 /// [`Activation::backward_uses_output`], the input `x` otherwise, as PyTorch computes them.
 pub fn activation_backward<F: Float>(act: Activation, saved: ArrayViewD<F>, dy: ArrayViewD<F>) -> ArrayD<F> {
+    let mut dx = dy.to_owned();
+    activation_backward_inplace(act, saved, &mut dx);
+    dx
+}
+
+/// [`activation_backward`] overwriting `dy` with `dx`.
+pub fn activation_backward_inplace<F: Float>(act: Activation, saved: ArrayViewD<F>, dy: &mut ArrayD<F>) {
     match act {
-        Activation::Relu => Zip::from(&saved)
-            .and(&dy)
-            .map_collect(|&x, &g| if x > F::zero() { g } else { F::zero() }),
+        Activation::Relu => map_grad(saved, dy, |x, g| if x > F::zero() { g } else { F::zero() }),
         Activation::LeakyRelu(s) => {
             let s = F::lit(s);
-            Zip::from(&saved)
-                .and(&dy)
-                .map_collect(|&x, &g| if x > F::zero() { g } else { s * g })
+            map_grad(saved, dy, move |x, g| if x > F::zero() { g } else { s * g })
         }
-        Activation::Sigmoid => Zip::from(&saved).and(&dy).map_collect(|&y, &g| g * y * (F::one() - y)),
-        Activation::Tanh => Zip::from(&saved).and(&dy).map_collect(|&y, &g| g * (F::one() - y * y)),
+        Activation::Sigmoid => map_grad(saved, dy, |y, g| g * y * (F::one() - y)),
+        Activation::Tanh => map_grad(saved, dy, |y, g| g * (F::one() - y * y)),
     }
 }
 
@@ -99,6 +124,10 @@ impl<F: Float> Layer<F> for ActivationLayer<F> {
                 dy.shape(),
             ));
         }
-        Ok(need_dx.then(|| activation_backward(self.act, saved.view(), dy.view())))
+        Ok(need_dx.then(|| {
+            let mut dx = dy;
+            activation_backward_inplace(self.act, saved.view(), &mut dx);
+            dx
+        }))
     }
 }

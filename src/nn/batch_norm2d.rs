@@ -6,6 +6,8 @@
 
 use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMutD, Axis, Zip};
 
+use rayon::prelude::*;
+
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
@@ -50,15 +52,18 @@ pub fn batch_norm2d_forward<F: Float>(
                 )));
             }
             let mf = F::lit(m as f64);
-            let mut mean = Array1::<F>::zeros(c);
-            let mut var = Array1::<F>::zeros(c);
-            for ch in 0..c {
-                let xc = x.index_axis(Axis(1), ch);
-                let mu = xc.sum() / mf;
-                let v = xc.fold(F::zero(), |a, &v| a + (v - mu) * (v - mu)) / mf;
-                mean[ch] = mu;
-                var[ch] = v;
-            }
+            // Per-channel statistics, channels in parallel (two passes: mean, then the
+            // centred sum of squares, as PyTorch).
+            let stats: Vec<(F, F)> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let xc = x.index_axis(Axis(1), ch);
+                    let mu = xc.sum() / mf;
+                    (mu, xc.fold(F::zero(), |a, &v| a + (v - mu) * (v - mu)) / mf)
+                })
+                .collect();
+            let mean: Array1<F> = stats.iter().map(|s| s.0).collect();
+            let var: Array1<F> = stats.iter().map(|s| s.1).collect();
             let one = F::one();
             let unbiased = F::lit(m as f64 / (m - 1) as f64);
             Zip::from(&mut running_mean)
@@ -75,10 +80,13 @@ pub fn batch_norm2d_forward<F: Float>(
         ),
     };
     let mut y = x.to_owned();
-    for ch in 0..c {
-        let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-        y.index_axis_mut(Axis(1), ch).mapv_inplace(|v| g * (v - mu) * is + b);
-    }
+    y.axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(ch, mut yc)| {
+            let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
+            yc.mapv_inplace(|v| g * (v - mu) * is + b);
+        });
     Ok((y, BatchNormCache { mean, inv_std, mode }))
 }
 
@@ -98,27 +106,35 @@ pub fn batch_norm2d_backward<F: Float>(
     }
     let m = F::lit((x.shape()[0] * x.shape()[2] * x.shape()[3]) as f64);
     let mut dx = Array4::<F>::zeros(x.raw_dim());
-    for ch in 0..gamma.len() {
-        let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
-        let (xc, dyc) = (x.index_axis(Axis(1), ch), dy.index_axis(Axis(1), ch));
-        let mut sum_dy = F::zero();
-        let mut sum_dy_xhat = F::zero();
-        Zip::from(&xc).and(&dyc).for_each(|&v, &d| {
-            sum_dy += d;
-            sum_dy_xhat += d * (v - mu) * is;
-        });
+    // Channels are independent: each computes its two sums and its slice of dx in parallel.
+    let sums: Vec<(F, F)> = dx
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, dxc)| {
+            let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
+            let (xc, dyc) = (x.index_axis(Axis(1), ch), dy.index_axis(Axis(1), ch));
+            let mut sum_dy = F::zero();
+            let mut sum_dy_xhat = F::zero();
+            Zip::from(&xc).and(&dyc).for_each(|&v, &d| {
+                sum_dy += d;
+                sum_dy_xhat += d * (v - mu) * is;
+            });
+            match cache.mode {
+                Mode::Train => {
+                    let k = g * is / m;
+                    Zip::from(dxc).and(&xc).and(&dyc).for_each(|o, &v, &d| {
+                        *o = k * (m * d - sum_dy - (v - mu) * is * sum_dy_xhat);
+                    });
+                }
+                Mode::Eval | Mode::Frozen => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
+            }
+            (sum_dy, sum_dy_xhat)
+        })
+        .collect();
+    for (ch, (sum_dy, sum_dy_xhat)) in sums.into_iter().enumerate() {
         dgamma[ch] += sum_dy_xhat;
         dbeta[ch] += sum_dy;
-        let dxc = dx.index_axis_mut(Axis(1), ch);
-        match cache.mode {
-            Mode::Train => {
-                let k = g * is / m;
-                Zip::from(dxc).and(&xc).and(&dyc).for_each(|o, &v, &d| {
-                    *o = k * (m * d - sum_dy - (v - mu) * is * sum_dy_xhat);
-                });
-            }
-            Mode::Eval | Mode::Frozen => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
-        }
     }
     Ok(dx)
 }

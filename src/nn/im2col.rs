@@ -138,8 +138,10 @@ pub fn im2col_ld<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
                             *d = v;
                         }
                     } else {
-                        for ox in xlo..xhi {
-                            dst[ox] = src[ox * sw + kj * dw - pw];
+                        // Strided taps, without a bounds check per element.
+                        let ix0 = xlo * sw + kj * dw - pw;
+                        for (d, &v) in dst[xlo..xhi].iter_mut().zip(src[ix0..].iter().step_by(sw)) {
+                            *d = v;
                         }
                     }
                 }
@@ -181,8 +183,9 @@ pub fn col2im_ld<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F], ld: usize) {
                             *d += s;
                         }
                     } else {
-                        for ox in xlo..xhi {
-                            dst[ox * sw + kj * dw - pw] += src[ox];
+                        let ix0 = xlo * sw + kj * dw - pw;
+                        for (d, &v) in dst[ix0..].iter_mut().step_by(sw).zip(&src[xlo..xhi]) {
+                            *d += v;
                         }
                     }
                 }
@@ -212,7 +215,12 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
         .into_par_iter()
         .zip(inp.axis_chunks_iter(Axis(0), gs).into_par_iter())
         .for_each_init(
-            || (vec![F::zero(); ck * gs * p], vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }]),
+            || {
+                (
+                    vec![F::zero(); ck * gs * p],
+                    vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }],
+                )
+            },
             |(cols, ybuf), (mut o, x)| {
                 let m = x.nrows();
                 let ld = m * p;
@@ -256,7 +264,12 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
         .into_par_iter()
         .zip(src.axis_chunks_iter(Axis(0), gs).into_par_iter())
         .for_each_init(
-            || (vec![F::zero(); ck * gs * p], vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }]),
+            || {
+                (
+                    vec![F::zero(); ck * gs * p],
+                    vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }],
+                )
+            },
             |(cols, sbuf), (mut o, sc)| {
                 let m = sc.shape()[0];
                 let ld = m * p;
@@ -298,7 +311,12 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
                 let stop = (start + gs).min(end);
                 let (m, ld) = (stop - start, (stop - start) * p);
                 for (j, i) in (start..stop).enumerate() {
-                    im2col_ld(b.row(i).as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
+                    im2col_ld(
+                        b.row(i).as_slice().expect("contiguous sample"),
+                        g,
+                        &mut cols[j * p..],
+                        ld,
+                    );
                 }
                 let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
                 if m == 1 {
