@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
 use latent::loss::Reduction;
 use latent::models::{ConvVae, DcganVae, StridedVae};
@@ -117,7 +118,17 @@ fn run() -> latent::Result<()> {
                 "train on the first N training images only (quick runs)",
             ),
             ("seed", "0", "random seed (initialisation, shuffling, noise)"),
-            ("out", "out", "folder for the PNG figures"),
+            ("out", "out", "folder for the PNG figures and the final weights"),
+            (
+                "checkpoint-every",
+                "1",
+                "write a checkpoint every N epochs to --out/vae_MODEL.ckpt.safetensors (0: never)",
+            ),
+            (
+                "resume",
+                "",
+                "continue training from this checkpoint (same model, sizes and dataset)",
+            ),
         ],
     )
     .parse();
@@ -148,6 +159,8 @@ fn run() -> latent::Result<()> {
     let data_dir = flags.raw("data-dir");
     let data_dir = (!data_dir.is_empty()).then(|| PathBuf::from(data_dir));
     let out = PathBuf::from(flags.raw("out"));
+    let checkpoint_every: usize = flags.get("checkpoint-every");
+    let resume = flags.raw("resume");
     if batch == 0 || latent == 0 || lr.is_nan() || lr <= 0.0 || wd.is_nan() || wd < 0.0 {
         return Err(Error::InvalidArgument(format!(
             "--batch {batch}, --latent {latent} must be >= 1, --lr {lr} > 0, --weight-decay {wd} >= 0"
@@ -213,21 +226,50 @@ fn run() -> latent::Result<()> {
         like.describe()
     );
 
-    // Training.
+    // Training, from a checkpoint if asked.
     let mut opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
+    let description = format!(
+        "{model_name} VAE, latent {latent}, {} ({} training images)",
+        name(kind),
+        train.len()
+    );
+    let mut first_epoch = 0;
+    if !resume.is_empty() {
+        let ck = checkpoint::load_checkpoint(Path::new(&resume))?;
+        let meta = ck.meta()?;
+        if meta.model != description {
+            return Err(Error::InvalidArgument(format!(
+                "--resume {resume}: a checkpoint of '{}', not of '{description}'",
+                meta.model
+            )));
+        }
+        ck.restore_model(model.as_mut())?;
+        ck.restore_optimizer(&mut opt, model.as_mut())?;
+        rng = meta.rng;
+        first_epoch = meta.epoch;
+        eprintln!("resumed from {resume} after epoch {first_epoch}");
+    }
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let ckpt_path = out.join(format!("vae_{model_name}.ckpt.safetensors"));
+    let mut last_good: Option<PathBuf> = None;
     let mut curve = Vec::new();
     let mut epoch_means = Vec::new();
     let mut times = Vec::new();
     let mut xb = Array2::zeros((0, train.dim()));
-    for epoch in 0..epochs {
+    for epoch in first_epoch..epochs {
         let batches = epoch_batches(train.len(), batch, Some(&mut rng))?;
         let bar = EpochProgress::new(format!("{model_name} VAE epoch {}/{epochs}", epoch + 1), batches.len());
         let mut sum = 0.0;
         for (i, idx) in batches.iter().enumerate() {
             train.gather_flat(idx, &mut xb);
             let x4 = as_batch(xb.view());
-            let parts = vae::train_step(model.as_mut(), x4, &cfg, &mut opt, &mut rng)
-                .map_err(|e| Error::Numerical(format!("epoch {}, batch {i}: {e}", epoch + 1)))?;
+            let parts = vae::train_step(model.as_mut(), x4, &cfg, &mut opt, &mut rng).map_err(|e| {
+                let kept = match &last_good {
+                    Some(p) => format!("; the last good checkpoint is {}", p.display()),
+                    None => String::new(),
+                };
+                Error::Numerical(format!("training stopped at epoch {}, batch {i}: {e}{kept}", epoch + 1))
+            })?;
             let per_image = -parts.bound as f64;
             sum += per_image;
             curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, per_image));
@@ -236,7 +278,19 @@ fn run() -> latent::Result<()> {
         let mean = sum / batches.len() as f64;
         epoch_means.push((epoch as f64 + 1.0, mean));
         times.push(bar.finish(mean).as_secs_f64());
+        if checkpoint_every > 0 && ((epoch + 1) % checkpoint_every == 0 || epoch + 1 == epochs) {
+            let meta = CheckpointMeta {
+                model: description.clone(),
+                epoch: epoch + 1,
+                rng: rng.clone(),
+            };
+            checkpoint::save_checkpoint(&ckpt_path, model.as_mut(), &opt, &meta)?;
+            last_good = Some(ckpt_path.clone());
+        }
     }
+    let weights = out.join(format!("vae_{model_name}.safetensors"));
+    checkpoint::save_weights(&weights, model.as_mut())?;
+    eprintln!("wrote {} (PyTorch state_dict names)", weights.display());
 
     // Test metrics, in evaluation mode.
     let t = Instant::now();
@@ -266,10 +320,15 @@ fn run() -> latent::Result<()> {
     // Report.
     println!();
     println!(
-        "{} {model_name} VAE, {epochs} epochs, batch {batch}, {}: median {:.2} s/epoch",
+        "{} {model_name} VAE, {epochs} epochs, batch {batch}, {}: median {:.2} s/epoch{}",
         name(kind),
         describe(&cfg.objective),
-        common::median(times.clone())
+        common::median(times.clone()),
+        if first_epoch > 0 {
+            format!(" (epochs {}..{epochs} of this run)", first_epoch + 1)
+        } else {
+            String::new()
+        }
     );
     let d = test.dim() as f64;
     match like {

@@ -142,8 +142,8 @@ impl Dataset {
             Split::Test => (sums[2], sums[3]),
         };
         let want = |s| (verify == Verify::Checksums).then_some(s);
-        let (img_path, img_bytes) = read_idx_file(&dir, img_stem, want(img_sum))?;
-        let (lbl_path, lbl_bytes) = read_idx_file(&dir, lbl_stem, want(lbl_sum))?;
+        let (img_path, img_bytes) = read_idx_file(&dir, img_stem, want(img_sum), 3)?;
+        let (lbl_path, lbl_bytes) = read_idx_file(&dir, lbl_stem, want(lbl_sum), 1)?;
         let (dims, pixels) = parse_idx(&img_path, &img_bytes, 0x0803, 3)?;
         let (ldims, labels) = parse_idx(&lbl_path, &lbl_bytes, 0x0801, 1)?;
         if dims[0] != ldims[0] {
@@ -255,17 +255,37 @@ pub fn epoch_batches<R: Rng + ?Sized>(n: usize, batch: usize, shuffle: Option<&m
 /// Largest file the reader accepts once decompressed (MNIST's largest is 47 MB).
 const MAX_IDX_BYTES: u64 = 1 << 30;
 
+/// Decompresses an IDX file of `ndim` dimensions, reading no more than its header
+/// declares (plus one byte, to detect trailing data), so that memory stays bounded by the
+/// declared size however the stream inflates.
+pub fn decompress_idx(path: &Path, reader: impl Read, ndim: usize) -> Result<Vec<u8>> {
+    let corrupt = |e: std::io::Error| Error::data(path, format!("not a valid gzip stream (truncated or corrupt): {e}"));
+    let mut dec = flate2::read::GzDecoder::new(reader);
+    let header = 4 + 4 * ndim;
+    let mut bytes = Vec::new();
+    (&mut dec)
+        .take(header as u64)
+        .read_to_end(&mut bytes)
+        .map_err(corrupt)?;
+    if bytes.len() < header {
+        return Ok(bytes); // parse_idx names the short header
+    }
+    let declared = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as u64)
+        .try_fold(1u64, |acc, d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| Error::data(path, "header declares more than 1 GiB: not an MNIST-sized IDX file"))?;
+    dec.take(declared + 1).read_to_end(&mut bytes).map_err(corrupt)?;
+    Ok(bytes)
+}
+
 /// Reads `dir/stem.gz` (or `dir/stem`), decompressing and checking the MD5 when asked.
-fn read_idx_file(dir: &Path, stem: &str, md5: Option<&str>) -> Result<(PathBuf, Vec<u8>)> {
+fn read_idx_file(dir: &Path, stem: &str, md5: Option<&str>, ndim: usize) -> Result<(PathBuf, Vec<u8>)> {
     let gz = dir.join(format!("{stem}.gz"));
     let raw = dir.join(stem);
     let (path, bytes) = if gz.exists() {
         let file = File::open(&gz).map_err(|e| Error::io(&gz, e))?;
-        let mut bytes = Vec::new();
-        flate2::read::GzDecoder::new(file)
-            .take(MAX_IDX_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::data(&gz, format!("not a valid gzip stream (truncated or corrupt): {e}")))?;
+        let bytes = decompress_idx(&gz, std::io::BufReader::new(file), ndim)?;
         (gz, bytes)
     } else if raw.exists() {
         let bytes = std::fs::read(&raw).map_err(|e| Error::io(&raw, e))?;

@@ -9,6 +9,7 @@
 //! - [`nn`]: layers as forward/backward pairs; [`loss`]; [`optim`] (Adam).
 //! - [`models`]: the notebooks' models, with PyTorch `state_dict` names.
 //! - [`vae`]: the ELBO, its estimators and gradients, one VAE training step.
+//! - [`checkpoint`]: weights and training checkpoints as safetensors, PyTorch names.
 //! - [`plot`]: loss curves, image grids, spectra as PNG.
 //!
 //! Images are NCHW `f32` as in PyTorch; everything numeric is generic over [`Float`] so
@@ -16,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod data;
 pub mod denormals;
 mod error;

@@ -69,6 +69,9 @@ pub fn adam_update<F: Float>(
     });
 }
 
+/// Adam's first and second moment estimates `(m, v)` of one parameter.
+pub type Moments<F> = (ArrayD<F>, ArrayD<F>);
+
 /// The Adam optimizer: its configuration, step count and one pair of moments per
 /// parameter, in the order of [`Module::visit_params`].
 #[derive(Debug, Clone)]
@@ -94,8 +97,32 @@ impl<F: Float> Adam<F> {
         self.step
     }
 
-    /// Updates every parameter of `model` from its accumulated gradient.
+    /// The step count and the moments `(m, v)` of each parameter (empty before the first
+    /// step), for checkpoints.
+    pub fn state(&self) -> (u64, &[Moments<F>]) {
+        (self.step, &self.moments)
+    }
+
+    /// Restores a state saved with [`Adam::state`]; the shapes are checked against the
+    /// model at the next [`Adam::step`].
+    pub fn set_state(&mut self, step: u64, moments: Vec<Moments<F>>) {
+        self.step = step;
+        self.moments = moments;
+    }
+
+    /// Updates every parameter of `model` from its accumulated gradient. A NaN or
+    /// infinite gradient is an error naming the first such parameter, and then nothing is
+    /// updated (the model stays at its last good state).
     pub fn step(&mut self, model: &mut (impl Module<F> + ?Sized)) -> Result<()> {
+        let mut bad = None;
+        model.visit_params(&mut |p: &mut Param<F>| {
+            if bad.is_none() && p.grad.iter().any(|g| !g.is_finite()) {
+                bad = Some(p.name.clone());
+            }
+        });
+        if let Some(name) = bad {
+            return Err(Error::NonFinite(format!("the gradient of parameter {name}")));
+        }
         self.step += 1;
         let t = self.step;
         let cfg = self.config;

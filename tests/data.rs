@@ -195,3 +195,71 @@ fn batches_cover_every_index_once_and_are_seeded() {
     let none: Option<&mut rand_chacha::ChaCha8Rng> = None;
     assert!(epoch_batches(0, 1, none).unwrap_err().to_string().contains("empty"));
 }
+
+/// A header declaring 1 GiB that inflates from a few bytes is refused before it is read,
+/// and a stream longer than its header declares reads only one byte past the declaration.
+#[test]
+fn decompression_is_bounded_by_the_declared_size() {
+    let path = Path::new("bomb.gz");
+    let huge = gz(&idx(0x803, &[60_000, 1000, 1000], &[0; 64]));
+    let e = latent::data::decompress_idx(path, &huge[..], 3)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 1 GiB"), "{e}");
+    let long = gz(&idx(0x801, &[4], &[1; 100_000]));
+    let bytes = latent::data::decompress_idx(path, &long[..], 1).unwrap();
+    assert_eq!(bytes.len(), 8 + 4 + 1);
+    let e = latent::data::parse_idx(path, &bytes, 0x801, 1).unwrap_err().to_string();
+    assert!(e.contains("trailing"), "{e}");
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Random bytes, and valid files with bytes flipped, inserted or removed (before or
+        /// after compression), through the whole loader: an error or a data set, never a
+        /// panic, and a data set only if the labels and images agree.
+        #[test]
+        fn idx_gzip_reader_never_panics(
+            random in prop::collection::vec(any::<u8>(), 0..300),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
+            compressed in any::<bool>(),
+            target_images in any::<bool>(),
+        ) {
+            let path = Path::new("fuzz.gz");
+            let _ = latent::data::decompress_idx(path, &random[..], 3);
+            let _ = latent::data::parse_idx(path, &random, 0x803, 3);
+            let pixels: Vec<u8> = (0..5 * 6).map(|i| (i * 37 % 256) as u8).collect();
+            let plain = if target_images {
+                idx(0x803, &[5, 2, 3], &pixels)
+            } else {
+                idx(0x801, &[5], &[1, 2, 3, 4, 5])
+            };
+            let mut file = if compressed { gz(&plain) } else { plain };
+            for (at, byte, op) in edits {
+                let i = at.index(file.len().max(1)).min(file.len().saturating_sub(1));
+                match op {
+                    0 if !file.is_empty() => file[i] = byte,
+                    1 => file.insert(i, byte),
+                    _ if !file.is_empty() => { file.remove(i); }
+                    _ => {}
+                }
+            }
+            if !compressed {
+                file = gz(&file);
+            }
+            let dir = tmp("fuzz");
+            tiny(&dir, 5, 5, 0x803);
+            let name = if target_images { "t10k-images-idx3-ubyte.gz" } else { "t10k-labels-idx1-ubyte.gz" };
+            std::fs::write(dir.join(name), &file).unwrap();
+            if let Ok(ds) = Dataset::load_with(DatasetKind::Mnist, Some(&dir), Split::Test, Verify::StructureOnly) {
+                prop_assert_eq!(ds.images.shape()[0], ds.labels.len());
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}

@@ -105,6 +105,11 @@ impl<F: Float> Module<F> for DcganVae<F> {
         self.encoder.visit_buffers(f);
         self.decoder.visit_buffers(f);
     }
+
+    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
+        self.encoder.visit_counters(f);
+        self.decoder.visit_counters(f);
+    }
 }
 
 impl<F: Float> Vae<F> for DcganVae<F> {

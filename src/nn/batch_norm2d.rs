@@ -155,6 +155,8 @@ pub struct BatchNorm2d<F> {
     pub momentum: F,
     /// Added to the variance (default 1e-5).
     pub eps: F,
+    /// Train-mode forward passes so far (`{prefix}.num_batches_tracked`).
+    pub num_batches_tracked: u64,
     cache: Option<(Array4<F>, BatchNormCache<F>)>,
 }
 
@@ -168,6 +170,7 @@ impl<F: Float> BatchNorm2d<F> {
             running_var: Array1::ones(channels),
             momentum: F::lit(0.1),
             eps: F::lit(1e-5),
+            num_batches_tracked: 0,
             cache: None,
         }
     }
@@ -187,6 +190,9 @@ impl<F: Float> BatchNorm2d<F> {
             self.eps,
             mode,
         )?;
+        if mode == Mode::Train {
+            self.num_batches_tracked += 1;
+        }
         self.cache = Some((x, cache));
         Ok(y)
     }
@@ -216,6 +222,11 @@ impl<F: Float> Module<F> for BatchNorm2d<F> {
             self.running_mean.view_mut().into_dyn(),
         );
         f(&format!("{prefix}.running_var"), self.running_var.view_mut().into_dyn());
+    }
+
+    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
+        let prefix = self.weight.name.strip_suffix(".weight").unwrap_or(&self.weight.name);
+        f(&format!("{prefix}.num_batches_tracked"), &mut self.num_batches_tracked);
     }
 }
 

@@ -62,6 +62,10 @@ pub trait Module<F: Float> {
     /// running statistics) with its `state_dict` name, in a fixed order.
     fn visit_buffers(&mut self, _f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {}
 
+    /// Calls `f` on every integer counter of the `state_dict` (BatchNorm's
+    /// `num_batches_tracked`), with its name.
+    fn visit_counters(&mut self, _f: &mut dyn FnMut(&str, &mut u64)) {}
+
     /// Sets every parameter gradient to zero.
     fn zero_grad(&mut self) {
         self.visit_params(&mut |p| p.zero_grad());

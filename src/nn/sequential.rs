@@ -46,6 +46,12 @@ impl<F: Float> Module<F> for Sequential<F> {
             l.visit_buffers(f);
         }
     }
+
+    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
+        for l in &mut self.layers {
+            l.visit_counters(f);
+        }
+    }
 }
 
 impl<F: Float> Layer<F> for Sequential<F> {

@@ -1,0 +1,59 @@
+//! The examples refuse unknown flags and bad values with a message naming them, before
+//! doing any work. (Cargo builds the examples next to the test binaries.)
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn example(name: &str) -> Option<PathBuf> {
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(name);
+    path.exists().then_some(path)
+}
+
+fn run(name: &str, args: &[&str]) -> (i32, String) {
+    let path = example(name).unwrap_or_else(|| panic!("example {name} was not built next to the tests"));
+    let out = Command::new(path).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn unknown_flags_and_bad_values_are_named() {
+    let (code, err) = run("vae", &["--bogus", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown flag --bogus"), "{err}");
+    let (code, err) = run("vae", &["--model", "resnet"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--model resnet") && err.contains("conv, dcgan or strided"),
+        "{err}"
+    );
+    let (code, err) = run("vae", &["--epochs", "ten"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--epochs ten"), "{err}");
+    let (code, err) = run("vae", &["--objective", "iwae", "--beta", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--beta"), "{err}");
+    let (code, err) = run("vae", &["--dataset", "cifar"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cifar"), "{err}");
+    let (code, err) = run("pca_vs_ae", &["--k"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--k needs a value"), "{err}");
+    let (code, err) = run(
+        "pca_vs_ae",
+        &["--k", "0", "--pca-repeats", "1", "--epochs", "0", "--conv-epochs", "0"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--k 0"), "{err}");
+}
+
+#[test]
+fn resuming_from_a_missing_checkpoint_is_named() {
+    let (code, err) = run("vae", &["--resume", "/nonexistent/ck.safetensors", "--epochs", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/ck.safetensors"), "{err}");
+}
