@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
+use latent::device::DeviceRequest;
 use latent::loss::Reduction;
 use latent::models::{ConvVae, DcganVae, StridedVae};
 use latent::optim::{adam_update, Adam, AdamConfig};
@@ -80,6 +81,11 @@ fn run() -> latent::Result<()> {
         "Train a VAE (CIS-522 ConvVAE, Coursera DCGAN VAE or the stride-2 VAE) on MNIST or Fashion-MNIST.",
         &[
             ("model", "conv", "conv, dcgan or strided"),
+            (
+                "device",
+                "auto",
+                "auto (the GPU if usable, else the CPU, saying why), cpu, or cuda (an error without a GPU)",
+            ),
             ("dataset", "mnist", "mnist or fashion"),
             (
                 "data-dir",
@@ -181,6 +187,18 @@ fn run() -> latent::Result<()> {
         }
     };
     objective.validate()?;
+    let request: DeviceRequest = flags.get("device");
+    let (device, device_line) = latent::device::select(request)?;
+    eprintln!("{device_line}");
+    if !device.is_cpu() {
+        // The GPU kernels are not written yet (no GPU was available to verify them).
+        if request == DeviceRequest::Cuda {
+            return Err(Error::Device(
+                "--device cuda: this version has no GPU training path yet; use --device cpu".into(),
+            ));
+        }
+        eprintln!("device: CPU (this version has no GPU training path yet)");
+    }
 
     latent::denormals::flush_denormals();
     let t = Instant::now();

@@ -50,6 +50,9 @@ pub enum Error {
     /// An argument is out of its valid range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The requested compute device is not usable.
+    #[error("{0}")]
+    Device(String),
     /// A numerical routine failed (an eigensolver that did not converge, say).
     #[error("numerical failure: {0}")]
     Numerical(String),

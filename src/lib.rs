@@ -9,6 +9,7 @@
 //! - [`nn`]: layers as forward/backward pairs; [`loss`]; [`optim`] (Adam).
 //! - [`models`]: the notebooks' models, with PyTorch `state_dict` names.
 //! - [`vae`]: the ELBO, its estimators and gradients, one VAE training step.
+//! - [`device`]: CPU or (feature `cuda`) GPU, with a loud fallback.
 //! - [`checkpoint`]: weights and training checkpoints as safetensors, PyTorch names.
 //! - [`plot`]: loss curves, image grids, spectra as PNG.
 //!
@@ -20,6 +21,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod denormals;
+pub mod device;
 mod error;
 mod float;
 pub mod gemm;

@@ -4,11 +4,21 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The example binary `cargo test` built for this run: the newest `NAME-HASH` in
+/// target/<profile>/examples (the tests themselves live in target/<profile>/deps).
 fn example(name: &str) -> Option<PathBuf> {
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(name);
-    path.exists().then_some(path)
+    let dir = exe.parent()?.parent()?.join("examples");
+    let prefix = format!("{name}-");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let f = e.file_name().to_string_lossy().into_owned();
+            f.starts_with(&prefix) && !f.contains('.') && f[prefix.len()..].chars().all(|c| c.is_ascii_hexdigit())
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
 }
 
 fn run(name: &str, args: &[&str]) -> (i32, String) {
@@ -49,6 +59,20 @@ fn unknown_flags_and_bad_values_are_named() {
     );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("--k 0"), "{err}");
+}
+
+/// Without a GPU (or without the `cuda` feature), `--device cuda` is a clear error.
+#[test]
+fn device_cuda_without_a_gpu_is_an_error() {
+    let (code, err) = run("vae", &["--device", "cuda"]);
+    if code == 0 {
+        return; // a machine with a GPU
+    }
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--device cuda"), "{err}");
+    let (code, err) = run("vae", &["--device", "tpu"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tpu"), "{err}");
 }
 
 #[test]

@@ -54,7 +54,10 @@ fn check<M: Vae<f32>>(fx: &Fixture, mut model: M, eps: ndarray::Array3<f32>) {
     std::fs::create_dir_all(&dir).unwrap();
     let from_torch = dir.join("torch.safetensors");
     let keys = torch_state_dict(fx, &from_torch);
-    checkpoint::load_weights(&from_torch).unwrap().restore_model(&mut model).unwrap();
+    checkpoint::load_weights(&from_torch)
+        .unwrap()
+        .restore_model(&mut model)
+        .unwrap();
     let x = fx.get::<f32>("x").into_dimensionality::<Ix4>().unwrap();
     let mut cfg = model.recipe();
     cfg.objective = vae::Objective::Elbo {
@@ -63,7 +66,11 @@ fn check<M: Vae<f32>>(fx: &Fixture, mut model: M, eps: ndarray::Array3<f32>) {
     };
     let loss = vae::loss_and_grad(&mut model, x.view(), eps.view(), &cfg).unwrap().loss as f64;
     let want = *fx.get::<f64>("loss").first().unwrap();
-    assert!((loss - want).abs() <= 1e-4 * want.abs(), "{}: loss {loss} vs PyTorch {want}", fx.file);
+    assert!(
+        (loss - want).abs() <= 1e-4 * want.abs(),
+        "{}: loss {loss} vs PyTorch {want}",
+        fx.file
+    );
     let ours = dir.join("ours.safetensors");
     checkpoint::save_weights(&ours, &mut model).unwrap();
     let written: BTreeSet<String> = checkpoint::load_weights(&ours).unwrap().names().cloned().collect();
@@ -91,12 +98,20 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
                     &mut rng,
                 )
                 .unwrap();
-                let eps = fx.get::<f32>("eps").into_dimensionality::<Ix2>().unwrap().insert_axis(Axis(1));
+                let eps = fx
+                    .get::<f32>("eps")
+                    .into_dimensionality::<Ix2>()
+                    .unwrap()
+                    .insert_axis(Axis(1));
                 check(&fx, m, eps);
             }
             "model_strided_vae" => {
                 let m = StridedVae::<f32>::new([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
-                let eps = fx.get::<f32>("eps").into_dimensionality::<Ix2>().unwrap().insert_axis(Axis(1));
+                let eps = fx
+                    .get::<f32>("eps")
+                    .into_dimensionality::<Ix2>()
+                    .unwrap()
+                    .insert_axis(Axis(1));
                 check(&fx, m, eps);
             }
             _ => continue,
