@@ -3,9 +3,10 @@
 //! Trained on the notebook's `-(log_p_x - kl_q_p)`: the Gaussian log-likelihood without
 //! the `0.5 log 2 pi` terms and the Monte-Carlo KL, averaged over the batch.
 
-use ndarray::{Array0, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
+use ndarray::{Array0, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
+use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain};
 use crate::loss::Reduction;
 use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
@@ -113,8 +114,7 @@ impl<F: Float> Vae<F> for ConvVae<F> {
     }
 
     fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let phi = self.encoder.forward(x.to_owned().into_dyn(), mode)?;
-        let phi = phi.into_dimensionality::<Ix2>().expect("encoder ends in Linear");
+        let phi = encode_chain(&mut self.encoder, x, mode)?;
         let q = DiagGaussian::from_isotropic(phi.view())?;
         self.phi = Some(phi);
         Ok(q)
@@ -127,13 +127,11 @@ impl<F: Float> Vae<F> for ConvVae<F> {
     }
 
     fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        let y = self.decoder.forward(z.to_owned().into_dyn(), mode)?;
-        Ok(y.into_dimensionality::<Ix4>().expect("decoder ends in images"))
+        decode_chain(&mut self.decoder, z, mode)
     }
 
     fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        let dz = self.decoder.backward(dout.into_dyn(), true)?.expect("asked for dz");
-        Ok(dz.into_dimensionality::<Ix2>().expect("codes"))
+        decode_chain_backward(&mut self.decoder, dout)
     }
 
     fn likelihood(&self) -> Likelihood<F> {

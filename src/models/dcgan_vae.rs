@@ -3,9 +3,10 @@
 //! standard deviation. Decoder: ConvTranspose2d + BatchNorm2d + ReLU three times, then a
 //! ConvTranspose2d and a Sigmoid. Loss: BCE (sum) + closed-form KL (sum) over the batch.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
+use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain};
 use crate::loss::Reduction;
 use crate::nn::{
     Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Mode, Module,
@@ -122,8 +123,7 @@ impl<F: Float> Vae<F> for DcganVae<F> {
     }
 
     fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let enc = self.encoder.forward(x.to_owned().into_dyn(), mode)?;
-        let enc = enc.into_dimensionality::<Ix2>().expect("encoder ends in Flatten");
+        let enc = encode_chain(&mut self.encoder, x, mode)?;
         DiagGaussian::from_mean_log_std(enc.view())
     }
 
@@ -134,13 +134,11 @@ impl<F: Float> Vae<F> for DcganVae<F> {
     }
 
     fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        let y = self.decoder.forward(z.to_owned().into_dyn(), mode)?;
-        Ok(y.into_dimensionality::<Ix4>().expect("decoder ends in images"))
+        decode_chain(&mut self.decoder, z, mode)
     }
 
     fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        let dz = self.decoder.backward(dout.into_dyn(), true)?.expect("asked for dz");
-        Ok(dz.into_dimensionality::<Ix2>().expect("codes"))
+        decode_chain_backward(&mut self.decoder, dout)
     }
 
     fn likelihood(&self) -> Likelihood<F> {

@@ -9,6 +9,7 @@ mod conv_vae;
 mod dcgan_vae;
 mod linear_ae;
 mod strided_vae;
+mod vae_parts;
 mod vanilla_vae;
 
 pub use conv_ae::ConvAe;
@@ -16,4 +17,5 @@ pub use conv_vae::ConvVae;
 pub use dcgan_vae::DcganVae;
 pub use linear_ae::LinearAe;
 pub use strided_vae::StridedVae;
+pub use vae_parts::GaussianHeads;
 pub use vanilla_vae::{VanillaVae, VanillaVaeParams};

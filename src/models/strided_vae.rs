@@ -4,9 +4,10 @@
 //! with output padding 0, 1, 1 (4 -> 7 -> 14 -> 28), ReLU between and a Sigmoid at the end.
 //! Loss: sum of squared errors + closed-form KL, summed over the batch.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
+use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain, GaussianHeads};
 use crate::loss::Reduction;
 use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
@@ -21,10 +22,8 @@ use crate::{Error, Float, Result};
 pub struct StridedVae<F> {
     /// Image to 512 features.
     pub encoder: Sequential<F>,
-    /// Features to means.
-    pub fc_mu: Linear<F>,
-    /// Features to log variances.
-    pub fc_logvar: Linear<F>,
+    /// `fc_mu` and `fc_logvar`: features to the posterior's mean and log variance.
+    pub heads: GaussianHeads<F>,
     /// Code to pixel means in [0, 1]: `fc_decode`, then the transposed convolutions.
     pub decoder: Sequential<F>,
     image: [usize; 3],
@@ -51,8 +50,7 @@ impl<F: Float> StridedVae<F> {
             .push(Conv2d::new("encoder.4", 16, 32, (3, 3), down, rng))
             .push(relu())
             .push(Flatten::new());
-        let fc_mu = Linear::new("fc_mu", 512, latent, true, rng);
-        let fc_logvar = Linear::new("fc_logvar", 512, latent, true, rng);
+        let heads = GaussianHeads::new(("fc_mu", "fc_logvar"), 512, latent, rng);
         let decoder = Sequential::new()
             .push(Linear::new("fc_decode", latent, 512, true, rng))
             .push(Unflatten::new(&[32, 4, 4]))
@@ -64,8 +62,7 @@ impl<F: Float> StridedVae<F> {
             .push(ActivationLayer::new(Activation::Sigmoid));
         Ok(StridedVae {
             encoder,
-            fc_mu,
-            fc_logvar,
+            heads,
             decoder,
             image,
             latent,
@@ -76,8 +73,7 @@ impl<F: Float> StridedVae<F> {
 impl<F: Float> Module<F> for StridedVae<F> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
         self.encoder.visit_params(f);
-        self.fc_mu.visit_params(f);
-        self.fc_logvar.visit_params(f);
+        self.heads.visit_params(f);
         self.decoder.visit_params(f);
     }
 
@@ -94,28 +90,22 @@ impl<F: Float> Vae<F> for StridedVae<F> {
     }
 
     fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let h = self.encoder.forward(x.to_owned().into_dyn(), mode)?;
-        let h = h.into_dimensionality::<Ix2>().expect("encoder ends in Flatten");
-        let mu = self.fc_mu.forward2(h.view())?;
-        let logvar = self.fc_logvar.forward2(h.view())?;
-        DiagGaussian::new(mu, logvar)
+        let h = encode_chain(&mut self.encoder, x, mode)?;
+        self.heads.forward(h.view())
     }
 
     fn encode_backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>) -> Result<()> {
-        let mut dh = self.fc_mu.backward2(dmu.view(), true)?.expect("asked for dx");
-        dh += &self.fc_logvar.backward2(dlogvar.view(), true)?.expect("asked for dx");
+        let dh = self.heads.backward(dmu, dlogvar)?;
         self.encoder.backward(dh.into_dyn(), false)?;
         Ok(())
     }
 
     fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        let y = self.decoder.forward(z.to_owned().into_dyn(), mode)?;
-        Ok(y.into_dimensionality::<Ix4>().expect("decoder ends in images"))
+        decode_chain(&mut self.decoder, z, mode)
     }
 
     fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        let dz = self.decoder.backward(dout.into_dyn(), true)?.expect("asked for dz");
-        Ok(dz.into_dimensionality::<Ix2>().expect("codes"))
+        decode_chain_backward(&mut self.decoder, dout)
     }
 
     fn likelihood(&self) -> Likelihood<F> {

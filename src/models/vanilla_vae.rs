@@ -4,9 +4,10 @@
 //! blocks, and a final block (ConvTranspose2d, BatchNorm2d, LeakyReLU, Conv2d 3x3 to the
 //! image channels, Tanh). The defaults: widths [32, 64, 128, 256, 512] on 3x64x64 images.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
+use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain, GaussianHeads};
 use crate::loss::Reduction;
 use crate::nn::{
     Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode,
@@ -50,10 +51,8 @@ impl VanillaVaeParams {
 pub struct VanillaVae<F> {
     /// Image to features.
     pub encoder: Sequential<F>,
-    /// Features to means.
-    pub fc_mu: Linear<F>,
-    /// Features to log variances.
-    pub fc_var: Linear<F>,
+    /// `fc_mu` and `fc_var`: features to the posterior's mean and log variance.
+    pub heads: GaussianHeads<F>,
     /// Code to image in [-1, 1]: `decoder_input`, the blocks, the final layer.
     pub decoder: Sequential<F>,
     image: [usize; 3],
@@ -97,8 +96,7 @@ impl<F: Float> VanillaVae<F> {
             in_ch = hd;
         }
         encoder = encoder.push(Flatten::new());
-        let fc_mu = Linear::new("fc_mu", flat, params.latent, true, rng);
-        let fc_var = Linear::new("fc_var", flat, params.latent, true, rng);
+        let heads = GaussianHeads::new(("fc_mu", "fc_var"), flat, params.latent, rng);
         let mut decoder = Sequential::new()
             .push(Linear::new("decoder_input", params.latent, flat, true, rng))
             .push(Unflatten::new(&[last, hb, wb]));
@@ -132,8 +130,7 @@ impl<F: Float> VanillaVae<F> {
             .push(ActivationLayer::new(Activation::Tanh));
         Ok(VanillaVae {
             encoder,
-            fc_mu,
-            fc_var,
+            heads,
             decoder,
             image: params.image,
             latent: params.latent,
@@ -144,8 +141,7 @@ impl<F: Float> VanillaVae<F> {
 impl<F: Float> Module<F> for VanillaVae<F> {
     fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
         self.encoder.visit_params(f);
-        self.fc_mu.visit_params(f);
-        self.fc_var.visit_params(f);
+        self.heads.visit_params(f);
         self.decoder.visit_params(f);
     }
 
@@ -170,28 +166,22 @@ impl<F: Float> Vae<F> for VanillaVae<F> {
     }
 
     fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let h = self.encoder.forward(x.to_owned().into_dyn(), mode)?;
-        let h = h.into_dimensionality::<Ix2>().expect("encoder ends in Flatten");
-        let mu = self.fc_mu.forward2(h.view())?;
-        let logvar = self.fc_var.forward2(h.view())?;
-        DiagGaussian::new(mu, logvar)
+        let h = encode_chain(&mut self.encoder, x, mode)?;
+        self.heads.forward(h.view())
     }
 
     fn encode_backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>) -> Result<()> {
-        let mut dh = self.fc_mu.backward2(dmu.view(), true)?.expect("asked for dx");
-        dh += &self.fc_var.backward2(dlogvar.view(), true)?.expect("asked for dx");
+        let dh = self.heads.backward(dmu, dlogvar)?;
         self.encoder.backward(dh.into_dyn(), false)?;
         Ok(())
     }
 
     fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        let y = self.decoder.forward(z.to_owned().into_dyn(), mode)?;
-        Ok(y.into_dimensionality::<Ix4>().expect("decoder ends in images"))
+        decode_chain(&mut self.decoder, z, mode)
     }
 
     fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        let dz = self.decoder.backward(dout.into_dyn(), true)?.expect("asked for dz");
-        Ok(dz.into_dimensionality::<Ix2>().expect("codes"))
+        decode_chain_backward(&mut self.decoder, dout)
     }
 
     /// Squared error: AntixK trains on `mse_loss(recons, input)` + a weighted KL.
