@@ -41,6 +41,12 @@ pub trait Float:
     /// A uniform draw in `[lo, hi)`.
     fn sample_uniform<R: Rng + ?Sized>(rng: &mut R, lo: Self, hi: Self) -> Self;
 
+    /// Calls `f` with two scratch buffers of lengths `n1` and `n2`, reused across calls on
+    /// the same thread (so the unfolding kernels do not allocate, and fault in, fresh
+    /// pages on every call). Their contents on entry are unspecified: `f` must write
+    /// before it reads. Not re-entrant: `f` must not call it again.
+    fn with_scratch<R>(n1: usize, n2: usize, f: impl FnOnce(&mut [Self], &mut [Self]) -> R) -> R;
+
     /// `C = alpha A B + beta C` on ndarray views of any strides, on the calling thread
     /// (faer's kernels for this type). Use [`crate::gemm::gemm`], which checks shapes.
     fn gemm_faer(
@@ -65,6 +71,24 @@ macro_rules! impl_float {
             #[inline]
             fn to_f64_lossless(self) -> f64 {
                 self as f64
+            }
+
+            fn with_scratch<R>(n1: usize, n2: usize, f: impl FnOnce(&mut [Self], &mut [Self]) -> R) -> R {
+                thread_local! {
+                    static SCRATCH: std::cell::RefCell<(Vec<$t>, Vec<$t>)> =
+                        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+                }
+                SCRATCH.with(|cell| {
+                    let mut guard = cell.borrow_mut();
+                    let (a, b) = &mut *guard;
+                    if a.len() < n1 {
+                        a.resize(n1, 0.0);
+                    }
+                    if b.len() < n2 {
+                        b.resize(n2, 0.0);
+                    }
+                    f(&mut a[..n1], &mut b[..n2])
+                })
             }
 
             #[inline]

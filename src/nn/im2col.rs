@@ -194,6 +194,74 @@ pub fn col2im_ld<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F], ld: usize) {
     }
 }
 
+/// How images are unfolded for one geometry: row by row (stride-1 convolutions with
+/// output rows of 8 or more, where each row is a straight copy), or through a table of
+/// tap offsets (strided or short rows, where per-row loop overhead would dominate).
+pub(crate) struct Taps {
+    /// For tap `r = ki * kw + kj` and output position `q`: the offset in one channel plane
+    /// of the pixel it reads, or `usize::MAX` in the padding.
+    table: Option<Vec<usize>>,
+}
+
+impl Taps {
+    pub(crate) fn new(g: &ConvGeom) -> Self {
+        if g.stride == (1, 1) && g.ow >= 8 {
+            return Taps { table: None };
+        }
+        let (kh, kw) = g.kernel;
+        let p = g.col_cols();
+        let mut table = vec![usize::MAX; kh * kw * p];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, g.stride.0, g.padding.0, ki * g.dilation.0);
+                let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, g.stride.1, g.padding.1, kj * g.dilation.1);
+                let t = &mut table[(ki * kw + kj) * p..][..p];
+                for oy in ylo..yhi {
+                    let iy = oy * g.stride.0 + ki * g.dilation.0 - g.padding.0;
+                    for ox in xlo..xhi {
+                        t[oy * g.ow + ox] = iy * g.w + ox * g.stride.1 + kj * g.dilation.1 - g.padding.1;
+                    }
+                }
+            }
+        }
+        Taps { table: Some(table) }
+    }
+
+    /// [`im2col_ld`], through the table when there is one.
+    pub(crate) fn im2col<F: Float>(&self, x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
+        let Some(table) = &self.table else {
+            return im2col_ld(x, g, cols, ld);
+        };
+        let (kk, p, hw) = (g.kernel.0 * g.kernel.1, g.col_cols(), g.h * g.w);
+        for (ch, plane) in x.chunks_exact(hw).enumerate() {
+            for (r, taps) in table.chunks_exact(p).enumerate() {
+                let row = &mut cols[(ch * kk + r) * ld..][..p];
+                for (d, &o) in row.iter_mut().zip(taps) {
+                    *d = plane.get(o).copied().unwrap_or_else(F::zero);
+                }
+            }
+        }
+    }
+
+    /// [`col2im_ld`], through the table when there is one.
+    pub(crate) fn col2im<F: Float>(&self, cols: &[F], g: &ConvGeom, x: &mut [F], ld: usize) {
+        let Some(table) = &self.table else {
+            return col2im_ld(cols, g, x, ld);
+        };
+        let (kk, p, hw) = (g.kernel.0 * g.kernel.1, g.col_cols(), g.h * g.w);
+        for (ch, plane) in x.chunks_exact_mut(hw).enumerate() {
+            for (r, taps) in table.chunks_exact(p).enumerate() {
+                let row = &cols[(ch * kk + r) * ld..][..p];
+                for (&v, &o) in row.iter().zip(taps) {
+                    if let Some(d) = plane.get_mut(o) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Columns per GEMM that make a product worth its call: images with fewer output
 /// positions than this are unfolded several at a time, side by side.
 const MIN_GEMM_COLS: usize = 512;
@@ -211,34 +279,29 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, inp.nrows());
+    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(inp.axis_chunks_iter(Axis(0), gs).into_par_iter())
-        .for_each_init(
-            || {
-                (
-                    vec![F::zero(); ck * gs * p],
-                    vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }],
-                )
-            },
-            |(cols, ybuf), (mut o, x)| {
-                let m = x.nrows();
-                let ld = m * p;
+        .for_each(|(mut o, x)| {
+            let m = x.nrows();
+            let ld = m * p;
+            F::with_scratch(ck * ld, if m > 1 { rows * ld } else { 0 }, |cols, ybuf| {
                 for (j, xj) in x.outer_iter().enumerate() {
-                    im2col_ld(xj.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
+                    taps.im2col(xj.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
                 }
-                let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
+                let cm = ArrayView2::from_shape((ck, ld), &*cols).expect("sized");
                 if m == 1 {
                     gemm(F::one(), wmat, cm, F::zero(), o.index_axis_mut(Axis(0), 0));
                     return;
                 }
-                let mut y = ArrayViewMut2::from_shape((rows, ld), &mut ybuf[..rows * ld]).expect("sized");
+                let mut y = ArrayViewMut2::from_shape((rows, ld), ybuf).expect("sized");
                 gemm(F::one(), wmat, cm, F::zero(), y.view_mut());
                 for (j, mut oj) in o.outer_iter_mut().enumerate() {
                     oj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
                 }
-            },
-        );
+            })
+        });
 }
 
 /// Copies the samples `src[j]` `[rows, p]` side by side into `dst` `[rows, m * p]`.
@@ -260,21 +323,16 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, src.shape()[0]);
+    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(src.axis_chunks_iter(Axis(0), gs).into_par_iter())
-        .for_each_init(
-            || {
-                (
-                    vec![F::zero(); ck * gs * p],
-                    vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }],
-                )
-            },
-            |(cols, sbuf), (mut o, sc)| {
-                let m = sc.shape()[0];
-                let ld = m * p;
+        .for_each(|(mut o, sc)| {
+            let m = sc.shape()[0];
+            let ld = m * p;
+            F::with_scratch(ck * ld, if m > 1 { rows * ld } else { 0 }, |cols, sbuf| {
                 {
-                    let cm = ArrayViewMut2::from_shape((ck, ld), &mut cols[..ck * ld]).expect("sized");
+                    let cm = ArrayViewMut2::from_shape((ck, ld), &mut *cols).expect("sized");
                     if m == 1 {
                         gemm(F::one(), wmat.t(), sc.index_axis(Axis(0), 0), F::zero(), cm);
                     } else {
@@ -284,10 +342,10 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
                 }
                 o.fill(F::zero());
                 for (j, mut oj) in o.outer_iter_mut().enumerate() {
-                    col2im_ld(&cols[j * p..], g, oj.as_slice_mut().expect("contiguous sample"), ld);
+                    taps.col2im(&cols[j * p..], g, oj.as_slice_mut().expect("contiguous sample"), ld);
                 }
-            },
-        );
+            })
+        });
 }
 
 /// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
@@ -300,32 +358,33 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
     let per = n.div_ceil(parts).max(1);
     let gs = group_size(p, per);
+    let taps = Taps::new(g);
     let partials: Vec<Array2<F>> = (0..n.div_ceil(per))
         .into_par_iter()
         .map(|part| {
             let mut acc = Array2::<F>::zeros(dw.raw_dim());
-            let mut cols = vec![F::zero(); ck * gs * p];
-            let mut abuf = vec![F::zero(); if gs > 1 { rows * gs * p } else { 0 }];
             let end = ((part + 1) * per).min(n);
-            for start in (part * per..end).step_by(gs) {
-                let stop = (start + gs).min(end);
-                let (m, ld) = (stop - start, (stop - start) * p);
-                for (j, i) in (start..stop).enumerate() {
-                    im2col_ld(
-                        b.row(i).as_slice().expect("contiguous sample"),
-                        g,
-                        &mut cols[j * p..],
-                        ld,
-                    );
+            F::with_scratch(ck * gs * p, if gs > 1 { rows * gs * p } else { 0 }, |cols, abuf| {
+                for start in (part * per..end).step_by(gs) {
+                    let stop = (start + gs).min(end);
+                    let (m, ld) = (stop - start, (stop - start) * p);
+                    for (j, i) in (start..stop).enumerate() {
+                        taps.im2col(
+                            b.row(i).as_slice().expect("contiguous sample"),
+                            g,
+                            &mut cols[j * p..],
+                            ld,
+                        );
+                    }
+                    let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
+                    if m == 1 {
+                        gemm(F::one(), a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
+                    } else {
+                        let am = gather_side_by_side(a.slice(s![start..stop, .., ..]), abuf);
+                        gemm(F::one(), am, cm.t(), F::one(), acc.view_mut());
+                    }
                 }
-                let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
-                if m == 1 {
-                    gemm(F::one(), a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
-                } else {
-                    let am = gather_side_by_side(a.slice(s![start..stop, .., ..]), &mut abuf);
-                    gemm(F::one(), am, cm.t(), F::one(), acc.view_mut());
-                }
-            }
+            });
             acc
         })
         .collect();
@@ -365,7 +424,52 @@ mod tests {
             let lhs: f64 = cols.iter().zip(&cc).map(|(a, b)| a * b).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
             assert!((lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0), "{g:?}: {lhs} vs {rhs}");
+            // The table of tap offsets gives the same unfolding and folding, also inside a
+            // wider matrix (leading dimension larger than the image's columns).
+            let reference = tap_table_for_test(&g);
+            if let Some(t) = Taps::new(&g).table {
+                assert_eq!(t, reference, "{g:?}");
+            }
+            let table = Taps { table: Some(reference) };
+            let ld = g.col_cols() + 3;
+            let mut wide = vec![7.0; (g.col_rows() - 1) * ld + g.col_cols()];
+            table.im2col(&x, &g, &mut wide, ld);
+            for r in 0..g.col_rows() {
+                assert_eq!(
+                    &wide[r * ld..][..g.col_cols()],
+                    &cols[r * g.col_cols()..][..g.col_cols()]
+                );
+            }
+            let mut wide_c = vec![0.0; wide.len()];
+            for r in 0..g.col_rows() {
+                wide_c[r * ld..][..g.col_cols()].copy_from_slice(&cc[r * g.col_cols()..][..g.col_cols()]);
+            }
+            let mut back2 = vec![0.0; x.len()];
+            table.col2im(&wide_c, &g, &mut back2, ld);
+            assert!(back.iter().zip(&back2).all(|(a, b)| (a - b).abs() < 1e-14), "{g:?}");
         }
+    }
+
+    /// The tap table of `g` from the definition, whatever its stride (the constructor
+    /// only builds one for strided or short-row geometries).
+    fn tap_table_for_test(g: &ConvGeom) -> Vec<usize> {
+        let (kh, kw) = g.kernel;
+        let p = g.col_cols();
+        let mut t = vec![usize::MAX; kh * kw * p];
+        for ki in 0..kh {
+            for kj in 0..kw {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let iy = (oy * g.stride.0 + ki * g.dilation.0) as isize - g.padding.0 as isize;
+                        let ix = (ox * g.stride.1 + kj * g.dilation.1) as isize - g.padding.1 as isize;
+                        if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                            t[(ki * kw + kj) * p + oy * g.ow + ox] = iy as usize * g.w + ix as usize;
+                        }
+                    }
+                }
+            }
+        }
+        t
     }
 
     #[test]
