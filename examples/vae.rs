@@ -225,87 +225,124 @@ fn run() -> latent::Result<()> {
     );
 
     let mut rng = Rng64::seed_from_u64(seed);
-    let mut model: Box<dyn Vae<f32>> = match model_name.as_str() {
-        "conv" => Box::new(ConvVae::<f32>::cis522(latent, &mut rng)?),
-        "dcgan" => Box::new(DcganVae::<f32>::coursera(latent, &mut rng)?),
-        _ => Box::new(StridedVae::<f32>::new([1, 28, 28], latent, &mut rng)?),
+    let build = |rng: &mut Rng64| -> latent::Result<Box<dyn Vae<f32>>> {
+        Ok(match model_name.as_str() {
+            "conv" => Box::new(ConvVae::<f32>::cis522(latent, rng)?),
+            "dcgan" => Box::new(DcganVae::<f32>::coursera(latent, rng)?),
+            _ => Box::new(StridedVae::<f32>::new([1, 28, 28], latent, rng)?),
+        })
     };
+    let mut model = build(&mut rng)?;
     let cfg = LossConfig {
         objective,
         ..model.recipe()
     };
-    let like = model.likelihood();
     eprintln!(
         "{model_name} VAE: {} parameters, latent {latent}, {}, KL {:?}, {:?} over the batch; likelihood: {}",
         model.num_params(),
         describe(&cfg.objective),
         cfg.kl,
         cfg.reduction,
-        like.describe()
+        model.likelihood().describe()
     );
 
-    // Training, from a checkpoint if asked.
-    let mut opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
+    // Training, from a checkpoint if asked. The recipe can collapse at the start: while
+    // sigma_x is near its initial 1 the reconstruction term is weak, the KL term pulls
+    // every q(z|x) onto the prior within a few dozen steps, and the encoder's ReLUs then die
+    // (CIS-522's ConvVAE with --seed 1: Var_x E_q[z] ~ 1e-10 at step 300, against ~0.6
+    // for seeds 0, 2, 3). Such a run ends at the mean image; restart it instead.
+    const CHECK_STEP: usize = 300;
+    const COLLAPSED_VARIANCE: f64 = 1e-6;
+    const ATTEMPTS: usize = 4;
     let description = format!(
         "{model_name} VAE, latent {latent}, {} ({} training images)",
         name(kind),
         train.len()
     );
-    let mut first_epoch = 0;
-    if !resume.is_empty() {
-        let ck = checkpoint::load_checkpoint(Path::new(&resume))?;
-        let meta = ck.meta()?;
-        if meta.model != description {
-            return Err(Error::InvalidArgument(format!(
-                "--resume {resume}: a checkpoint of '{}', not of '{description}'",
-                meta.model
-            )));
-        }
-        ck.restore_model(model.as_mut())?;
-        ck.restore_optimizer(&mut opt, model.as_mut())?;
-        rng = meta.rng;
-        first_epoch = meta.epoch;
-        eprintln!("resumed from {resume} after epoch {first_epoch}");
-    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let ckpt_path = out.join(format!("vae_{model_name}.ckpt.safetensors"));
-    let mut last_good: Option<PathBuf> = None;
-    let mut curve = Vec::new();
-    let mut epoch_means = Vec::new();
-    let mut times = Vec::new();
     let mut xb = Array2::zeros((0, train.dim()));
-    for epoch in first_epoch..epochs {
-        let batches = epoch_batches(train.len(), batch, Some(&mut rng))?;
-        let bar = EpochProgress::new(format!("{model_name} VAE epoch {}/{epochs}", epoch + 1), batches.len());
-        let mut sum = 0.0;
-        for (i, idx) in batches.iter().enumerate() {
-            train.gather_flat(idx, &mut xb);
-            let x4 = as_batch(xb.view());
-            let parts = vae::train_step(model.as_mut(), x4, &cfg, &mut opt, &mut rng).map_err(|e| {
-                let kept = match &last_good {
-                    Some(p) => format!("; the last good checkpoint is {}", p.display()),
-                    None => String::new(),
+    let mut attempt = 1;
+    let (curve, epoch_means, times, first_epoch) = 'attempts: loop {
+        let mut opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
+        let mut first_epoch = 0;
+        if !resume.is_empty() {
+            let ck = checkpoint::load_checkpoint(Path::new(&resume))?;
+            let meta = ck.meta()?;
+            if meta.model != description {
+                return Err(Error::InvalidArgument(format!(
+                    "--resume {resume}: a checkpoint of '{}', not of '{description}'",
+                    meta.model
+                )));
+            }
+            ck.restore_model(model.as_mut())?;
+            ck.restore_optimizer(&mut opt, model.as_mut())?;
+            rng = meta.rng;
+            first_epoch = meta.epoch;
+            eprintln!("resumed from {resume} after epoch {first_epoch}");
+        }
+        let mut last_good: Option<PathBuf> = None;
+        let mut curve = Vec::new();
+        let mut epoch_means = Vec::new();
+        let mut times = Vec::new();
+        for epoch in first_epoch..epochs {
+            let batches = epoch_batches(train.len(), batch, Some(&mut rng))?;
+            let bar = EpochProgress::new(format!("{model_name} VAE epoch {}/{epochs}", epoch + 1), batches.len());
+            let check_step = CHECK_STEP.min(batches.len());
+            let mut sum = 0.0;
+            for (i, idx) in batches.iter().enumerate() {
+                train.gather_flat(idx, &mut xb);
+                let x4 = as_batch(xb.view());
+                let parts = vae::train_step(model.as_mut(), x4, &cfg, &mut opt, &mut rng).map_err(|e| {
+                    let kept = match &last_good {
+                        Some(p) => format!("; the last good checkpoint is {}", p.display()),
+                        None => String::new(),
+                    };
+                    Error::Numerical(format!("training stopped at epoch {}, batch {i}: {e}{kept}", epoch + 1))
+                })?;
+                let per_image = -parts.bound as f64;
+                sum += per_image;
+                curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, per_image));
+                bar.step(per_image);
+                // A resumed run has trained past the point where a collapse shows.
+                if epoch == 0 && i + 1 == check_step {
+                    let spread =
+                        vae::posterior_mean_variance(parts.posterior.mu.view())?.fold(0.0, |a: f64, &b| a.max(b));
+                    if spread < COLLAPSED_VARIANCE {
+                        drop(bar);
+                        if attempt == ATTEMPTS {
+                            return Err(Error::Numerical(format!(
+                                "the posterior collapsed in each of {ATTEMPTS} initialisations (Var_x E_q[z] \
+                                 {spread:.1e} at step {check_step}); try another --seed or a smaller --beta"
+                            )));
+                        }
+                        eprintln!(
+                            "posterior collapsed at step {check_step}: E_q[z|x] is the same for every image \
+                             (largest variance over the batch {spread:.1e}), so the decoder could only learn \
+                             the mean image; restarting from a new initialisation (attempt {} of {ATTEMPTS})",
+                            attempt + 1
+                        );
+                        attempt += 1;
+                        model = build(&mut rng)?;
+                        continue 'attempts;
+                    }
+                }
+            }
+            let mean = sum / batches.len() as f64;
+            epoch_means.push((epoch as f64 + 1.0, mean));
+            times.push(bar.finish(mean).as_secs_f64());
+            if checkpoint_every > 0 && ((epoch + 1) % checkpoint_every == 0 || epoch + 1 == epochs) {
+                let meta = CheckpointMeta {
+                    model: description.clone(),
+                    epoch: epoch + 1,
+                    rng: rng.clone(),
                 };
-                Error::Numerical(format!("training stopped at epoch {}, batch {i}: {e}{kept}", epoch + 1))
-            })?;
-            let per_image = -parts.bound as f64;
-            sum += per_image;
-            curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, per_image));
-            bar.step(per_image);
+                checkpoint::save_checkpoint(&ckpt_path, model.as_mut(), &opt, &meta)?;
+                last_good = Some(ckpt_path.clone());
+            }
         }
-        let mean = sum / batches.len() as f64;
-        epoch_means.push((epoch as f64 + 1.0, mean));
-        times.push(bar.finish(mean).as_secs_f64());
-        if checkpoint_every > 0 && ((epoch + 1) % checkpoint_every == 0 || epoch + 1 == epochs) {
-            let meta = CheckpointMeta {
-                model: description.clone(),
-                epoch: epoch + 1,
-                rng: rng.clone(),
-            };
-            checkpoint::save_checkpoint(&ckpt_path, model.as_mut(), &opt, &meta)?;
-            last_good = Some(ckpt_path.clone());
-        }
-    }
+        break (curve, epoch_means, times, first_epoch);
+    };
     let weights = out.join(format!("vae_{model_name}.safetensors"));
     checkpoint::save_weights(&weights, model.as_mut())?;
     eprintln!("wrote {} (PyTorch state_dict names)", weights.display());
@@ -349,6 +386,8 @@ fn run() -> latent::Result<()> {
         }
     );
     let d = test.dim() as f64;
+    // The likelihood as trained (the ConvVAE's sigma_x is learned).
+    let like = model.likelihood();
     match like {
         Likelihood::Gaussian { log_sig_x, .. } => {
             let lift = d * vae::HALF_LN_2PI;
@@ -378,6 +417,17 @@ fn run() -> latent::Result<()> {
         ),
     }
     println!("  reconstruction MSE per pixel (z ~ q): {:.5}", metrics.mse);
+    let active = vae::active_units(metrics.means.view(), vae::ACTIVE_UNIT_THRESHOLD)?;
+    println!(
+        "  active latent dimensions (Var_x E_q[z_k] > {}): {active} of {latent}",
+        vae::ACTIVE_UNIT_THRESHOLD
+    );
+    if active == 0 {
+        println!(
+            "WARNING: the posterior has collapsed: q(z|x) is the same for every test image, the decoder \
+             answers the mean image and these figures describe no latent structure; rerun with another --seed"
+        );
+    }
     if let Some((mean, se)) = iwae {
         println!(
             "IWAE-{iwae_k} log-likelihood on the first {n_iwae} test images: {mean:.1} ± {se:.1} nats (standard error){}",

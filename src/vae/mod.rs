@@ -7,16 +7,19 @@
 //! - likelihoods p(x|z): [`Likelihood`] (Gaussian with learned sigma_x, squared error,
 //!   Bernoulli on probabilities or logits), [`log_likelihood`], [`log_p_x_gaussian`];
 //! - bounds: [`Objective`] (ELBO with n samples and beta, IWAE with k), [`log_mean_exp`];
+//! - posterior collapse: [`active_units`], [`posterior_mean_variance`];
 //! - [`Vae`] and [`loss_and_grad`]: one training step for any model, with the backward
 //!   pass through every estimator written out.
 
 mod bound;
+mod collapse;
 mod kl;
 mod likelihood;
 mod posterior;
 mod step;
 
 pub use bound::{log_mean_exp, log_mean_exp_backward, Objective};
+pub use collapse::{active_units, posterior_mean_variance, ACTIVE_UNIT_THRESHOLD};
 pub use kl::{
     kl_diag, kl_diag_backward, kl_isotropic, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward,
 };
