@@ -3,7 +3,9 @@
 //! parameters, float32 as PyTorch's default, BatchNorm buffers of a fresh module) loads
 //! into the matching model and reproduces PyTorch's loss; and the file this crate writes
 //! holds exactly the keys of the PyTorch `state_dict`, so `load_state_dict(strict=True)`
-//! accepts it.
+//! accepts it. And with files PyTorch itself wrote (`tests/fixtures/interop/`, made by
+//! `scripts/torch_interop.py`): its state_dicts give its outputs here, and the weights
+//! written here load into the notebook classes (the script's `check`).
 
 mod common;
 
@@ -12,6 +14,7 @@ use std::collections::BTreeSet;
 use common::Fixture;
 use latent::checkpoint;
 use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::nn::Mode;
 use latent::vae::{self, Vae};
 use ndarray::{Axis, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
@@ -119,4 +122,120 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
         seen += 1;
     }
     assert_eq!(seen, 3, "the three VAE model fixtures");
+}
+
+/// The float32 tensors of a safetensors file.
+fn read_f32(path: &std::path::Path) -> std::collections::HashMap<String, ndarray::ArrayD<f32>> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), Dtype::F32, "{name} in {}", path.display());
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (name, ndarray::ArrayD::from_shape_vec(view.shape(), data).unwrap())
+        })
+        .collect()
+}
+
+fn write_f32(path: &std::path::Path, tensors: &[(&str, ndarray::ArrayD<f32>)]) {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, a)| {
+            let a = a.as_standard_layout();
+            (
+                n.to_string(),
+                a.shape().to_vec(),
+                a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// Evaluation-mode `mu`, `logvar` and the decoder's output at `mu + std * eps`, as
+/// `scripts/torch_interop.py` computes them.
+fn eval_outputs<M: Vae<f32>>(
+    model: &mut M,
+    x: &ndarray::Array4<f32>,
+    eps: &ndarray::Array2<f32>,
+) -> [(&'static str, ndarray::ArrayD<f32>); 3] {
+    let q = model.encode(x.view(), Mode::Eval).unwrap();
+    let z = &q.mu + &(q.logvar.mapv(|v| (0.5 * v).exp()) * eps);
+    let out = model.decode(z.view(), Mode::Eval).unwrap();
+    [
+        ("mu", q.mu.into_dyn()),
+        ("logvar", q.logvar.into_dyn()),
+        ("out", out.into_dyn()),
+    ]
+}
+
+/// PyTorch -> latent with files PyTorch itself wrote, then latent -> PyTorch: one Adam
+/// step here, the weights and outputs written for `scripts/torch_interop.py check`.
+fn torch_round_trip<M: Vae<f32>>(name: &str, mut model: M, fresh: M, out: &std::path::Path) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop");
+    checkpoint::load_weights(&dir.join(format!("{name}.torch.safetensors")))
+        .unwrap()
+        .restore_model(&mut model)
+        .unwrap();
+    let io = read_f32(&dir.join(format!("{name}.torch_io.safetensors")));
+    let x = io["x"].clone().into_dimensionality::<Ix4>().unwrap();
+    let eps = io["eps"].clone().into_dimensionality::<Ix2>().unwrap();
+    let mut report = common::Report::default();
+    for (key, ours) in eval_outputs(&mut model, &x, &eps) {
+        report.check(name, key, &ours, &io[key]);
+    }
+    report.finish();
+
+    let mut cfg = model.recipe();
+    cfg.objective = vae::Objective::Elbo { samples: 1, beta: 1.0 };
+    let mut opt = latent::optim::Adam::new(latent::optim::AdamConfig::new(1e-2));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    vae::train_step(&mut model, x.view(), &cfg, &mut opt, &mut rng).unwrap();
+    let weights = out.join(format!("{name}.latent.safetensors"));
+    checkpoint::save_weights(&weights, &mut model).unwrap();
+    let ours = eval_outputs(&mut model, &x, &eps);
+    // The written file alone reproduces the trained model here too.
+    let mut reloaded = fresh;
+    checkpoint::load_weights(&weights)
+        .unwrap()
+        .restore_model(&mut reloaded)
+        .unwrap();
+    for ((key, a), (_, b)) in ours.iter().zip(eval_outputs(&mut reloaded, &x, &eps)) {
+        assert_eq!(a, &b, "{name}: {key} after reloading the written weights");
+        assert_ne!(a, &io[*key], "{name}: {key} should have moved with the Adam step");
+    }
+    let mut tensors = vec![("x", x.into_dyn()), ("eps", eps.into_dyn())];
+    tensors.extend(ours);
+    write_f32(&out.join(format!("{name}.latent_io.safetensors")), &tensors);
+}
+
+/// `tests/fixtures/interop/` holds state_dicts saved by PyTorch 2 itself
+/// (`scripts/torch_interop.py export`): they load and give PyTorch's outputs. Set
+/// `LATENT_INTEROP_OUT` to keep what this test writes for the reverse check in PyTorch.
+#[test]
+fn state_dicts_saved_by_pytorch_give_its_outputs() {
+    let keep = std::env::var_os("LATENT_INTEROP_OUT").map(std::path::PathBuf::from);
+    let out = keep
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("latent-torch-io-{}", std::process::id())));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut conv = || ConvVae::<f32>::new([1, 28, 28], 3, 4, 5, &mut rng).unwrap();
+    torch_round_trip("conv_vae", conv(), conv(), &out);
+    let mut dcgan = || DcganVae::<f32>::new([1, 28, 28], 8, 4, 8, &mut rng).unwrap();
+    torch_round_trip("dcgan_vae", dcgan(), dcgan(), &out);
+    let mut strided = || StridedVae::<f32>::new([1, 28, 28], 32, &mut rng).unwrap();
+    torch_round_trip("strided_vae", strided(), strided(), &out);
+    if keep.is_none() {
+        std::fs::remove_dir_all(out).unwrap();
+    }
 }
