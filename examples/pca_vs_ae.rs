@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
 use latent::models::{ConvAe, LinearAe};
 use latent::optim::{Adam, AdamConfig};
@@ -53,6 +54,16 @@ fn run() -> latent::Result<()> {
             ("out", "out", "folder for the PNG figures"),
             ("seed", "0", "random seed (initialisation and shuffling)"),
             ("pca-repeats", "5", "PCA fits to time (the median is reported)"),
+            (
+                "checkpoint-every",
+                "1",
+                "write a conv AE checkpoint every N epochs to --out/pca_vs_ae_conv.ckpt.safetensors (0: never)",
+            ),
+            (
+                "resume",
+                "",
+                "continue the conv AE from this checkpoint (same K and dataset)",
+            ),
         ],
     )
     .parse();
@@ -68,6 +79,8 @@ fn run() -> latent::Result<()> {
     let out = PathBuf::from(flags.raw("out"));
     let seed: u64 = flags.get("seed");
     let repeats: usize = flags.get::<usize>("pca-repeats").max(1);
+    let checkpoint_every: usize = flags.get("checkpoint-every");
+    let resume = flags.raw("resume");
 
     latent::denormals::flush_denormals();
     let t = Instant::now();
@@ -125,28 +138,77 @@ fn run() -> latent::Result<()> {
     // within the first hundred steps; rather than train it for minutes, say so and restart
     // from a fresh PyTorch-default initialisation.
     const CHECK_STEP: usize = 100;
+    std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
+    let conv_ckpt = out.join("pca_vs_ae_conv.ckpt.safetensors");
+    let description = format!(
+        "CIS-522 conv AE, K {k}, {} ({} training images)",
+        name(kind),
+        train.len()
+    );
     let mut attempt = 0;
     let (mut conv, conv_curve, conv_times) = loop {
         let mut conv = ConvAe::<f32>::cis522(k, &mut rng)?;
         let mut conv_opt = Adam::new(AdamConfig::new(lr).weight_decay(wd));
+        let mut first = 0;
+        if !resume.is_empty() {
+            let ck = checkpoint::load_checkpoint(Path::new(&resume))?;
+            let meta = ck.meta()?;
+            if meta.model != description {
+                return Err(latent::Error::InvalidArgument(format!(
+                    "--resume {resume}: a checkpoint of '{}', not of '{description}'",
+                    meta.model
+                )));
+            }
+            ck.restore_model(&mut conv)?;
+            ck.restore_optimizer(&mut conv_opt, &mut conv)?;
+            rng = meta.rng;
+            first = meta.epoch;
+            eprintln!("resumed the conv AE from {resume} after epoch {first}");
+        }
         let mut steps = 0;
         let mut collapsed = false;
-        let run = train_epochs("conv AE", conv_epochs, train.len(), batch, &mut rng, |idx| {
-            train.gather_flat(idx, &mut xb);
-            let x4 = xb
-                .view()
-                .into_shape_with_order((idx.len(), 1, side, side))
-                .expect("square images");
-            let loss = conv.train_step(x4, &mut conv_opt)?;
-            steps += 1;
-            if steps == CHECK_STEP && conv.code_spread().is_some_and(|s| s < 1e-6) {
-                collapsed = true;
-                return Err(latent::Error::Numerical("collapsed".into()));
+        let mut curve = Vec::new();
+        let mut times = Vec::new();
+        let mut run = || -> latent::Result<()> {
+            for epoch in first..conv_epochs {
+                let t = train_one_epoch(
+                    "conv AE",
+                    epoch,
+                    conv_epochs,
+                    train.len(),
+                    batch,
+                    &mut rng,
+                    &mut curve,
+                    |idx| {
+                        train.gather_flat(idx, &mut xb);
+                        let x4 = xb
+                            .view()
+                            .into_shape_with_order((idx.len(), 1, side, side))
+                            .expect("square images");
+                        let loss = conv.train_step(x4, &mut conv_opt)?;
+                        steps += 1;
+                        // A resumed model has trained past the point where a collapse shows.
+                        if first == 0 && steps == CHECK_STEP && conv.code_spread().is_some_and(|s| s < 1e-6) {
+                            collapsed = true;
+                            return Err(latent::Error::Numerical("collapsed".into()));
+                        }
+                        Ok(loss)
+                    },
+                )?;
+                times.push(t);
+                if checkpoint_every > 0 && ((epoch + 1) % checkpoint_every == 0 || epoch + 1 == conv_epochs) {
+                    let meta = CheckpointMeta {
+                        model: description.clone(),
+                        epoch: epoch + 1,
+                        rng: rng.clone(),
+                    };
+                    checkpoint::save_checkpoint(&conv_ckpt, &mut conv, &conv_opt, &meta)?;
+                }
             }
-            Ok(loss)
-        });
-        match run {
-            Ok((curve, times)) => break (conv, curve, times),
+            Ok(())
+        };
+        match run() {
+            Ok(()) => break (conv, curve, times),
             Err(_) if collapsed && attempt < 3 => {
                 attempt += 1;
                 eprintln!(
@@ -409,19 +471,38 @@ fn train_epochs(
     let mut curve = Vec::new();
     let mut times = Vec::new();
     for epoch in 0..epochs {
-        let batches = epoch_batches(n, batch, Some(&mut *rng))?;
-        let bar = EpochProgress::new(format!("{label} epoch {}/{epochs}", epoch + 1), batches.len());
-        let mut sum = 0.0;
-        for (i, idx) in batches.iter().enumerate() {
-            let loss = step(idx)
-                .map_err(|e| latent::Error::InvalidArgument(format!("{label}: epoch {}, batch {i}: {e}", epoch + 1)))?;
-            sum += loss as f64;
-            curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, loss as f64));
-            bar.step(loss as f64);
-        }
-        times.push(bar.finish(sum / batches.len() as f64).as_secs_f64());
+        times.push(train_one_epoch(
+            label, epoch, epochs, n, batch, rng, &mut curve, &mut step,
+        )?);
     }
     Ok((curve, times))
+}
+
+/// Epoch `epoch` (from 0) of `epochs`: shuffled batches through `step`, each batch's loss
+/// appended to `curve`; returns the epoch's time in seconds. An error names the epoch and
+/// the batch.
+#[allow(clippy::too_many_arguments)]
+fn train_one_epoch(
+    label: &str,
+    epoch: usize,
+    epochs: usize,
+    n: usize,
+    batch: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    curve: &mut Curve,
+    mut step: impl FnMut(&[usize]) -> latent::Result<f32>,
+) -> latent::Result<f64> {
+    let batches = epoch_batches(n, batch, Some(&mut *rng))?;
+    let bar = EpochProgress::new(format!("{label} epoch {}/{epochs}", epoch + 1), batches.len());
+    let mut sum = 0.0;
+    for (i, idx) in batches.iter().enumerate() {
+        let loss = step(idx)
+            .map_err(|e| latent::Error::InvalidArgument(format!("{label}: epoch {}, batch {i}: {e}", epoch + 1)))?;
+        sum += loss as f64;
+        curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, loss as f64));
+        bar.step(loss as f64);
+    }
+    Ok(bar.finish(sum / batches.len() as f64).as_secs_f64())
 }
 
 /// The conv AE on the test set.
