@@ -1,6 +1,8 @@
 //! Weights and checkpoints: round trips, bit-for-bit resume, refusal of another model's
 //! file, the non-finite training guard, and random or mutated bytes (no panic).
 
+mod common;
+
 use std::path::PathBuf;
 
 use latent::checkpoint::{self, CheckpointMeta};
@@ -191,7 +193,7 @@ fn a_non_finite_gradient_stops_training_and_changes_nothing() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(common::fuzz_cases(300)))]
 
     /// Random bytes, and a real checkpoint with bytes flipped, cut or inserted: always an
     /// error or a checkpoint, never a panic.

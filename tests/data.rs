@@ -1,6 +1,8 @@
 //! The MNIST loader: the real files load and check out; every kind of damage gives an
 //! error that names the file and what is wrong.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -218,7 +220,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(400))]
+        #![proptest_config(ProptestConfig::with_cases(common::fuzz_cases(400)))]
 
         /// Random bytes, and valid files with bytes flipped, inserted or removed (before or
         /// after compression), through the whole loader: an error or a data set, never a

@@ -229,3 +229,11 @@ pub fn rand_array(shape: &[usize], seed: u64) -> ArrayD<f64> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(-1.0..1.0))
 }
+
+/// Cases of a fuzz property: `default` in CI, `LATENT_FUZZ_CASES=N` for a long run.
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("LATENT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
