@@ -20,6 +20,7 @@ fn step(c: &mut Criterion, name: &str, model: &mut dyn Vae<f32>, batch: usize, l
 
 fn bench(c: &mut Criterion) {
     latent::denormals::flush_denormals();
+    latent::memory::keep_freed_memory();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut conv = ConvVae::<f32>::cis522(20, &mut rng).unwrap();
     step(c, "conv_vae_b1", &mut conv, 1, 1e-3);

@@ -83,6 +83,7 @@ fn run() -> latent::Result<()> {
     let resume = flags.raw("resume");
 
     latent::denormals::flush_denormals();
+    latent::memory::keep_freed_memory();
     let t = Instant::now();
     let train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
     let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;

@@ -201,6 +201,7 @@ fn run() -> latent::Result<()> {
     }
 
     latent::denormals::flush_denormals();
+    latent::memory::keep_freed_memory();
     let t = Instant::now();
     let mut train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
     let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;

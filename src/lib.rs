@@ -26,6 +26,7 @@ mod error;
 mod float;
 pub mod gemm;
 pub mod loss;
+pub mod memory;
 pub mod models;
 pub mod nn;
 pub mod optim;
