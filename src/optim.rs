@@ -60,13 +60,35 @@ pub fn adam_update<F: Float>(
     let step = cfg.lr / bc1;
     let tiny = F::min_positive_value();
     let flush = |x: F| if x.abs() < tiny { F::zero() } else { x };
-    Zip::from(p).and(g).and(m).and(v).for_each(|p, &g, m, v| {
+    let update = |p: &mut F, g: F, m: &mut F, v: &mut F| {
         let g = g + cfg.weight_decay * *p;
         *m = flush(cfg.beta1 * *m + (one - cfg.beta1) * g);
         *v = flush(cfg.beta2 * *v + (one - cfg.beta2) * g * g);
         let denom = v.sqrt() / bc2_sqrt + cfg.eps;
         *p = flush(*p - step * *m / denom);
-    });
+    };
+    // Parameters and moments are owned, standard-layout arrays: a loop over the four
+    // slices vectorises, where a 4-way Zip over dynamic-rank arrays measured 5x slower.
+    match (p.as_slice_mut(), g.as_slice(), m.as_slice_mut(), v.as_slice_mut()) {
+        (Some(p), Some(g), Some(m), Some(v)) if p.len() == g.len() && p.len() == m.len() && p.len() == v.len() => {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                update(p, g, m, v);
+            }
+        }
+        _ => Zip::from(p)
+            .and(g)
+            .and(m)
+            .and(v)
+            .for_each(|p, &g, m, v| update(p, g, m, v)),
+    }
+}
+
+/// Whether every entry of `a` is finite (over the slice when contiguous, which vectorises).
+fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
+    match a.as_slice_memory_order() {
+        Some(s) => s.iter().fold(true, |ok, x| ok & x.is_finite()),
+        None => a.iter().all(|x| x.is_finite()),
+    }
 }
 
 /// Adam's first and second moment estimates `(m, v)` of one parameter.
@@ -116,7 +138,7 @@ impl<F: Float> Adam<F> {
     pub fn step(&mut self, model: &mut (impl Module<F> + ?Sized)) -> Result<()> {
         let mut bad = None;
         model.visit_params(&mut |p: &mut Param<F>| {
-            if bad.is_none() && p.grad.iter().any(|g| !g.is_finite()) {
+            if bad.is_none() && !all_finite(&p.grad) {
                 bad = Some(p.name.clone());
             }
         });
