@@ -8,6 +8,7 @@ use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, Arr
 
 use rayon::prelude::*;
 
+use super::reduce::{sum_map, sum_map2_pair};
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
@@ -54,12 +55,15 @@ pub fn batch_norm2d_forward<F: Float>(
             let mf = F::lit(m as f64);
             // Per-channel statistics, channels in parallel (two passes: mean, then the
             // centred sum of squares, as PyTorch).
+            let xs = x.as_standard_layout();
+            let xs = xs.as_slice().expect("standard layout");
             let stats: Vec<(F, F)> = (0..c)
                 .into_par_iter()
                 .map(|ch| {
-                    let xc = x.index_axis(Axis(1), ch);
-                    let mu = xc.sum() / mf;
-                    (mu, xc.fold(F::zero(), |a, &v| a + (v - mu) * (v - mu)) / mf)
+                    let planes = || channel_planes(xs, x.shape(), ch);
+                    let mu = planes().map(|p| sum_map(p, |v| v)).fold(F::zero(), |a, b| a + b) / mf;
+                    let ss = planes().map(|p| sum_map(p, |v| (v - mu) * (v - mu)));
+                    (mu, ss.fold(F::zero(), |a, b| a + b) / mf)
                 })
                 .collect();
             let mean: Array1<F> = stats.iter().map(|s| s.0).collect();
@@ -98,45 +102,86 @@ pub fn batch_norm2d_backward<F: Float>(
     gamma: ArrayView1<F>,
     cache: &BatchNormCache<F>,
     dy: ArrayView4<F>,
+    dgamma: ArrayViewMut1<F>,
+    dbeta: ArrayViewMut1<F>,
+) -> Result<Array4<F>> {
+    let mut dx = dy.as_standard_layout().into_owned();
+    batch_norm2d_backward_inplace(x, gamma, cache, &mut dx, dgamma, dbeta, true)?;
+    Ok(dx)
+}
+
+/// [`batch_norm2d_backward`] writing `dx` over `dy` (when `need_dx`; the parameter
+/// gradients are accumulated either way), so that a training step does not allocate,
+/// and fault in, one more activation-sized array per BatchNorm layer.
+pub fn batch_norm2d_backward_inplace<F: Float>(
+    x: ArrayView4<F>,
+    gamma: ArrayView1<F>,
+    cache: &BatchNormCache<F>,
+    dy: &mut Array4<F>,
     mut dgamma: ArrayViewMut1<F>,
     mut dbeta: ArrayViewMut1<F>,
-) -> Result<Array4<F>> {
+    need_dx: bool,
+) -> Result<()> {
     if dy.shape() != x.shape() {
         return Err(Error::shape("batch_norm2d dy", format!("{:?}", x.shape()), dy.shape()));
     }
+    if !dy.is_standard_layout() {
+        *dy = dy.as_standard_layout().into_owned();
+    }
     let m = F::lit((x.shape()[0] * x.shape()[2] * x.shape()[3]) as f64);
-    let mut dx = Array4::<F>::zeros(x.raw_dim());
-    // Channels are independent: each computes its two sums and its slice of dx in parallel.
-    let sums: Vec<(F, F)> = dx
-        .axis_iter_mut(Axis(1))
-        .into_par_iter()
-        .enumerate()
-        .map(|(ch, dxc)| {
-            let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
-            let (xc, dyc) = (x.index_axis(Axis(1), ch), dy.index_axis(Axis(1), ch));
-            let mut sum_dy = F::zero();
-            let mut sum_dy_xhat = F::zero();
-            Zip::from(&xc).and(&dyc).for_each(|&v, &d| {
-                sum_dy += d;
-                sum_dy_xhat += d * (v - mu) * is;
-            });
-            match cache.mode {
-                Mode::Train => {
-                    let k = g * is / m;
-                    Zip::from(dxc).and(&xc).and(&dyc).for_each(|o, &v, &d| {
-                        *o = k * (m * d - sum_dy - (v - mu) * is * sum_dy_xhat);
-                    });
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
+    // Channels are independent: first the two sums of each, in parallel ...
+    let sums: Vec<(F, F)> = {
+        let dys = dy.as_slice().expect("standard layout");
+        (0..gamma.len())
+            .into_par_iter()
+            .map(|ch| {
+                let mu = cache.mean[ch];
+                let (mut sum_dy, mut sum_dy_xhat) = (F::zero(), F::zero());
+                for (xp, dp) in channel_planes(xs, x.shape(), ch).zip(channel_planes(dys, x.shape(), ch)) {
+                    let (s, sx) = sum_map2_pair(xp, dp, |_, d| d, |v, d| d * (v - mu));
+                    sum_dy += s;
+                    sum_dy_xhat += sx;
                 }
-                Mode::Eval | Mode::Frozen => Zip::from(dxc).and(&dyc).for_each(|o, &d| *o = g * is * d),
-            }
-            (sum_dy, sum_dy_xhat)
-        })
-        .collect();
+                (sum_dy, sum_dy_xhat * cache.inv_std[ch])
+            })
+            .collect()
+    };
+    // ... then dy becomes dx, channel by channel.
+    if need_dx {
+        dy.axis_iter_mut(Axis(1))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(ch, dyc)| {
+                let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
+                let (sum_dy, sum_dy_xhat) = sums[ch];
+                let xc = x.index_axis(Axis(1), ch);
+                match cache.mode {
+                    Mode::Train => {
+                        let k = g * is / m;
+                        Zip::from(dyc).and(&xc).for_each(|d, &v| {
+                            *d = k * (m * *d - sum_dy - (v - mu) * is * sum_dy_xhat);
+                        });
+                    }
+                    Mode::Eval | Mode::Frozen => Zip::from(dyc).for_each(|d| *d = g * is * *d),
+                }
+            });
+    }
     for (ch, (sum_dy, sum_dy_xhat)) in sums.into_iter().enumerate() {
         dgamma[ch] += sum_dy_xhat;
         dbeta[ch] += sum_dy;
     }
-    Ok(dx)
+    Ok(())
+}
+
+/// The `h*w` planes of channel `ch` in the data of a standard-layout array of `shape`
+/// `[n, c, h, w]`, one per sample: contiguous slices for the lane sums of
+/// [`super::reduce`].
+fn channel_planes<'a, F: Float>(x: &'a [F], shape: &[usize], ch: usize) -> impl Iterator<Item = &'a [F]> + 'a {
+    let (c, hw) = (shape[1], shape[2] * shape[3]);
+    x.chunks_exact(c * hw)
+        .map(move |sample| &sample[ch * hw..(ch + 1) * hw])
 }
 
 /// A BatchNorm2d layer: `{prefix}.weight` (gamma, init 1), `{prefix}.bias` (beta, init 0)
@@ -197,15 +242,16 @@ impl<F: Float> BatchNorm2d<F> {
         Ok(y)
     }
 
-    /// Backward from the kept input.
-    pub fn backward4(&mut self, dy: ArrayView4<F>) -> Result<Array4<F>> {
+    /// Backward from the kept input: `dy` becomes `dx` in place.
+    pub fn backward4(&mut self, mut dy: Array4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
         let (x, cache) = self.cache.take().ok_or_else(|| {
             Error::InvalidArgument(format!("BatchNorm2d {}: backward before forward", self.weight.name))
         })?;
         let gamma = self.weight.value.view().into_dimensionality().expect("vector");
         let dgamma = self.weight.grad.view_mut().into_dimensionality().expect("vector");
         let dbeta = self.bias.grad.view_mut().into_dimensionality().expect("vector");
-        batch_norm2d_backward(x.view(), gamma, &cache, dy, dgamma, dbeta)
+        batch_norm2d_backward_inplace(x.view(), gamma, &cache, &mut dy, dgamma, dbeta, need_dx)?;
+        Ok(need_dx.then_some(dy))
     }
 }
 
@@ -238,7 +284,6 @@ impl<F: Float> Layer<F> for BatchNorm2d<F> {
 
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
         let dy = to4(dy, &self.weight.name)?;
-        let dx = self.backward4(dy.view())?;
-        Ok(need_dx.then(|| dx.into_dyn()))
+        Ok(self.backward4(dy, need_dx)?.map(Array4::into_dyn))
     }
 }

@@ -1,6 +1,6 @@
 //! Conv2d: `y[n, o] = b[o] + sum_c w[o, c] ⋆ x[n, c]` by im2col + GEMM, parallel over the batch.
 
-use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis};
+use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, CowArray, Ix4};
 
 use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
 use crate::{Error, Float, Result};
@@ -140,9 +140,79 @@ pub fn conv2d_backward<F: Float>(
     dw: ArrayViewMut4<F>,
     db: Option<ArrayViewMut1<F>>,
 ) -> Result<Option<Array4<F>>> {
+    conv2d_backward_params(x, w, dy, opts, dw, db)?;
+    if !need_dx {
+        return Ok(None);
+    }
+    let mut dx = Array4::<F>::zeros(x.raw_dim());
+    conv2d_backward_input(x.shape(), w, dy, opts, dx.view_mut())?;
+    Ok(Some(dx))
+}
+
+/// The parameter half of [`conv2d_backward`]: `dw += ...`, `db += ...`.
+pub(crate) fn conv2d_backward_params<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
     check_x("conv2d input", &x, w.shape()[1])?;
     let g = geom(x.shape(), w.shape(), opts)?;
-    let (n, o) = (x.shape()[0], w.shape()[0]);
+    let n = x.shape()[0];
+    let dy = checked_dy(&g, n, w.shape()[0], &dy)?;
+    let x = x.as_standard_layout();
+    let xm = x
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, w.shape()[0], g.col_cols()))
+        .expect("contiguous");
+    if let Some(db) = db {
+        channel_bias_grad(dy.view(), db);
+    }
+    let dwm = dw
+        .into_shape_with_order((w.shape()[0], g.col_rows()))
+        .expect("contiguous weight gradient");
+    weight_grad(dym, xm, &g, dwm);
+    Ok(())
+}
+
+/// The input half of [`conv2d_backward`]: overwrites `dx` (standard layout, the input's
+/// shape `x_shape`) with the input gradient.
+pub(crate) fn conv2d_backward_input<F: Float>(
+    x_shape: &[usize],
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dx: ArrayViewMut4<F>,
+) -> Result<()> {
+    let g = geom(x_shape, w.shape(), opts)?;
+    let (n, o) = (x_shape[0], w.shape()[0]);
+    let dy = checked_dy(&g, n, o, &dy)?;
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, o, g.col_cols()))
+        .expect("contiguous");
+    let dxm = dx
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("standard-layout dx");
+    gemm_fold(dym, &g, wm, dxm);
+    Ok(())
+}
+
+/// `dy` in standard layout, after checking that it is `[n, o, oh, ow]`.
+fn checked_dy<'a, F: Float>(
+    g: &ConvGeom,
+    n: usize,
+    o: usize,
+    dy: &'a ArrayView4<'a, F>,
+) -> Result<CowArray<'a, F, Ix4>> {
     if dy.shape() != [n, o, g.oh, g.ow] {
         return Err(Error::shape(
             "conv2d dy",
@@ -150,32 +220,5 @@ pub fn conv2d_backward<F: Float>(
             dy.shape(),
         ));
     }
-    let x = x.as_standard_layout();
-    let w = w.as_standard_layout();
-    let dy = dy.as_standard_layout();
-    let xm = x
-        .view()
-        .into_shape_with_order((n, g.c * g.h * g.w))
-        .expect("contiguous");
-    let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
-    let dym = dy
-        .view()
-        .into_shape_with_order((n, o, g.col_cols()))
-        .expect("contiguous");
-    if let Some(db) = db {
-        channel_bias_grad(dy.view(), db);
-    }
-    let dwm = dw
-        .into_shape_with_order((o, g.col_rows()))
-        .expect("contiguous weight gradient");
-    weight_grad(dym, xm, &g, dwm);
-    Ok(need_dx.then(|| {
-        let mut dx = Array4::<F>::zeros(x.raw_dim());
-        let dxm = dx
-            .view_mut()
-            .into_shape_with_order((n, g.c * g.h * g.w))
-            .expect("contiguous");
-        gemm_fold(dym, &g, wm, dxm);
-        dx
-    }))
+    Ok(dy.as_standard_layout())
 }

@@ -8,8 +8,10 @@ use std::marker::PhantomData;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
 use rand::Rng;
 
-use super::conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
-use super::conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward};
+use super::conv2d::{conv2d_backward_input, conv2d_backward_params, conv2d_forward, ConvOptions};
+use super::conv_transpose2d::{
+    conv_transpose2d_backward_input, conv_transpose2d_backward_params, conv_transpose2d_forward,
+};
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
@@ -29,17 +31,23 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
         b: Option<ArrayView1<F>>,
         o: &ConvOptions,
     ) -> Result<Array4<F>>;
-    /// The backward free function.
-    #[allow(clippy::too_many_arguments)]
-    fn backward<F: Float>(
+    /// The parameter half of the backward free function: `dw += ...`, `db += ...`.
+    fn backward_params<F: Float>(
         x: ArrayView4<F>,
         w: ArrayView4<F>,
         dy: ArrayView4<F>,
         o: &ConvOptions,
-        need_dx: bool,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
-    ) -> Result<Option<Array4<F>>>;
+    ) -> Result<()>;
+    /// The input half: overwrites `dx` (standard layout, of shape `x_shape`).
+    fn backward_input<F: Float>(
+        x_shape: &[usize],
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dx: ArrayViewMut4<F>,
+    ) -> Result<()>;
 }
 
 /// Conv2d: weight `[out, in, kh, kw]`, `fan_in = in*kh*kw`.
@@ -67,16 +75,24 @@ impl ConvDirection for Direct {
     ) -> Result<Array4<F>> {
         conv2d_forward(x, w, b, o)
     }
-    fn backward<F: Float>(
+    fn backward_params<F: Float>(
         x: ArrayView4<F>,
         w: ArrayView4<F>,
         dy: ArrayView4<F>,
         o: &ConvOptions,
-        need_dx: bool,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
-    ) -> Result<Option<Array4<F>>> {
-        conv2d_backward(x, w, dy, o, need_dx, dw, db)
+    ) -> Result<()> {
+        conv2d_backward_params(x, w, dy, o, dw, db)
+    }
+    fn backward_input<F: Float>(
+        x_shape: &[usize],
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dx: ArrayViewMut4<F>,
+    ) -> Result<()> {
+        conv2d_backward_input(x_shape, w, dy, o, dx)
     }
 }
 
@@ -96,16 +112,24 @@ impl ConvDirection for Transposed {
     ) -> Result<Array4<F>> {
         conv_transpose2d_forward(x, w, b, o)
     }
-    fn backward<F: Float>(
+    fn backward_params<F: Float>(
         x: ArrayView4<F>,
         w: ArrayView4<F>,
         dy: ArrayView4<F>,
         o: &ConvOptions,
-        need_dx: bool,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
-    ) -> Result<Option<Array4<F>>> {
-        conv_transpose2d_backward(x, w, dy, o, need_dx, dw, db)
+    ) -> Result<()> {
+        conv_transpose2d_backward_params(x, w, dy, o, dw, db)
+    }
+    fn backward_input<F: Float>(
+        x_shape: &[usize],
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dx: ArrayViewMut4<F>,
+    ) -> Result<()> {
+        conv_transpose2d_backward_input(x_shape, w, dy, o, dx)
     }
 }
 
@@ -195,7 +219,20 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
             .bias
             .as_mut()
             .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
-        D::backward(x.view(), w, dy, &self.opts, need_dx, dw, db)
+        D::backward_params(x.view(), w, dy, &self.opts, dw, db)?;
+        if !need_dx {
+            return Ok(None);
+        }
+        // dx has the input's shape and the input is no longer needed: reuse its buffer
+        // rather than allocate (and fault in) another activation-sized array.
+        let mut dx = if x.is_standard_layout() {
+            x
+        } else {
+            Array4::zeros(x.raw_dim())
+        };
+        let shape = dx.shape().to_vec();
+        D::backward_input(&shape, w, dy, &self.opts, dx.view_mut())?;
+        Ok(Some(dx))
     }
 }
 

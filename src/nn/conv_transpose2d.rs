@@ -1,7 +1,7 @@
 //! ConvTranspose2d: the adjoint of Conv2d, on the same im2col kernels run the other way
 //! (its forward is Conv2d's input gradient and its input gradient is Conv2d's forward).
 
-use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4};
+use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowArray, Ix4};
 
 use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
 use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
@@ -78,23 +78,32 @@ pub fn conv_transpose2d_backward<F: Float>(
     dw: ArrayViewMut4<F>,
     db: Option<ArrayViewMut1<F>>,
 ) -> Result<Option<Array4<F>>> {
+    conv_transpose2d_backward_params(x, w, dy, opts, dw, db)?;
+    if !need_dx {
+        return Ok(None);
+    }
+    let mut dx = Array4::<F>::zeros(x.raw_dim());
+    conv_transpose2d_backward_input(x.shape(), w, dy, opts, dx.view_mut())?;
+    Ok(Some(dx))
+}
+
+/// The parameter half of [`conv_transpose2d_backward`]: `dw += ...`, `db += ...`.
+pub(crate) fn conv_transpose2d_backward_params<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
     let g = geom(x.shape(), w.shape(), opts)?;
     let (n, ci) = (x.shape()[0], x.shape()[1]);
-    if dy.shape() != [n, g.c, g.h, g.w] {
-        return Err(Error::shape(
-            "conv_transpose2d dy",
-            format!("[{n}, {}, {}, {}]", g.c, g.h, g.w),
-            dy.shape(),
-        ));
-    }
+    let dy = checked_dy(&g, n, &dy)?;
     let x = x.as_standard_layout();
-    let w = w.as_standard_layout();
-    let dy = dy.as_standard_layout();
     let xm = x
         .view()
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("contiguous");
-    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
     let dym = dy
         .view()
         .into_shape_with_order((n, g.c * g.h * g.w))
@@ -106,13 +115,42 @@ pub fn conv_transpose2d_backward<F: Float>(
         .into_shape_with_order((ci, g.col_rows()))
         .expect("contiguous weight gradient");
     weight_grad(xm, dym, &g, dwm);
-    Ok(need_dx.then(|| {
-        let mut dx = Array4::<F>::zeros(x.raw_dim());
-        let dxm = dx
-            .view_mut()
-            .into_shape_with_order((n, ci, g.col_cols()))
-            .expect("contiguous");
-        unfold_gemm(dym, &g, wm, dxm);
-        dx
-    }))
+    Ok(())
+}
+
+/// The input half of [`conv_transpose2d_backward`]: overwrites `dx` (standard layout, the
+/// input's shape `x_shape`) with the input gradient.
+pub(crate) fn conv_transpose2d_backward_input<F: Float>(
+    x_shape: &[usize],
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dx: ArrayViewMut4<F>,
+) -> Result<()> {
+    let g = geom(x_shape, w.shape(), opts)?;
+    let (n, ci) = (x_shape[0], x_shape[1]);
+    let dy = checked_dy(&g, n, &dy)?;
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    let dxm = dx
+        .into_shape_with_order((n, ci, g.col_cols()))
+        .expect("standard-layout dx");
+    unfold_gemm(dym, &g, wm, dxm);
+    Ok(())
+}
+
+/// `dy` in standard layout, after checking that it is `[n, c_out, h_out, w_out]`.
+fn checked_dy<'a, F: Float>(g: &ConvGeom, n: usize, dy: &'a ArrayView4<'a, F>) -> Result<CowArray<'a, F, Ix4>> {
+    if dy.shape() != [n, g.c, g.h, g.w] {
+        return Err(Error::shape(
+            "conv_transpose2d dy",
+            format!("[{n}, {}, {}, {}]", g.c, g.h, g.w),
+            dy.shape(),
+        ));
+    }
+    Ok(dy.as_standard_layout())
 }

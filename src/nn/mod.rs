@@ -13,11 +13,14 @@ mod conv_transpose2d;
 pub mod im2col;
 mod linear;
 mod param;
+mod reduce;
 mod reshape;
 mod sequential;
 
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
-pub use batch_norm2d::{batch_norm2d_backward, batch_norm2d_forward, BatchNorm2d, BatchNormCache};
+pub use batch_norm2d::{
+    batch_norm2d_backward, batch_norm2d_backward_inplace, batch_norm2d_forward, BatchNorm2d, BatchNormCache,
+};
 pub use bias::PixelBias;
 pub use conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
 pub use conv_layer::{Conv2d, ConvDirection, ConvLayer, ConvTranspose2d, Direct, Transposed};
