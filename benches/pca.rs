@@ -19,17 +19,25 @@ fn bench(c: &mut Criterion) {
             m
         })
     });
+    g.bench_function("moments_image_order", |b| {
+        b.iter(|| {
+            let mut m = Moments::new(784).with_image_shape(28, 28).unwrap();
+            m.update(x).unwrap();
+            m
+        })
+    });
     let mut m = Moments::new(784);
     m.update(x).unwrap();
     let cov = m.covariance().unwrap();
     g.bench_function("eigh_784", |b| b.iter(|| eigh_descending(&cov).unwrap()));
-    g.bench_function("fit_k20_eigh", |b| b.iter(|| Pca::params(20).fit(x).unwrap()));
+    let params = Pca::params(20).image_shape(28, 28);
+    g.bench_function("fit_k20_eigh", |b| b.iter(|| params.fit(x).unwrap()));
     g.bench_function("fit_k20_randomized", |b| {
         b.iter(|| {
-            Pca::params(20)
+            params
                 .solver(Solver::Randomized {
-                    oversample: 10,
-                    power_iters: 4,
+                    oversample: 20,
+                    power_iters: 8,
                     seed: 0,
                 })
                 .fit(x)

@@ -37,23 +37,35 @@ pub enum Solver {
     },
 }
 
-/// Rows per block of the second-moment accumulation: small enough that a block of MNIST
-/// touches ~2/3 of the pixels, large enough for an efficient matrix product.
+/// Rows per block of the second-moment accumulation: small enough that a block of sorted
+/// MNIST rows touches under half of the pixels, large enough for an efficient product
+/// (128 to 512 measured within 15% of each other).
 const BLOCK_ROWS: usize = 256;
+
+/// Rows of the first batch that set the per-column shift (a reference value only needs to
+/// be near the mean, not equal to it).
+const SHIFT_ROWS: usize = 2048;
 
 /// Running first and second moments over batches of rows, accumulated in `f64`.
 ///
 /// Each block of rows is shifted by a per-column reference `c` and its second moment
 /// `(X - c)^T (X - c)` computed in `f32` by a lower-triangular GEMM over only the columns
-/// that are non-zero somewhere in the block (on MNIST a third of the pixels of a block are
-/// zero throughout, so this does less than half the work of a dense product). The
-/// reference is the first batch's column mean where that mean exceeds three standard
-/// deviations (where the uncentred sums would cancel and lose digits) and zero elsewhere,
-/// which keeps sparse data sparse. The covariance is formed at the end as
+/// that are non-zero somewhere in the block. Rows are first grouped so that a block holds
+/// rows of similar support: ordered by the first and last column where they are non-zero,
+/// or, for images ([`Moments::with_image_shape`]), by the bounding box of their non-zero
+/// pixels. A block of 256 MNIST rows then touches 417 (by first/last) or 337 (by box) of
+/// the 784 pixels instead of 549 in the data's own order, and the products do 42% or
+/// 62% less work. The order only changes the rounding of the sums. The reference is the
+/// column mean of the first batch's first rows where that mean exceeds three standard
+/// deviations (where the uncentred sums would cancel and lose digits) and zero
+/// elsewhere, which keeps sparse data sparse. The covariance is formed at the end as
 /// `(S - n m m^T) / (n - 1)` with `S` and `m` of the shifted data.
 #[derive(Debug, Clone)]
 pub struct Moments {
     n: usize,
+    /// `(height, width)` when rows are flattened images: rows are then ordered by the
+    /// bounding box of their support instead of its first and last index.
+    image: Option<(usize, usize)>,
     shift: Option<Array1<f32>>,
     sum: Array1<f64>,
     second: Array2<f64>,
@@ -64,10 +76,27 @@ impl Moments {
     pub fn new(dim: usize) -> Self {
         Moments {
             n: 0,
+            image: None,
             shift: None,
             sum: Array1::zeros(dim),
             second: Array2::zeros((dim, dim)),
         }
+    }
+
+    /// Declares rows to be flattened images of `height x width` pixels (channel-major, as
+    /// NCHW flattens; `dim` a multiple of `height * width`). Only the order in which rows
+    /// are grouped into blocks changes: by the bounding box of each image's support,
+    /// which on MNIST makes a block of 256 rows touch 337 pixels instead of 417, and the
+    /// products do 35% less work. Errors if `dim` is not a multiple of the image size.
+    pub fn with_image_shape(mut self, height: usize, width: usize) -> Result<Self> {
+        let d = self.sum.len();
+        if height == 0 || width == 0 || d % (height * width) != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "Moments: rows of {d} values are not images of {height} x {width} pixels"
+            )));
+        }
+        self.image = Some((height, width));
+        Ok(self)
     }
 
     /// Moments of all rows of `x` (a convenience for [`Moments::new`] + [`Moments::update`]).
@@ -94,6 +123,7 @@ impl Moments {
 
     /// Adds a batch of rows `[b, dim]`.
     pub fn update(&mut self, batch: ArrayView2<f32>) -> Result<()> {
+        use rayon::prelude::*;
         let (b, d) = batch.dim();
         if d != self.sum.len() {
             return Err(Error::shape(
@@ -105,33 +135,40 @@ impl Moments {
         if b == 0 {
             return Ok(());
         }
-        let shift = self.shift.get_or_insert_with(|| reference_shift(batch)).clone();
-        // One accumulator per thread, each over a contiguous run of blocks.
-        use rayon::prelude::*;
-        let parts = rayon::current_num_threads().max(1);
-        let per_part = b.div_ceil(parts).next_multiple_of(BLOCK_ROWS);
-        let partials: Vec<Result<(Array1<f64>, Array2<f64>)>> = batch
-            .axis_chunks_iter(Axis(0), per_part)
-            .collect::<Vec<_>>()
+        let owned;
+        let data = match batch.as_slice() {
+            Some(s) => s,
+            None => {
+                owned = batch.as_standard_layout().into_owned();
+                owned.as_slice().expect("standard layout")
+            }
+        };
+        let shift = self
+            .shift
+            .get_or_insert_with(|| reference_shift(batch.slice(s![..b.min(SHIFT_ROWS), ..])))
+            .clone();
+        let shift = shift.as_slice().expect("contiguous shift");
+        let supports = Supports::of(data, d, shift)?;
+        let order = supports.order(self.image);
+        // Part p takes blocks p, p + P, p + 2P, ...: neighbouring blocks have similar
+        // supports, so interleaving balances the work. One accumulator per part.
+        let blocks: Vec<&[u32]> = order.chunks(BLOCK_ROWS).collect();
+        let parts = rayon::current_num_threads().clamp(1, blocks.len());
+        let partials: Vec<Result<(Array1<f64>, Array2<f64>)>> = (0..parts)
             .into_par_iter()
-            .map(|rows| {
-                let mut sum = Array1::<f64>::zeros(d);
-                let mut second = Array2::<f64>::zeros((d, d));
-                for block in rows.axis_chunks_iter(Axis(0), BLOCK_ROWS) {
-                    accumulate_block(block, &shift, &mut sum, &mut second)?;
+            .map(|p| {
+                let mut acc = BlockAccumulator::new(d);
+                for rows in blocks.iter().skip(p).step_by(parts) {
+                    acc.add(data, rows, shift, &supports);
                 }
-                Ok((sum, second))
+                Ok((acc.sum, acc.second))
             })
             .collect();
-        let mut sum = Array1::<f64>::zeros(d);
-        let mut second = Array2::<f64>::zeros((d, d));
         for part in partials {
             let (s, m) = part?;
-            sum += &s;
-            second += &m;
+            self.sum += &s;
+            self.second += &m;
         }
-        self.sum += &sum;
-        self.second += &second;
         self.n += b;
         Ok(())
     }
@@ -147,11 +184,24 @@ impl Moments {
         let d = self.sum.len();
         let n = self.n as f64;
         let m = &self.sum / n;
-        // `second` holds the upper triangle: mirror it while forming the covariance.
-        let cov = Array2::from_shape_fn((d, d), |(i, j)| {
-            let (i, j) = if i <= j { (i, j) } else { (j, i) };
-            (self.second[[i, j]] - n * m[i] * m[j]) / (n - 1.0)
-        });
+        // `second` holds the upper triangle: form it row by row, then mirror it.
+        let mut cov = Array2::<f64>::zeros((d, d));
+        for (i, (mut out, s)) in cov.rows_mut().into_iter().zip(self.second.rows()).enumerate() {
+            let (out, s, m) = (
+                &mut out.as_slice_mut().expect("row")[i..],
+                &s.as_slice().expect("row")[i..],
+                &m.as_slice().expect("vector")[i..],
+            );
+            let mi = m[0];
+            for ((o, &sv), &mj) in out.iter_mut().zip(s).zip(m) {
+                *o = (sv - n * mi * mj) / (n - 1.0);
+            }
+        }
+        for i in 0..d {
+            for j in 0..i {
+                cov[[i, j]] = cov[[j, i]];
+            }
+        }
         Ok(cov)
     }
 }
@@ -179,78 +229,236 @@ fn reference_shift(batch: ArrayView2<f32>) -> Array1<f32> {
     })
 }
 
-/// Adds one block's shifted column sums and upper-triangular second moment.
-fn accumulate_block(
-    block: ArrayView2<f32>,
-    shift: &Array1<f32>,
-    sum: &mut Array1<f64>,
-    second: &mut Array2<f64>,
-) -> Result<()> {
-    let (rows, d) = block.dim();
-    let owned;
-    let data = match block.as_slice() {
-        Some(s) => s,
-        None => {
-            owned = block.as_standard_layout().into_owned();
-            owned.as_slice().expect("standard layout")
+/// Where each row differs from the shift, as one bit per column.
+struct Supports {
+    d: usize,
+    /// `ceil(d / 64)` words per row.
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl Supports {
+    /// The supports of the rows of `data` (`d` values each), in parallel; an error if a
+    /// value is not finite.
+    fn of(data: &[f32], d: usize, shift: &[f32]) -> Result<Self> {
+        use rayon::prelude::*;
+        let words = d.div_ceil(64);
+        let mut bits = vec![0u64; data.len() / d * words];
+        let finite = bits
+            .par_chunks_mut(words)
+            .zip(data.par_chunks(d))
+            .map(|(out, row)| {
+                let mut finite = true;
+                for ((w, x), c) in out.iter_mut().zip(row.chunks(64)).zip(shift.chunks(64)) {
+                    let mut m = 0u64;
+                    for (b, (&v, &c)) in x.iter().zip(c).enumerate() {
+                        m |= u64::from(v != c) << b;
+                        finite &= v.is_finite();
+                    }
+                    *w = m;
+                }
+                finite
+            })
+            .reduce(|| true, |a, b| a && b);
+        if !finite {
+            return Err(Error::NonFinite("PCA input".into()));
         }
-    };
-    let shift = shift.as_slice().expect("contiguous shift");
-    let mut active = vec![false; d];
-    let mut finite = true;
-    for row in data.chunks_exact(d) {
-        for ((a, &v), &c) in active.iter_mut().zip(row).zip(shift) {
-            *a |= v != c;
-            finite &= v.is_finite();
+        Ok(Supports { d, words, bits })
+    }
+
+    fn row(&self, i: u32) -> &[u64] {
+        &self.bits[i as usize * self.words..][..self.words]
+    }
+
+    /// Row indices ordered by the first and last column of their support, or for images
+    /// `(height, width)` by its bounding box (top, bottom, left, right). Ties keep their
+    /// input order, so the order (and the rounding) is reproducible.
+    fn order(&self, image: Option<(usize, usize)>) -> Vec<u32> {
+        let n = self.bits.len() / self.words;
+        let key = |i: u32| -> u64 {
+            let bits = self.row(i);
+            match image {
+                None => {
+                    let first = bits
+                        .iter()
+                        .position(|&w| w != 0)
+                        .map_or(self.d, |w| 64 * w + bits[w].trailing_zeros() as usize);
+                    let last = bits
+                        .iter()
+                        .rposition(|&w| w != 0)
+                        .map_or(0, |w| 64 * w + 63 - bits[w].leading_zeros() as usize);
+                    ((first as u64) << 32) | last as u64
+                }
+                Some((h, w)) => {
+                    let (mut top, mut bottom, mut left, mut right) = (h, 0, w, 0);
+                    // One image row of every channel at a time: its first and last bit.
+                    for (r, start) in (0..self.d).step_by(w).enumerate() {
+                        if let Some((lo, hi)) = bit_span(bits, start, w) {
+                            let y = r % h;
+                            top = top.min(y);
+                            bottom = bottom.max(y);
+                            left = left.min(lo);
+                            right = right.max(hi);
+                        }
+                    }
+                    let f = |v: usize| v as u64 & 0xffff;
+                    (f(top) << 48) | (f(bottom) << 32) | (f(left) << 16) | f(right)
+                }
+            }
+        };
+        use rayon::prelude::*;
+        let keys: Vec<u64> = (0..n as u32).into_par_iter().map(key).collect();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by_key(|&i| keys[i as usize]);
+        order
+    }
+}
+
+fn bit(bits: &[u64], j: usize) -> bool {
+    bits[j / 64] >> (j % 64) & 1 == 1
+}
+
+/// The first and last set bit among bits `start..start + len` (len ≤ 64), relative to
+/// `start`.
+fn bit_span(bits: &[u64], start: usize, len: usize) -> Option<(usize, usize)> {
+    let (w, off) = (start / 64, start % 64);
+    let mut m = bits[w] >> off;
+    if off + len > 64 && w + 1 < bits.len() {
+        m |= bits[w + 1] << (64 - off);
+    }
+    if len < 64 {
+        m &= (1u64 << len) - 1;
+    }
+    (m != 0).then(|| (m.trailing_zeros() as usize, 63 - m.leading_zeros() as usize))
+}
+
+/// One thread's sums and upper-triangular second moment, with the scratch a block needs.
+struct BlockAccumulator {
+    d: usize,
+    sum: Array1<f64>,
+    second: Array2<f64>,
+    /// The block's shifted active columns, row-major `[rows, active]`.
+    xs: Vec<f32>,
+    /// The block's product; only its leading `active x active` corner is used.
+    g: faer::Mat<f32>,
+}
+
+/// A run of consecutive active columns: its first position among the active columns, its
+/// first column, its length.
+#[derive(Clone, Copy)]
+struct Run {
+    at: usize,
+    col: usize,
+    len: usize,
+}
+
+impl BlockAccumulator {
+    fn new(d: usize) -> Self {
+        BlockAccumulator {
+            d,
+            sum: Array1::zeros(d),
+            second: Array2::zeros((d, d)),
+            xs: Vec::with_capacity(BLOCK_ROWS * d),
+            g: faer::Mat::zeros(d, d),
         }
     }
-    if !finite {
-        return Err(Error::NonFinite("PCA input".into()));
-    }
-    let cols: Vec<usize> = (0..d).filter(|&j| active[j]).collect();
-    let a = cols.len();
-    if a == 0 {
-        return Ok(());
-    }
-    let mut xs = vec![0f32; rows * a];
-    let mut col_sum = vec![0f64; a];
-    for (out, row) in xs.chunks_exact_mut(a).zip(data.chunks_exact(d)) {
-        for ((o, &j), s) in out.iter_mut().zip(&cols).zip(col_sum.iter_mut()) {
-            *o = row[j] - shift[j];
-            *s += *o as f64;
+
+    /// Adds the shifted column sums and second moment of the rows `rows` of `data`.
+    fn add(&mut self, data: &[f32], rows: &[u32], shift: &[f32], supports: &Supports) {
+        let d = self.d;
+        let row = |i: u32| &data[i as usize * d..(i as usize + 1) * d];
+        let mut active = vec![0u64; supports.words];
+        for &i in rows {
+            for (a, &b) in active.iter_mut().zip(supports.row(i)) {
+                *a |= b;
+            }
+        }
+        let runs = active_runs(&active, d);
+        let a = runs.last().map_or(0, |r| r.at + r.len);
+        if a == 0 {
+            return;
+        }
+        self.xs.clear();
+        self.xs.resize(rows.len() * a, 0.0);
+        let mut col_sum = vec![0f64; a];
+        for (out, &i) in self.xs.chunks_exact_mut(a).zip(rows) {
+            let x = row(i);
+            for r in &runs {
+                let (o, v, c) = (
+                    &mut out[r.at..r.at + r.len],
+                    &x[r.col..r.col + r.len],
+                    &shift[r.col..r.col + r.len],
+                );
+                for ((o, &v), &c) in o.iter_mut().zip(v).zip(c) {
+                    *o = v - c;
+                }
+            }
+            for (s, &o) in col_sum.iter_mut().zip(out.iter()) {
+                *s += o as f64;
+            }
+        }
+        for r in &runs {
+            for (t, &s) in self
+                .sum
+                .slice_mut(s![r.col..r.col + r.len])
+                .iter_mut()
+                .zip(&col_sum[r.at..])
+            {
+                *t += s;
+            }
+        }
+        let x = faer::MatRef::from_row_major_slice(&self.xs, rows.len(), a);
+        faer::linalg::matmul::triangular::matmul(
+            self.g.as_mut().submatrix_mut(0, 0, a, a),
+            faer::linalg::matmul::triangular::BlockStructure::TriangularLower,
+            faer::Accum::Replace,
+            x.transpose(),
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            x,
+            faer::linalg::matmul::triangular::BlockStructure::Rectangular,
+            1.0f32,
+            faer::Par::Seq,
+        );
+        let g = self.g.as_ref().submatrix(0, 0, a, a);
+        let second = self.second.as_slice_mut().expect("contiguous accumulator");
+        // g's lower triangle, column q, is the upper triangle of the row of active column
+        // q: add it run by run, along the rows of the f64 accumulator.
+        for (qr, rq) in runs.iter().enumerate() {
+            for q in rq.at..rq.at + rq.len {
+                let gcol = g
+                    .col(q)
+                    .try_as_col_major()
+                    .expect("faer columns are contiguous")
+                    .as_slice();
+                let target = &mut second[(rq.col + q - rq.at) * d..][..d];
+                for r in &runs[qr..] {
+                    let from = r.at.max(q);
+                    let len = r.at + r.len - from;
+                    let col = r.col + from - r.at;
+                    for (t, &v) in target[col..col + len].iter_mut().zip(&gcol[from..from + len]) {
+                        *t += v as f64;
+                    }
+                }
+            }
         }
     }
-    for (&j, s) in cols.iter().zip(&col_sum) {
-        sum[j] += s;
-    }
-    let x = faer::MatRef::from_row_major_slice(&xs, rows, a);
-    let mut g = faer::Mat::<f32>::zeros(a, a);
-    faer::linalg::matmul::triangular::matmul(
-        g.as_mut(),
-        faer::linalg::matmul::triangular::BlockStructure::TriangularLower,
-        faer::Accum::Replace,
-        x.transpose(),
-        faer::linalg::matmul::triangular::BlockStructure::Rectangular,
-        x,
-        faer::linalg::matmul::triangular::BlockStructure::Rectangular,
-        1.0f32,
-        faer::Par::Seq,
-    );
-    let second = second.as_slice_mut().expect("contiguous accumulator");
-    // g's lower triangle, column q, is the upper triangle of row cols[q]: add it row-wise
-    // so that the f64 accumulator is walked along its rows, not down its columns.
-    for q in 0..a {
-        let col = g
-            .col(q)
-            .try_as_col_major()
-            .expect("faer columns are contiguous")
-            .as_slice();
-        let row = &mut second[cols[q] * d..(cols[q] + 1) * d];
-        for (&gp, &j) in col[q..].iter().zip(&cols[q..]) {
-            row[j] += gp as f64;
+}
+
+/// The maximal runs of set bits among the first `d` of `active`, numbered consecutively.
+fn active_runs(active: &[u64], d: usize) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    let mut at = 0;
+    for j in 0..d {
+        if !bit(active, j) {
+            continue;
         }
+        match runs.last_mut() {
+            Some(r) if r.col + r.len == j => r.len += 1,
+            _ => runs.push(Run { at, col: j, len: 1 }),
+        }
+        at += 1;
     }
-    Ok(())
+    runs
 }
 
 /// PCA's settings before fitting: the number of components and the solver.
@@ -258,12 +466,20 @@ fn accumulate_block(
 pub struct PcaParams {
     k: usize,
     solver: Solver,
+    image: Option<(usize, usize)>,
 }
 
 impl PcaParams {
     /// Chooses the solver (default [`Solver::Eigh`]).
     pub fn solver(mut self, solver: Solver) -> Self {
         self.solver = solver;
+        self
+    }
+
+    /// Declares the rows to be flattened `height x width` images, which makes the moments
+    /// faster on sparse images and changes nothing else (see [`Moments::with_image_shape`]).
+    pub fn image_shape(mut self, height: usize, width: usize) -> Self {
+        self.image = Some((height, width));
         self
     }
 
@@ -276,7 +492,17 @@ impl PcaParams {
     pub fn fit_batches<'a>(&self, batches: impl IntoIterator<Item = ArrayView2<'a, f32>>) -> Result<Pca> {
         let mut moments: Option<Moments> = None;
         for b in batches {
-            moments.get_or_insert_with(|| Moments::new(b.ncols())).update(b)?;
+            let m = match &mut moments {
+                Some(m) => m,
+                None => {
+                    let mut m = Moments::new(b.ncols());
+                    if let Some((h, w)) = self.image {
+                        m = m.with_image_shape(h, w)?;
+                    }
+                    moments.insert(m)
+                }
+            };
+            m.update(b)?;
         }
         let moments = moments.ok_or_else(|| Error::InvalidArgument("PCA: no data".into()))?;
         self.fit_moments(&moments)
@@ -332,6 +558,7 @@ impl Pca {
         PcaParams {
             k,
             solver: Solver::Eigh,
+            image: None,
         }
     }
 
@@ -539,12 +766,52 @@ fn randomized_top(
     Ok((vals, vecs))
 }
 
-/// An orthonormal basis of the columns of `y` (thin QR).
+/// An orthonormal basis of the columns of `y` (thin Householder QR), on the calling
+/// thread: faer's `Mat::qr` forks onto the thread pool, which on these thin matrices
+/// (784 x 40) costs twice the factorisation itself.
 fn orthonormalise(y: &Array2<f64>) -> Array2<f64> {
+    use faer::dyn_stack::{MemBuffer, MemStack};
+    use faer::linalg::{householder, qr::no_pivoting::factor};
     let (n, q) = y.dim();
-    let m = faer::Mat::<f64>::from_fn(n, q, |i, j| y[[i, j]]);
-    let qm = m.qr().compute_thin_Q();
-    Array2::from_shape_fn((n, q), |(i, j)| qm[(i, j)])
+    let size = n.min(q);
+    let mut qr = faer::Mat::<f64>::from_fn(n, q, |i, j| y[[i, j]]);
+    let block = factor::recommended_block_size::<f64>(n, q);
+    let mut coeff = faer::Mat::<f64>::zeros(block, size);
+    let par = faer::Par::Seq;
+    factor::qr_in_place(
+        qr.as_mut(),
+        coeff.as_mut(),
+        par,
+        MemStack::new(&mut MemBuffer::new(factor::qr_in_place_scratch::<f64>(
+            n,
+            q,
+            block,
+            par,
+            Default::default(),
+        ))),
+        Default::default(),
+    );
+    // The Householder basis: the unit lower trapezoid of the factored matrix.
+    for j in 0..q {
+        for i in 0..j.min(n) {
+            qr[(i, j)] = 0.0;
+        }
+        if j < n {
+            qr[(j, j)] = 1.0;
+        }
+    }
+    let mut thin = faer::Mat::<f64>::identity(n, size);
+    householder::apply_block_householder_sequence_on_the_left_in_place_with_conj(
+        qr.as_ref().subcols(0, size),
+        coeff.as_ref(),
+        faer::Conj::No,
+        thin.as_mut(),
+        par,
+        MemStack::new(&mut MemBuffer::new(
+            householder::apply_block_householder_sequence_on_the_left_in_place_scratch::<f64>(n, block, size),
+        )),
+    );
+    Array2::from_shape_fn((n, size), |(i, j)| thin[(i, j)])
 }
 
 /// Makes each column's largest-magnitude entry positive.

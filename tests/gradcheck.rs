@@ -243,6 +243,27 @@ fn linear_ae_gradients_match_finite_differences() {
     }
 }
 
+/// A batch given as row indices into a data set is the same step as the gathered batch,
+/// to the last bit; an index outside the data is an error.
+#[test]
+fn linear_ae_step_on_row_indices_equals_the_gathered_batch() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut a = LinearAe::<f64>::new(12, 3, &mut rng).unwrap();
+    let mut b = a.clone();
+    let data = rand_array(&[90, 12], 6).into_dimensionality::<Ix2>().unwrap();
+    let rows: Vec<usize> = (0..70).map(|i| (i * 37 + 11) % 90).collect();
+    let gathered = data.select(ndarray::Axis(0), &rows);
+    let la = a.loss_and_grad(gathered.view()).unwrap();
+    let lb = b.loss_and_grad_rows(data.view(), &rows).unwrap();
+    assert_eq!(la.to_bits(), lb.to_bits());
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    a.visit_params(&mut |p| ga.push(p.grad.clone()));
+    b.visit_params(&mut |p| gb.push(p.grad.clone()));
+    assert_eq!(ga, gb);
+    let err = b.loss_and_grad_rows(data.view(), &[3, 90]).unwrap_err().to_string();
+    assert!(err.contains("row 90"), "{err}");
+}
+
 /// The collapse the notebook warns about: when every ReLU after the second encoder conv
 /// is dead, the code is constant over the batch and `code_spread` says so; a healthy
 /// encoder's codes vary.

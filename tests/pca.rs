@@ -67,6 +67,35 @@ fn batching_does_not_change_the_moments() {
     assert_eq!(m.count(), 257);
 }
 
+/// Ordering rows by the bounding box of their support (images) instead of its first and
+/// last index changes only the rounding; a shape that does not divide the rows is refused.
+#[test]
+fn image_ordering_changes_only_the_rounding() {
+    // Sparse 6x5 "images" with two channels: random pixels switched on in random boxes.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut x = Array2::<f32>::zeros((700, 60));
+    for mut row in x.rows_mut() {
+        let (top, left) = (rng.random_range(0..4), rng.random_range(0..3));
+        for j in 0..60 {
+            let (y, c) = ((j / 5) % 6, j % 5);
+            if y >= top && y < top + 3 && c >= left && c < left + 3 && rng.random_bool(0.7) {
+                row[j] = rng.random_range(0.1..1.0);
+            }
+        }
+    }
+    let plain = Moments::from_rows(x.view());
+    let mut image = Moments::new(60).with_image_shape(6, 5).unwrap();
+    image.update(x.view()).unwrap();
+    let (a, b) = (plain.covariance().unwrap(), image.covariance().unwrap());
+    let rel = max_abs(&(&a - &b)) / max_abs(&a);
+    assert!(rel < 1e-6, "covariances differ by {rel:.2e} relative");
+    assert!(max_abs(&(plain.mean() - image.mean()).insert_axis(Axis(0))) < 1e-12);
+    let err = Moments::new(60).with_image_shape(7, 5).unwrap_err().to_string();
+    assert!(err.contains("7 x 5"), "{err}");
+    let err = Pca::params(2).image_shape(7, 5).fit(x.view()).unwrap_err().to_string();
+    assert!(err.contains("7 x 5"), "{err}");
+}
+
 #[test]
 fn a_large_offset_does_not_cost_precision() {
     // Uncentred sums of data offset by 1000 would cancel away f32's digits; the per-column
@@ -199,8 +228,23 @@ fn mnist_pca_matches_the_reference_figures() {
         let got = ratio.slice(s![..k]).sum();
         assert!((got - want).abs() < 0.00005, "K={k}: {got:.6} vs {want}");
     }
-    let pca20 = Pca::params(20).fit(train.flat()).unwrap();
-    let recon = pca20.reconstruct(test.flat()).unwrap();
-    let mse = (&recon - &test.flat()).mapv(|v| (v as f64).powi(2)).mean().unwrap();
-    assert!((mse - 0.023538).abs() < 0.0000005, "test MSE {mse:.7}");
+    // The example's settings (image ordering, and the randomized solver) reach the same
+    // figures.
+    let randomized = Solver::Randomized {
+        oversample: 20,
+        power_iters: 8,
+        seed: 0,
+    };
+    for solver in [Solver::Eigh, randomized] {
+        let pca20 = Pca::params(20)
+            .image_shape(28, 28)
+            .solver(solver)
+            .fit(train.flat())
+            .unwrap();
+        let got = pca20.explained_variance_ratio().sum();
+        assert!((got - 0.6436).abs() < 0.00005, "{solver:?}: K=20 {got:.6}");
+        let recon = pca20.reconstruct(test.flat()).unwrap();
+        let mse = (&recon - &test.flat()).mapv(|v| (v as f64).powi(2)).mean().unwrap();
+        assert!((mse - 0.023538).abs() < 0.0000005, "{solver:?}: test MSE {mse:.7}");
+    }
 }

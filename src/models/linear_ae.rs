@@ -1,7 +1,7 @@
 //! CIS-522's linear autoencoder: `Linear(dim, K)` then `Linear(K, dim)`, no nonlinearity.
 //! Trained with MSE it can at best reach PCA's reconstruction error with K components.
 
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Ix1, Ix2, IxDyn, Zip};
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix1, Ix2, IxDyn, Zip};
 use rand::Rng;
 use rayon::prelude::*;
 
@@ -23,6 +23,8 @@ pub struct LinearAe<F> {
 /// One thread's buffers for a training step, kept between steps.
 #[derive(Debug, Clone)]
 struct Workspace<F> {
+    /// The thread's rows, when the batch is gathered from a larger data set.
+    x: Array2<F>,
     h: Array2<F>,
     y: Array2<F>,
     dh: Array2<F>,
@@ -35,6 +37,7 @@ struct Workspace<F> {
 impl<F: Float> Workspace<F> {
     fn new(d: usize, k: usize) -> Self {
         Workspace {
+            x: Array2::zeros((0, d)),
             h: Array2::zeros((0, k)),
             y: Array2::zeros((0, d)),
             dh: Array2::zeros((0, k)),
@@ -168,20 +171,63 @@ impl<F: Float> LinearAe<F> {
     /// partial gradients are summed once at the end. One fork-join per step instead of
     /// one per matrix product, and no allocation after the first step.
     pub fn loss_and_grad(&mut self, x: ArrayView2<F>) -> Result<F> {
-        let (n, d) = x.dim();
-        if d != self.enc_lin.in_features() {
+        self.check_input(x)?;
+        let n = x.nrows();
+        self.step_parts(n, |rows, ws, run| run(ws, x.slice(ndarray::s![rows, ..])))
+    }
+
+    /// [`LinearAe::loss_and_grad`] on the batch made of rows `rows` of `data`
+    /// (`[n_data, dim]`). Each thread copies its own rows into its workspace, so the batch
+    /// is never assembled in one place and the copy lands in the cache of the core that
+    /// uses it.
+    pub fn loss_and_grad_rows(&mut self, data: ArrayView2<F>, rows: &[usize]) -> Result<F> {
+        self.check_input(data)?;
+        if let Some(&bad) = rows.iter().find(|&&r| r >= data.nrows()) {
+            return Err(Error::InvalidArgument(format!(
+                "LinearAe: row {bad} is outside the data ({} rows)",
+                data.nrows()
+            )));
+        }
+        self.step_parts(rows.len(), |range, ws, run| {
+            let mine = &rows[range];
+            let mut x = std::mem::replace(&mut ws.x, Array2::zeros((0, 0)));
+            if x.dim() != (mine.len(), data.ncols()) {
+                x = Array2::zeros((mine.len(), data.ncols()));
+            }
+            for (mut dst, &r) in x.rows_mut().into_iter().zip(mine) {
+                dst.assign(&data.row(r));
+            }
+            let sse = run(ws, x.view());
+            ws.x = x;
+            sse
+        })
+    }
+
+    fn check_input(&self, x: ArrayView2<F>) -> Result<()> {
+        if x.ncols() != self.enc_lin.in_features() {
             return Err(Error::shape(
                 "LinearAe input",
                 format!("[batch, {}]", self.enc_lin.in_features()),
                 x.shape(),
             ));
         }
+        Ok(())
+    }
+
+    /// Cuts a batch of `n` rows into one run per thread; `part(rows, workspace, run)`
+    /// hands run `rows` to `run` and returns its sum of squared errors. Sums the partial
+    /// gradients into the parameters and returns the mean loss.
+    fn step_parts<P>(&mut self, n: usize, part: P) -> Result<F>
+    where
+        P: Fn(std::ops::Range<usize>, &mut Workspace<F>, &dyn Fn(&mut Workspace<F>, ArrayView2<F>) -> F) -> F + Sync,
+    {
         if n == 0 {
             return Err(Error::InvalidArgument("LinearAe: empty batch".into()));
         }
-        let k = self.enc_lin.out_features();
+        let (d, k) = (self.enc_lin.in_features(), self.enc_lin.out_features());
         let parts = rayon::current_num_threads().clamp(1, n.div_ceil(32));
         let rows = n.div_ceil(parts);
+        let parts = n.div_ceil(rows);
         self.workspaces.resize_with(parts, || Workspace::new(d, k));
         let scale = F::lit(2.0) / F::lit((n * d) as f64);
         let (we, wd) = (self.enc_lin.weight.value2(), self.dec_lin.weight.value2());
@@ -195,11 +241,11 @@ impl<F: Float> LinearAe<F> {
             .bias
             .as_ref()
             .map(|b| b.value.view().into_dimensionality::<Ix1>().expect("vector"));
-        let sse: Vec<F> = self
-            .workspaces
+        let run = |ws: &mut Workspace<F>, xs: ArrayView2<F>| ws.run(xs, we, be, wd, bd, scale);
+        let sse: Vec<F> = self.workspaces[..parts]
             .par_iter_mut()
-            .zip(x.axis_chunks_iter(Axis(0), rows).into_par_iter())
-            .map(|(ws, xs)| ws.run(xs, we, be, wd, bd, scale))
+            .enumerate()
+            .map(|(p, ws)| part(p * rows..((p + 1) * rows).min(n), ws, &run))
             .collect();
         let loss = sse.into_iter().fold(F::zero(), |a, b| a + b) / F::lit((n * d) as f64);
         if !loss.is_finite() {
@@ -222,6 +268,14 @@ impl<F: Float> LinearAe<F> {
     /// One training step: [`LinearAe::loss_and_grad`] then `opt.step`.
     pub fn train_step(&mut self, x: ArrayView2<F>, opt: &mut Adam<F>) -> Result<F> {
         let loss = self.loss_and_grad(x)?;
+        opt.step(self)?;
+        Ok(loss)
+    }
+
+    /// One training step on rows `rows` of `data`: [`LinearAe::loss_and_grad_rows`] then
+    /// `opt.step`.
+    pub fn train_step_rows(&mut self, data: ArrayView2<F>, rows: &[usize], opt: &mut Adam<F>) -> Result<F> {
+        let loss = self.loss_and_grad_rows(data, rows)?;
         opt.step(self)?;
         Ok(loss)
     }
