@@ -285,3 +285,59 @@ fn conv_ae_reports_a_collapsed_code() {
     ae.loss_and_grad(x.view()).unwrap();
     assert_eq!(ae.code_spread().unwrap(), 0.0, "dead ReLUs: constant code");
 }
+
+/// A batch of one splits each product over the threads (there are fewer images than
+/// threads); inside a larger batch each image's product runs on one thread. Both give the
+/// same outputs and gradients (the weight gradient sums the same terms in another order).
+#[test]
+fn a_batch_of_one_splits_its_products_and_agrees_with_the_batch() {
+    use latent::nn::{conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward};
+    use ndarray::{s, Array4, Ix4};
+    let close = |a: &Array4<f64>, b: &Array4<f64>, what: &str| {
+        let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(err <= 1e-12 * scale, "{what}: {err:.2e} of {scale:.2e}");
+    };
+    let opts = ConvOptions::default().padding(1);
+    // Per image 16 x 200 x 324 multiply-adds: above the size at which products split.
+    for transposed in [false, true] {
+        let (x, w) = if transposed {
+            (rand_array(&[3, 16, 16, 16], 31), rand_array(&[16, 8, 5, 5], 32))
+        } else {
+            (rand_array(&[3, 8, 20, 20], 31), rand_array(&[16, 8, 5, 5], 32))
+        };
+        let (x, w) = (
+            x.into_dimensionality::<Ix4>().unwrap(),
+            w.into_dimensionality::<Ix4>().unwrap(),
+        );
+        let forward = |x: &Array4<f64>| {
+            if transposed {
+                conv_transpose2d_forward(x.view(), w.view(), None, &opts).unwrap()
+            } else {
+                conv2d_forward(x.view(), w.view(), None, &opts).unwrap()
+            }
+        };
+        let backward = |x: &Array4<f64>, dy: &Array4<f64>| {
+            let mut dw = Array4::<f64>::zeros(w.raw_dim());
+            let dx = if transposed {
+                conv_transpose2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), None)
+            } else {
+                conv2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), None)
+            };
+            (dx.unwrap().unwrap(), dw)
+        };
+        let y = forward(&x);
+        let dy = rand_array(y.shape(), 33).into_dimensionality::<Ix4>().unwrap();
+        let (dx, dw) = backward(&x, &dy);
+        let mut dw_sum = Array4::<f64>::zeros(w.raw_dim());
+        for i in 0..3 {
+            let xi = x.slice(s![i..i + 1, .., .., ..]).to_owned();
+            let dyi = dy.slice(s![i..i + 1, .., .., ..]).to_owned();
+            close(&forward(&xi), &y.slice(s![i..i + 1, .., .., ..]).to_owned(), "forward");
+            let (dxi, dwi) = backward(&xi, &dyi);
+            close(&dxi, &dx.slice(s![i..i + 1, .., .., ..]).to_owned(), "dx");
+            dw_sum += &dwi;
+        }
+        close(&dw_sum, &dw, "dw");
+    }
+}

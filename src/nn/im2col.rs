@@ -10,7 +10,7 @@
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use crate::gemm::gemm;
+use crate::gemm::{gemm, gemm_par};
 use crate::{Error, Float, Result};
 
 /// Sizes of one convolution, seen from the side of the image that is unfolded.
@@ -266,6 +266,22 @@ impl Taps {
 /// positions than this are unfolded several at a time, side by side.
 const MIN_GEMM_COLS: usize = 512;
 
+/// The product of one group of images: split over the thread pool when there are fewer
+/// groups than threads (a batch of one then uses every core), on the calling thread
+/// otherwise (parallelism is over the groups). Either way the same sums in the same order.
+fn group_gemm<F: Float>(split: bool, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, c: ArrayViewMut2<F>) {
+    if split {
+        gemm_par(F::one(), a, b, beta, c);
+    } else {
+        gemm(F::one(), a, b, beta, c);
+    }
+}
+
+/// Whether `groups` independent products leave threads idle.
+fn too_few(groups: usize) -> bool {
+    groups < rayon::current_num_threads()
+}
+
 /// Images per GEMM for `p` output positions each and a batch of `n`.
 fn group_size(p: usize, n: usize) -> usize {
     MIN_GEMM_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
@@ -279,6 +295,7 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, inp.nrows());
+    let split = too_few(inp.nrows().div_ceil(gs));
     let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
@@ -292,11 +309,11 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
                 }
                 let cm = ArrayView2::from_shape((ck, ld), &*cols).expect("sized");
                 if m == 1 {
-                    gemm(F::one(), wmat, cm, F::zero(), o.index_axis_mut(Axis(0), 0));
+                    group_gemm(split, wmat, cm, F::zero(), o.index_axis_mut(Axis(0), 0));
                     return;
                 }
                 let mut y = ArrayViewMut2::from_shape((rows, ld), ybuf).expect("sized");
-                gemm(F::one(), wmat, cm, F::zero(), y.view_mut());
+                group_gemm(split, wmat, cm, F::zero(), y.view_mut());
                 for (j, mut oj) in o.outer_iter_mut().enumerate() {
                     oj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
                 }
@@ -323,6 +340,7 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, src.shape()[0]);
+    let split = too_few(src.shape()[0].div_ceil(gs));
     let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
@@ -334,10 +352,10 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
                 {
                     let cm = ArrayViewMut2::from_shape((ck, ld), &mut *cols).expect("sized");
                     if m == 1 {
-                        gemm(F::one(), wmat.t(), sc.index_axis(Axis(0), 0), F::zero(), cm);
+                        group_gemm(split, wmat.t(), sc.index_axis(Axis(0), 0), F::zero(), cm);
                     } else {
                         let sm = gather_side_by_side(sc, sbuf);
-                        gemm(F::one(), wmat.t(), sm, F::zero(), cm);
+                        group_gemm(split, wmat.t(), sm, F::zero(), cm);
                     }
                 }
                 o.fill(F::zero());
@@ -358,6 +376,7 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
     let per = n.div_ceil(parts).max(1);
     let gs = group_size(p, per);
+    let split = too_few(n.div_ceil(per));
     let taps = Taps::new(g);
     let partials: Vec<Array2<F>> = (0..n.div_ceil(per))
         .into_par_iter()
@@ -378,10 +397,10 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
                     }
                     let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
                     if m == 1 {
-                        gemm(F::one(), a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
+                        group_gemm(split, a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
                     } else {
                         let am = gather_side_by_side(a.slice(s![start..stop, .., ..]), abuf);
-                        gemm(F::one(), am, cm.t(), F::one(), acc.view_mut());
+                        group_gemm(split, am, cm.t(), F::one(), acc.view_mut());
                     }
                 }
             });
