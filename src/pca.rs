@@ -135,6 +135,12 @@ impl Moments {
         if b == 0 {
             return Ok(());
         }
+        if u32::try_from(b).is_err() {
+            return Err(Error::InvalidArgument(format!(
+                "Moments::update: a batch of {b} rows; pass at most {} at a time",
+                u32::MAX
+            )));
+        }
         let owned;
         let data = match batch.as_slice() {
             Some(s) => s,
@@ -154,18 +160,17 @@ impl Moments {
         // supports, so interleaving balances the work. One accumulator per part.
         let blocks: Vec<&[u32]> = order.chunks(BLOCK_ROWS).collect();
         let parts = rayon::current_num_threads().clamp(1, blocks.len());
-        let partials: Vec<Result<(Array1<f64>, Array2<f64>)>> = (0..parts)
+        let partials: Vec<(Array1<f64>, Array2<f64>)> = (0..parts)
             .into_par_iter()
             .map(|p| {
                 let mut acc = BlockAccumulator::new(d);
                 for rows in blocks.iter().skip(p).step_by(parts) {
                     acc.add(data, rows, shift, &supports);
                 }
-                Ok((acc.sum, acc.second))
+                (acc.sum, acc.second)
             })
             .collect();
-        for part in partials {
-            let (s, m) = part?;
+        for (s, m) in partials {
             self.sum += &s;
             self.second += &m;
         }
@@ -318,18 +323,46 @@ fn bit(bits: &[u64], j: usize) -> bool {
     bits[j / 64] >> (j % 64) & 1 == 1
 }
 
-/// The first and last set bit among bits `start..start + len` (len ≤ 64), relative to
-/// `start`.
+/// The first and last set bit among bits `start..start + len`, relative to `start`.
 fn bit_span(bits: &[u64], start: usize, len: usize) -> Option<(usize, usize)> {
-    let (w, off) = (start / 64, start % 64);
-    let mut m = bits[w] >> off;
-    if off + len > 64 && w + 1 < bits.len() {
-        m |= bits[w + 1] << (64 - off);
+    if len <= 64 {
+        // The common case (images at most 64 pixels wide): the span fits in one shifted
+        // word, read from at most two.
+        let (w, off) = (start / 64, start % 64);
+        let mut m = bits[w] >> off;
+        if off + len > 64 {
+            m |= bits[w + 1] << (64 - off);
+        }
+        if len < 64 {
+            m &= (1u64 << len) - 1;
+        }
+        return (m != 0).then(|| (m.trailing_zeros() as usize, 63 - m.leading_zeros() as usize));
     }
-    if len < 64 {
-        m &= (1u64 << len) - 1;
-    }
-    (m != 0).then(|| (m.trailing_zeros() as usize, 63 - m.leading_zeros() as usize))
+    let end = start + len;
+    // Word `w` masked to the bits of `start..end`.
+    let word = |w: usize| {
+        let (lo, hi) = ((w * 64).max(start), ((w + 1) * 64).min(end));
+        let width = hi - lo;
+        let mask = if width == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << width) - 1) << (lo % 64)
+        };
+        bits[w] & mask
+    };
+    let words = start / 64..end.div_ceil(64);
+    let first = words.clone().find_map(|w| {
+        let m = word(w);
+        (m != 0).then(|| 64 * w + m.trailing_zeros() as usize)
+    })?;
+    let last = words
+        .rev()
+        .find_map(|w| {
+            let m = word(w);
+            (m != 0).then(|| 64 * w + 63 - m.leading_zeros() as usize)
+        })
+        .expect("a set bit was found");
+    Some((first - start, last - start))
 }
 
 /// One thread's sums and upper-triangular second moment, with the scratch a block needs.
@@ -848,4 +881,47 @@ pub fn principal_angles(a: &Array2<f64>, b: &Array2<f64>) -> Result<Array1<f64>>
     let mut angles: Vec<f64> = (0..s.nrows()).map(|i| s[i].clamp(-1.0, 1.0).acos()).collect();
     angles.sort_by(f64::total_cmp);
     Ok(Array1::from(angles))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `bit_span` against a direct search, for spans inside one word, across words and
+    /// longer than a word.
+    #[test]
+    fn bit_span_finds_the_first_and_last_set_bit() {
+        let d: usize = 300;
+        let mut bits = vec![0u64; d.div_ceil(64)];
+        for j in [3, 63, 64, 130, 191, 192, 255, 299] {
+            bits[j / 64] |= 1 << (j % 64);
+        }
+        for start in 0..d {
+            for len in 1..=(d - start).min(140) {
+                let set: Vec<usize> = (start..start + len).filter(|&j| bit(&bits, j)).collect();
+                let want = set.first().map(|&f| (f - start, set.last().unwrap() - start));
+                assert_eq!(bit_span(&bits, start, len), want, "start {start}, len {len}");
+            }
+        }
+    }
+
+    /// Rows come out ordered by (first, last) non-zero column, or by the bounding box of
+    /// their non-zero pixels, ties in input order.
+    #[test]
+    fn rows_are_ordered_by_their_support() {
+        // Four 2 x 3 images (d = 6): pixel (y, x) is column 3y + x.
+        let rows: [&[usize]; 4] = [&[4, 5], &[0, 5], &[1], &[2, 3]];
+        let mut data = vec![0f32; rows.len() * 6];
+        for (i, cols) in rows.iter().enumerate() {
+            for &j in cols.iter() {
+                data[i * 6 + j] = 1.0;
+            }
+        }
+        let s = Supports::of(&data, 6, &[0.0; 6]).unwrap();
+        // (first, last): row 1 (0, 5), row 2 (1, 1), row 3 (2, 3), row 0 (4, 5).
+        assert_eq!(s.order(None), vec![1, 2, 3, 0]);
+        // Boxes (top, bottom, left, right): row 0 (1, 1, 1, 2), row 1 (0, 1, 0, 2),
+        // row 2 (0, 0, 1, 1), row 3 (0, 1, 0, 2).
+        assert_eq!(s.order(Some((2, 3))), vec![2, 1, 3, 0]);
+    }
 }

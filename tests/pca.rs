@@ -71,27 +71,32 @@ fn batching_does_not_change_the_moments() {
 /// last index changes only the rounding; a shape that does not divide the rows is refused.
 #[test]
 fn image_ordering_changes_only_the_rounding() {
-    // Sparse 6x5 "images" with two channels: random pixels switched on in random boxes.
+    // Sparse images with two channels, random pixels switched on in random boxes; one
+    // shape narrower and one wider than a 64-bit word of the support masks.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let mut x = Array2::<f32>::zeros((700, 60));
-    for mut row in x.rows_mut() {
-        let (top, left) = (rng.random_range(0..4), rng.random_range(0..3));
-        for j in 0..60 {
-            let (y, c) = ((j / 5) % 6, j % 5);
-            if y >= top && y < top + 3 && c >= left && c < left + 3 && rng.random_bool(0.7) {
-                row[j] = rng.random_range(0.1..1.0);
+    for (h, w) in [(6usize, 5usize), (3, 70)] {
+        let d = 2 * h * w;
+        let mut x = Array2::<f32>::zeros((700, d));
+        for mut row in x.rows_mut() {
+            let (top, left) = (rng.random_range(0..h - 2), rng.random_range(0..w - 2));
+            for j in 0..d {
+                let (y, c) = ((j / w) % h, j % w);
+                if y >= top && y < top + 3 && c >= left && c < left + 3 && rng.random_bool(0.7) {
+                    row[j] = rng.random_range(0.1..1.0);
+                }
             }
         }
+        let plain = Moments::from_rows(x.view());
+        let mut image = Moments::new(d).with_image_shape(h, w).unwrap();
+        image.update(x.view()).unwrap();
+        let (a, b) = (plain.covariance().unwrap(), image.covariance().unwrap());
+        let rel = max_abs(&(&a - &b)) / max_abs(&a);
+        assert!(rel < 1e-6, "{h}x{w}: covariances differ by {rel:.2e} relative");
+        assert!(max_abs(&(plain.mean() - image.mean()).insert_axis(Axis(0))) < 1e-12);
     }
-    let plain = Moments::from_rows(x.view());
-    let mut image = Moments::new(60).with_image_shape(6, 5).unwrap();
-    image.update(x.view()).unwrap();
-    let (a, b) = (plain.covariance().unwrap(), image.covariance().unwrap());
-    let rel = max_abs(&(&a - &b)) / max_abs(&a);
-    assert!(rel < 1e-6, "covariances differ by {rel:.2e} relative");
-    assert!(max_abs(&(plain.mean() - image.mean()).insert_axis(Axis(0))) < 1e-12);
     let err = Moments::new(60).with_image_shape(7, 5).unwrap_err().to_string();
     assert!(err.contains("7 x 5"), "{err}");
+    let x = Array2::<f32>::zeros((4, 60));
     let err = Pca::params(2).image_shape(7, 5).fit(x.view()).unwrap_err().to_string();
     assert!(err.contains("7 x 5"), "{err}");
 }
