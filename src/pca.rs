@@ -237,8 +237,7 @@ fn reference_shift(batch: ArrayView2<f32>) -> Array1<f32> {
 /// Where each row differs from the shift, as one bit per column.
 struct Supports {
     d: usize,
-    /// `ceil(d / 64)` words per row.
-    words: usize,
+    /// `words()` per row.
     bits: Vec<u64>,
 }
 
@@ -268,30 +267,29 @@ impl Supports {
         if !finite {
             return Err(Error::NonFinite("PCA input".into()));
         }
-        Ok(Supports { d, words, bits })
+        Ok(Supports { d, bits })
+    }
+
+    /// 64-bit words per row.
+    fn words(&self) -> usize {
+        self.d.div_ceil(64)
     }
 
     fn row(&self, i: u32) -> &[u64] {
-        &self.bits[i as usize * self.words..][..self.words]
+        let w = self.words();
+        &self.bits[i as usize * w..][..w]
     }
 
     /// Row indices ordered by the first and last column of their support, or for images
     /// `(height, width)` by its bounding box (top, bottom, left, right). Ties keep their
     /// input order, so the order (and the rounding) is reproducible.
     fn order(&self, image: Option<(usize, usize)>) -> Vec<u32> {
-        let n = self.bits.len() / self.words;
+        let n = self.bits.len() / self.words();
         let key = |i: u32| -> u64 {
             let bits = self.row(i);
             match image {
                 None => {
-                    let first = bits
-                        .iter()
-                        .position(|&w| w != 0)
-                        .map_or(self.d, |w| 64 * w + bits[w].trailing_zeros() as usize);
-                    let last = bits
-                        .iter()
-                        .rposition(|&w| w != 0)
-                        .map_or(0, |w| 64 * w + 63 - bits[w].leading_zeros() as usize);
+                    let (first, last) = bit_span(bits, 0, self.d).unwrap_or((self.d, 0));
                     ((first as u64) << 32) | last as u64
                 }
                 Some((h, w)) => {
@@ -400,7 +398,7 @@ impl BlockAccumulator {
     fn add(&mut self, data: &[f32], rows: &[u32], shift: &[f32], supports: &Supports) {
         let d = self.d;
         let row = |i: u32| &data[i as usize * d..(i as usize + 1) * d];
-        let mut active = vec![0u64; supports.words];
+        let mut active = vec![0u64; supports.words()];
         for &i in rows {
             for (a, &b) in active.iter_mut().zip(supports.row(i)) {
                 *a |= b;

@@ -6,6 +6,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::gemm::gemm;
+use crate::nn::reduce::update_sum;
 use crate::nn::{Linear, Module, Param};
 use crate::optim::Adam;
 use crate::{Error, Float, Result};
@@ -101,28 +102,15 @@ impl<F: Float> Workspace<F> {
     }
 }
 
-/// `y <- scale (y - t)`, returning the sum of squares of `y - t`. Eight running sums:
-/// one serial sum is a chain of dependent adds that cannot vectorise, and it measured a
-/// fifth of a training step.
+/// `y <- scale (y - t)`, returning the sum of squares of `y - t`, in the lane sums of
+/// [`crate::nn::reduce`]: one serial sum is a chain of dependent adds that cannot
+/// vectorise, and it measured a fifth of a training step.
 fn residual_in_place<F: Float>(y: &mut [F], t: &[F], scale: F) -> F {
-    const LANES: usize = 8;
-    debug_assert_eq!(y.len(), t.len());
-    let mut acc = [F::zero(); LANES];
-    let mut ys = y.chunks_exact_mut(LANES);
-    let mut ts = t.chunks_exact(LANES);
-    for (yb, tb) in (&mut ys).zip(&mut ts) {
-        for l in 0..LANES {
-            let r = yb[l] - tb[l];
-            acc[l] += r * r;
-            yb[l] = scale * r;
-        }
-    }
-    for (yv, &tv) in ys.into_remainder().iter_mut().zip(ts.remainder()) {
-        let r = *yv - tv;
-        acc[0] += r * r;
-        *yv = scale * r;
-    }
-    acc.iter().fold(F::zero(), |a, &b| a + b)
+    update_sum(y, t, |y, t| {
+        let r = *y - t;
+        *y = scale * r;
+        r * r
+    })
 }
 
 /// `y = x w^T + b` on the calling thread.

@@ -376,9 +376,10 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
     let per = n.div_ceil(parts).max(1);
     let gs = group_size(p, per);
-    let split = too_few(n.div_ceil(per));
+    let used = n.div_ceil(per);
+    let split = too_few(used);
     let taps = Taps::new(g);
-    let partials: Vec<Array2<F>> = (0..n.div_ceil(per))
+    let partials: Vec<Array2<F>> = (0..used)
         .into_par_iter()
         .map(|part| {
             let mut acc = Array2::<F>::zeros(dw.raw_dim());

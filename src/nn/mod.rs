@@ -13,7 +13,7 @@ mod conv_transpose2d;
 pub mod im2col;
 mod linear;
 mod param;
-mod reduce;
+pub(crate) mod reduce;
 mod reshape;
 mod sequential;
 

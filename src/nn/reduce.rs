@@ -45,6 +45,25 @@ pub(crate) fn sum_map2_pair<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F, g
     (total(acc_f), total(acc_g))
 }
 
+/// `sum_i f(&mut y[i], t[i])`, where `f` may update `y[i]` and returns the term to sum:
+/// a map and a reduction in one pass.
+#[inline]
+pub(crate) fn update_sum<F: Float>(y: &mut [F], t: &[F], f: impl Fn(&mut F, F) -> F) -> F {
+    debug_assert_eq!(y.len(), t.len());
+    let mut acc = [F::zero(); LANES];
+    let mut ys = y.chunks_exact_mut(LANES);
+    let mut ts = t.chunks_exact(LANES);
+    for (yb, tb) in (&mut ys).zip(&mut ts) {
+        for l in 0..LANES {
+            acc[l] += f(&mut yb[l], tb[l]);
+        }
+    }
+    for (yv, &tv) in ys.into_remainder().iter_mut().zip(ts.remainder()) {
+        acc[0] += f(yv, tv);
+    }
+    acc.iter().fold(F::zero(), |s, &v| s + v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +82,15 @@ mod tests {
             let d1: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let d2: f64 = a.iter().zip(&b).map(|(x, y)| x - y).sum();
             assert!((s1 - d1).abs() <= 1e-12 * d1.abs().max(1.0) && (s2 - d2).abs() <= 1e-12 * d2.abs().max(1.0));
+            let mut y = a.clone();
+            let s3 = update_sum(&mut y, &b, |y, t| {
+                let r = *y - t;
+                *y = 2.0 * r;
+                r * r
+            });
+            let d3: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            assert!((s3 - d3).abs() <= 1e-12 * d3.max(1.0), "n = {n}");
+            assert!(y.iter().zip(a.iter().zip(&b)).all(|(y, (x, t))| *y == 2.0 * (x - t)));
         }
     }
 }
