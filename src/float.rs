@@ -14,6 +14,7 @@ pub trait Float:
     + num_traits::FromPrimitive
     + ndarray::LinalgScalar
     + ndarray::ScalarOperand
+    + rustfft::FftNum
     + Send
     + Sync
     + Debug

@@ -7,7 +7,8 @@ use latent::loss::{self, Reduction};
 use latent::models::{ConvAe, LinearAe};
 use latent::nn::PixelBias;
 use latent::nn::{
-    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Layer, Linear, Mode, Module,
+    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvAlgorithm, ConvOptions, ConvTranspose2d, Layer, Linear, Mode,
+    Module,
 };
 use ndarray::{ArrayD, Ix2};
 use rand::{Rng, SeedableRng};
@@ -76,13 +77,20 @@ fn conv2d_gradients_match_finite_differences() {
         (2, 2, 9, 9, 2, (3, 3), 1, 2, 2, true),
         (2, 3, 10, 10, 2, (4, 4), 2, 0, 1, true),
     ] {
-        let opts = ConvOptions::default().stride(s).padding(p).dilation(d).bias(bias);
-        let mut layer = Conv2d::<f64>::new("conv", c, o, k, opts, &mut rng);
-        check_layer(
-            &format!("Conv2d {opts:?} k{k:?}"),
-            &mut layer,
-            rand_array(&[n, c, h, w], 6),
-        );
+        for algo in algorithms(s) {
+            let opts = ConvOptions::default()
+                .stride(s)
+                .padding(p)
+                .dilation(d)
+                .bias(bias)
+                .algorithm(algo);
+            let mut layer = Conv2d::<f64>::new("conv", c, o, k, opts, &mut rng);
+            check_layer(
+                &format!("Conv2d {opts:?} k{k:?}"),
+                &mut layer,
+                rand_array(&[n, c, h, w], 6),
+            );
+        }
     }
 }
 
@@ -96,18 +104,31 @@ fn conv_transpose2d_gradients_match_finite_differences() {
         (1, 2, 4, 4, 2, (3, 2), 1, 1, 0, 2),
         (2, 4, 3, 3, 1, (5, 5), 1, 0, 0, 1),
         (2, 2, 4, 3, 2, (3, 3), 3, 1, 2, 1),
+        (2, 2, 4, 4, 2, (3, 3), 1, 2, 1, 2),
     ] {
-        let opts = ConvOptions::default()
-            .stride(s)
-            .padding(p)
-            .output_padding(op)
-            .dilation(d);
-        let mut layer = ConvTranspose2d::<f64>::new("convt", c, o, k, opts, &mut rng);
-        check_layer(
-            &format!("ConvTranspose2d {opts:?} k{k:?}"),
-            &mut layer,
-            rand_array(&[n, c, h, w], 7),
-        );
+        for algo in algorithms(s) {
+            let opts = ConvOptions::default()
+                .stride(s)
+                .padding(p)
+                .output_padding(op)
+                .dilation(d)
+                .algorithm(algo);
+            let mut layer = ConvTranspose2d::<f64>::new("convt", c, o, k, opts, &mut rng);
+            check_layer(
+                &format!("ConvTranspose2d {opts:?} k{k:?}"),
+                &mut layer,
+                rand_array(&[n, c, h, w], 7),
+            );
+        }
+    }
+}
+
+/// Both algorithms where the stride allows the Fourier path, im2col alone otherwise.
+fn algorithms(stride: usize) -> Vec<ConvAlgorithm> {
+    if stride == 1 {
+        vec![ConvAlgorithm::Unfold, ConvAlgorithm::Fourier]
+    } else {
+        vec![ConvAlgorithm::Unfold]
     }
 }
 
@@ -298,7 +319,7 @@ fn a_batch_of_one_splits_its_products_and_agrees_with_the_batch() {
         let err = (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert!(err <= 1e-12 * scale, "{what}: {err:.2e} of {scale:.2e}");
     };
-    let opts = ConvOptions::default().padding(1);
+    let opts = ConvOptions::default().padding(1).algorithm(ConvAlgorithm::Unfold);
     // Per image 16 x 200 x 324 multiply-adds: above the size at which products split.
     for transposed in [false, true] {
         let (x, w) = if transposed {

@@ -8,6 +8,7 @@ use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
 use latent::models::{ConvAe, ConvVae, DcganVae, StridedVae};
 use latent::nn::{
+    ConvAlgorithm,
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
     ConvOptions, Mode,
@@ -105,9 +106,19 @@ fn conv_opts(fx: &Fixture) -> ConvOptions {
         .bias(fx.settings["bias"].as_bool().unwrap())
 }
 
+/// Each convolution fixture through both algorithms: im2col always, and the Fourier path
+/// where the stride is 1 (the file name of a report gains the algorithm).
 fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
-    let transposed = fx.kind == "conv_transpose2d";
     let opts = conv_opts(fx);
+    conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Unfold), r);
+    if opts.stride == (1, 1) {
+        conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Fourier), r);
+    }
+}
+
+fn conv_with<F: Float>(fx: &Fixture, opts: ConvOptions, r: &mut Report) {
+    let transposed = fx.kind == "conv_transpose2d";
+    let file = format!("{} ({:?})", fx.file, opts.algorithm);
     let kernel: Vec<usize> = fx.settings["kernel"]
         .as_array()
         .unwrap()
@@ -128,7 +139,7 @@ fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
         conv2d_forward(x.view(), w.view(), bv, &opts)
     }
     .unwrap();
-    r.check(&fx.file, "y", &y.into_dyn(), &fx.get("y"));
+    r.check(&file, "y", &y.into_dyn(), &fx.get("y"));
     let mut dw = ndarray::Array4::zeros(w.raw_dim());
     let mut db = b.as_ref().map(|b| ndarray::Array1::zeros(b.raw_dim()));
     let dbv = db.as_mut().map(|d| d.view_mut());
@@ -139,10 +150,10 @@ fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
     }
     .unwrap()
     .unwrap();
-    r.check(&fx.file, "dx", &dx.into_dyn(), &fx.get("dx"));
-    r.check(&fx.file, "dw", &dw.into_dyn(), &fx.get("dw"));
+    r.check(&file, "dx", &dx.into_dyn(), &fx.get("dx"));
+    r.check(&file, "dw", &dw.into_dyn(), &fx.get("dw"));
     if let Some(db) = db {
-        r.check(&fx.file, "db", &db.into_dyn(), &fx.get("db"));
+        r.check(&file, "db", &db.into_dyn(), &fx.get("db"));
     }
 }
 

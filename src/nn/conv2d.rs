@@ -2,7 +2,8 @@
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, CowArray, Ix4};
 
-use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
+use super::conv_algorithm::{correlate, fold, weight_grad, ConvAlgorithm};
+use super::im2col::ConvGeom;
 use crate::{Error, Float, Result};
 
 /// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
@@ -19,6 +20,8 @@ pub struct ConvOptions {
     pub output_padding: (usize, usize),
     /// Whether the layer has a bias.
     pub bias: bool,
+    /// How the products are computed (im2col or per frequency); the same result either way.
+    pub algorithm: ConvAlgorithm,
 }
 
 impl Default for ConvOptions {
@@ -29,6 +32,7 @@ impl Default for ConvOptions {
             dilation: (1, 1),
             output_padding: (0, 0),
             bias: true,
+            algorithm: ConvAlgorithm::Auto,
         }
     }
 }
@@ -57,6 +61,11 @@ impl ConvOptions {
     /// With or without bias.
     pub fn bias(mut self, bias: bool) -> Self {
         self.bias = bias;
+        self
+    }
+    /// The algorithm computing the products (default [`ConvAlgorithm::Auto`]).
+    pub fn algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
         self
     }
 }
@@ -103,7 +112,7 @@ pub fn conv2d_forward<F: Float>(
             .view_mut()
             .into_shape_with_order((n, o, g.col_cols()))
             .expect("contiguous");
-        unfold_gemm(xm, &g, wm, yv);
+        correlate(opts.algorithm, xm, &g, wm, yv)?;
     }
     if let Some(b) = b {
         add_channel_bias(y.view_mut(), b);
@@ -177,7 +186,7 @@ pub(crate) fn conv2d_backward_params<F: Float>(
     let dwm = dw
         .into_shape_with_order((w.shape()[0], g.col_rows()))
         .expect("contiguous weight gradient");
-    weight_grad(dym, xm, &g, dwm);
+    weight_grad(opts.algorithm, dym, xm, &g, dwm)?;
     Ok(())
 }
 
@@ -202,7 +211,7 @@ pub(crate) fn conv2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("standard-layout dx");
-    gemm_fold(dym, &g, wm, dxm);
+    fold(opts.algorithm, dym, &g, wm, dxm)?;
     Ok(())
 }
 

@@ -4,7 +4,8 @@
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowArray, Ix4};
 
 use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
-use super::im2col::{gemm_fold, unfold_gemm, weight_grad, ConvGeom};
+use super::conv_algorithm::{correlate, fold, weight_grad};
+use super::im2col::ConvGeom;
 use crate::{Error, Float, Result};
 
 /// The geometry of the convolution this one transposes: unfolding the *output* image
@@ -31,8 +32,11 @@ fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
     let (s, p, d, op) = (opts.stride, opts.padding, opts.dilation, opts.output_padding);
     let ho = side(x[2], w[2], s.0, p.0, d.0, op.0)?;
     let wo = side(x[3], w[3], s.1, p.1, d.1, op.1)?;
-    let g = ConvGeom::new(w[1], (ho, wo), (w[2], w[3]), s, p, d)?;
-    debug_assert_eq!((g.oh, g.ow), (x[2], x[3]));
+    let mut g = ConvGeom::new(w[1], (ho, wo), (w[2], w[3]), s, p, d)?;
+    // Output padding below the dilation (stride 1) leaves the convolution room for more
+    // kernel positions than the input has rows: those positions read nothing.
+    debug_assert!(g.oh >= x[2] && g.ow >= x[3]);
+    (g.oh, g.ow) = (x[2], x[3]);
     Ok(g)
 }
 
@@ -59,7 +63,7 @@ pub fn conv_transpose2d_forward<F: Float>(
             .view_mut()
             .into_shape_with_order((n, g.c * g.h * g.w))
             .expect("contiguous");
-        gemm_fold(xm, &g, wm, ym);
+        fold(opts.algorithm, xm, &g, wm, ym)?;
     }
     if let Some(b) = b {
         add_channel_bias(y.view_mut(), b);
@@ -114,7 +118,7 @@ pub(crate) fn conv_transpose2d_backward_params<F: Float>(
     let dwm = dw
         .into_shape_with_order((ci, g.col_rows()))
         .expect("contiguous weight gradient");
-    weight_grad(xm, dym, &g, dwm);
+    weight_grad(opts.algorithm, xm, dym, &g, dwm)?;
     Ok(())
 }
 
@@ -139,7 +143,7 @@ pub(crate) fn conv_transpose2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("standard-layout dx");
-    unfold_gemm(dym, &g, wm, dxm);
+    correlate(opts.algorithm, dym, &g, wm, dxm)?;
     Ok(())
 }
 

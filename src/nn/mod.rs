@@ -8,6 +8,7 @@ mod activation;
 mod batch_norm2d;
 mod bias;
 mod conv2d;
+mod conv_algorithm;
 mod conv_layer;
 mod conv_transpose2d;
 pub mod im2col;
@@ -16,6 +17,7 @@ mod param;
 pub(crate) mod reduce;
 mod reshape;
 mod sequential;
+mod spectral;
 
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
 pub use batch_norm2d::{
@@ -23,6 +25,7 @@ pub use batch_norm2d::{
 };
 pub use bias::PixelBias;
 pub use conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
+pub use conv_algorithm::ConvAlgorithm;
 pub use conv_layer::{Conv2d, ConvDirection, ConvLayer, ConvTranspose2d, Direct, Transposed};
 pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward};
 pub use linear::{linear_backward, linear_forward, Linear};

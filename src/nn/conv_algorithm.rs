@@ -1,0 +1,87 @@
+//! Which algorithm computes a convolution's three products (forward correlation, input
+//! gradient, weight gradient), and the routing to it: [`super::im2col`] (unfolding and
+//! GEMM, any geometry) or [`super::spectral`] (per frequency, stride 1).
+
+use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
+
+use super::im2col::{gemm_fold, unfold_gemm, ConvGeom};
+use super::{im2col, spectral};
+use crate::{Error, Float, Result};
+
+/// How a convolution layer computes its products. Both give the same result up to
+/// rounding; they differ in speed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// The Fourier path where it is expected to be faster (stride 1, many channels, a
+    /// kernel of 3x3 or more, a batch of 4 or more), im2col otherwise.
+    #[default]
+    Auto,
+    /// im2col + GEMM, always.
+    Unfold,
+    /// Per frequency of the FFT'd planes; an error for strides other than 1.
+    Fourier,
+}
+
+impl ConvAlgorithm {
+    /// Whether the products of `n` images of geometry `g`, with `rows` channels on the
+    /// other side of the weight, go through the Fourier path.
+    fn fourier(self, g: &ConvGeom, rows: usize, n: usize) -> Result<bool> {
+        match self {
+            ConvAlgorithm::Auto => Ok(spectral::preferred(g, rows, n)),
+            ConvAlgorithm::Unfold => Ok(false),
+            ConvAlgorithm::Fourier if spectral::supports(g) => Ok(true),
+            ConvAlgorithm::Fourier => Err(Error::InvalidArgument(format!(
+                "the Fourier convolution needs stride 1, not {:?}",
+                g.stride
+            ))),
+        }
+    }
+}
+
+/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]).
+pub(crate) fn correlate<F: Float>(
+    algo: ConvAlgorithm,
+    inp: ArrayView2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    out: ArrayViewMut3<F>,
+) -> Result<()> {
+    if algo.fourier(g, wmat.nrows(), inp.nrows())? {
+        spectral::correlate(inp, g, wmat, out);
+    } else {
+        unfold_gemm(inp, g, wmat, out);
+    }
+    Ok(())
+}
+
+/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]).
+pub(crate) fn fold<F: Float>(
+    algo: ConvAlgorithm,
+    src: ArrayView3<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    out: ArrayViewMut2<F>,
+) -> Result<()> {
+    if algo.fourier(g, wmat.nrows(), src.shape()[0])? {
+        spectral::fold(src, g, wmat, out);
+    } else {
+        gemm_fold(src, g, wmat, out);
+    }
+    Ok(())
+}
+
+/// `dw += sum_n a[n] · im2col(b[n])'` (see [`im2col::weight_grad`]).
+pub(crate) fn weight_grad<F: Float>(
+    algo: ConvAlgorithm,
+    a: ArrayView3<F>,
+    b: ArrayView2<F>,
+    g: &ConvGeom,
+    dw: ArrayViewMut2<F>,
+) -> Result<()> {
+    if algo.fourier(g, a.shape()[1], a.shape()[0])? {
+        spectral::weight_grad(a, b, g, dw);
+    } else {
+        im2col::weight_grad(a, b, g, dw);
+    }
+    Ok(())
+}

@@ -1,0 +1,627 @@
+//! Stride-1 convolutions in the Fourier domain: the three products every convolution layer
+//! is made of ([`correlate`], [`fold`], [`weight_grad`], the same contracts as
+//! [`super::im2col`]'s `unfold_gemm`, `gemm_fold` and `weight_grad`), computed frequency by
+//! frequency.
+//!
+//! Why: in im2col form a `kh x kw` kernel costs `kh * kw` multiply-adds per output and
+//! channel pair (25 for the notebooks' 5x5 kernels). Per frequency of a cyclic `H x W`
+//! plane it costs one complex product, 4 real ones, over `H * (W/2 + 1)` frequencies, plus
+//! one transform of each image plane in and one back: for 32 -> 32 channels on MNIST's
+//! 24x24 maps that is 2-3x less work than the direct products.
+//!
+//! How: every plane (an image channel, a kernel) is embedded at the top-left of a cyclic
+//! `H x W` plane with `H >= h + ph` and `H >= oh` (so that no tap that reads the padding
+//! wraps onto a pixel), kernels at the cyclic offset `-p` with their taps `d` apart. Then
+//! the forward correlation is `X conj(K)`, the fold (input gradient) `K S`, the weight
+//! gradient `conj(A) X`, each summed over channels: per frequency, one real GEMM on the
+//! stacked real and imaginary parts (`[Xr Xi] [[Kr', -Ki'], [Ki', Kr']]`). Two real planes
+//! share one complex transform (`a + ib`), separated by Hermitian symmetry; only the
+//! `W/2 + 1` non-redundant columns of frequencies are kept.
+
+use std::sync::Arc;
+
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use rayon::prelude::*;
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
+
+use super::im2col::ConvGeom;
+use crate::gemm::gemm;
+use crate::Float;
+
+type C<F> = Complex<F>;
+
+/// Images whose spectra are multiplied together: enough rows for an efficient GEMM per
+/// frequency, few enough that a chunk's spectra stay in cache.
+const CHUNK: usize = 32;
+
+/// Whether the Fourier path can compute convolutions of this geometry (stride 1).
+pub(crate) fn supports(g: &ConvGeom) -> bool {
+    g.stride == (1, 1)
+}
+
+/// Whether the Fourier path is expected to beat im2col for `n` images of geometry `g`
+/// with `rows` channels on the other side of the weight: counts multiply-adds of both,
+/// the transforms at `2.5 N log2 N` per plane, and asks for a 2x margin (the GEMMs per
+/// frequency are small and the transforms move data).
+pub(crate) fn preferred(g: &ConvGeom, rows: usize, n: usize) -> bool {
+    if !supports(g) || n < 4 {
+        return false;
+    }
+    let (hh, ww) = plane_size(g);
+    let bins = (hh * (ww / 2 + 1)) as f64;
+    let area = (hh * ww) as f64;
+    let direct = (g.kernel.0 * g.kernel.1 * g.oh * g.ow * rows * g.c) as f64;
+    let spectral = 4.0 * bins * (rows * g.c) as f64 + 2.5 * (rows + g.c) as f64 * area * area.log2();
+    2.0 * spectral < direct
+}
+
+/// The cyclic plane for `g`: the smallest sizes made of the factors 2, 3 and 5 with
+/// `H >= max(h + ph, oh)` (and the same across).
+fn plane_size(g: &ConvGeom) -> (usize, usize) {
+    (
+        smooth_size((g.h + g.padding.0).max(g.oh)),
+        smooth_size((g.w + g.padding.1).max(g.ow)),
+    )
+}
+
+/// The smallest `m >= n` whose only prime factors are 2, 3 and 5.
+fn smooth_size(n: usize) -> usize {
+    (n.max(1)..)
+        .find(|&m| {
+            let mut m = m;
+            for p in [2, 3, 5] {
+                while m % p == 0 {
+                    m /= p;
+                }
+            }
+            m == 1
+        })
+        .expect("some smooth size")
+}
+
+/// At most two contiguous runs of rows covering the cyclic run `start .. start + len` of
+/// a plane with `n` rows.
+fn cyclic_runs(start: usize, len: usize, n: usize) -> [(usize, usize); 2] {
+    if len >= n {
+        return [(0, n), (0, 0)];
+    }
+    let s = start % n;
+    if s + len <= n {
+        [(s, s + len), (0, 0)]
+    } else {
+        [(s, n), (0, s + len - n)]
+    }
+}
+
+/// Where a plane sits in the cyclic plane: its size, the cyclic offset of its first
+/// element, and the step between its elements (the dilation, for kernels).
+#[derive(Debug, Clone, Copy)]
+struct Placement {
+    dims: (usize, usize),
+    offset: (usize, usize),
+    step: (usize, usize),
+}
+
+impl Placement {
+    fn image(dims: (usize, usize)) -> Self {
+        Placement {
+            dims,
+            offset: (0, 0),
+            step: (1, 1),
+        }
+    }
+}
+
+/// The transforms of one geometry's cyclic plane.
+struct Plan<F: Float> {
+    hh: usize,
+    ww: usize,
+    /// Columns of non-redundant frequencies, `W/2 + 1`.
+    half: usize,
+    row_fwd: Arc<dyn Fft<F>>,
+    row_inv: Arc<dyn Fft<F>>,
+    col_fwd: Arc<dyn Fft<F>>,
+    col_inv: Arc<dyn Fft<F>>,
+    scratch: usize,
+}
+
+/// One thread's buffers for transforming planes.
+struct PlaneWork<F> {
+    /// The plane, `H` rows of `W`.
+    z: Vec<C<F>>,
+    /// Its transpose, `W` columns of `H` (frequencies end up here, column-major).
+    zt: Vec<C<F>>,
+    scratch: Vec<C<F>>,
+    /// Half-plane spectra of the two planes of a pair, `bins` each.
+    sa: Vec<C<F>>,
+    sb: Vec<C<F>>,
+}
+
+impl<F: Float> Plan<F> {
+    fn new(g: &ConvGeom) -> Self {
+        let (hh, ww) = plane_size(g);
+        let mut planner = FftPlanner::<F>::new();
+        let row_fwd = planner.plan_fft_forward(ww);
+        let row_inv = planner.plan_fft_inverse(ww);
+        let col_fwd = planner.plan_fft_forward(hh);
+        let col_inv = planner.plan_fft_inverse(hh);
+        let scratch = [&row_fwd, &row_inv, &col_fwd, &col_inv]
+            .iter()
+            .map(|f| f.get_inplace_scratch_len())
+            .max()
+            .unwrap_or(0);
+        Plan {
+            hh,
+            ww,
+            half: ww / 2 + 1,
+            row_fwd,
+            row_inv,
+            col_fwd,
+            col_inv,
+            scratch,
+        }
+    }
+
+    /// Frequencies kept per plane: `H * (W/2 + 1)`, indexed `kx * H + ky`.
+    fn bins(&self) -> usize {
+        self.hh * self.half
+    }
+
+    /// `1 / (H W)`: the inverse transform's normalisation.
+    fn scale(&self) -> F {
+        F::one() / F::lit((self.hh * self.ww) as f64)
+    }
+
+    fn work(&self) -> PlaneWork<F> {
+        let zero = C::new(F::zero(), F::zero());
+        PlaneWork {
+            z: vec![zero; self.hh * self.ww],
+            zt: vec![zero; self.hh * self.ww],
+            scratch: vec![zero; self.scratch],
+            sa: vec![zero; self.bins()],
+            sb: vec![zero; self.bins()],
+        }
+    }
+
+    /// The half-plane spectra of the real planes `a` and `b` (`b` absent: zero), placed as
+    /// `at` says, into `wk.sa` and `wk.sb`.
+    fn forward_pair(&self, a: &[F], b: Option<&[F]>, at: Placement, wk: &mut PlaneWork<F>) {
+        let (hh, ww) = (self.hh, self.ww);
+        let (ph, pw) = at.dims;
+        wk.z.fill(C::new(F::zero(), F::zero()));
+        for i in 0..ph {
+            let zr = &mut wk.z[((at.offset.0 + i * at.step.0) % hh) * ww..][..ww];
+            let ar = &a[i * pw..][..pw];
+            let br = b.map(|b| &b[i * pw..][..pw]);
+            for j in 0..pw {
+                let im = br.map_or(F::zero(), |br| br[j]);
+                zr[(at.offset.1 + j * at.step.1) % ww] = C::new(ar[j], im);
+            }
+        }
+        // Rows of the cyclic plane that hold data; the others transform to zero.
+        let span = (ph - 1) * at.step.0 + 1;
+        for (r0, r1) in cyclic_runs(at.offset.0, span, hh) {
+            if r1 > r0 {
+                self.row_fwd
+                    .process_with_scratch(&mut wk.z[r0 * ww..r1 * ww], &mut wk.scratch);
+            }
+        }
+        transpose::transpose(&wk.z, &mut wk.zt, ww, hh);
+        self.col_fwd.process_with_scratch(&mut wk.zt, &mut wk.scratch);
+        // Z = A + iB with A, B Hermitian: A = (Z(f) + conj Z(-f)) / 2, B = (Z(f) - conj Z(-f)) / 2i.
+        let half = F::lit(0.5);
+        for kx in 0..self.half {
+            let mx = (ww - kx) % ww;
+            for ky in 0..hh {
+                let my = (hh - ky) % hh;
+                let z = wk.zt[kx * hh + ky];
+                let zm = wk.zt[mx * hh + my].conj();
+                let (s, d) = (z + zm, z - zm);
+                wk.sa[kx * hh + ky] = C::new(s.re * half, s.im * half);
+                wk.sb[kx * hh + ky] = C::new(d.im * half, -d.re * half);
+            }
+        }
+    }
+
+    /// The inverse of [`Plan::forward_pair`] (unnormalised): from the half-plane spectra
+    /// in `wk.sa`, `wk.sb`, leaves `a + ib` in `wk.z`, its rows transformed only over the
+    /// cyclic run `rows` that the caller reads.
+    fn inverse_pair(&self, rows: (usize, usize), wk: &mut PlaneWork<F>) {
+        let (hh, ww) = (self.hh, self.ww);
+        for kx in 0..ww {
+            let col = &mut wk.zt[kx * hh..][..hh];
+            if kx < self.half {
+                for (ky, z) in col.iter_mut().enumerate() {
+                    let (a, b) = (wk.sa[kx * hh + ky], wk.sb[kx * hh + ky]);
+                    *z = C::new(a.re - b.im, a.im + b.re);
+                }
+            } else {
+                // The redundant half: A(f) = conj A(-f), so Z(f) = conj A(-f) + i conj B(-f).
+                let mx = ww - kx;
+                for (ky, z) in col.iter_mut().enumerate() {
+                    let m = mx * hh + (hh - ky) % hh;
+                    let (a, b) = (wk.sa[m], wk.sb[m]);
+                    *z = C::new(a.re + b.im, b.re - a.im);
+                }
+            }
+        }
+        self.col_inv.process_with_scratch(&mut wk.zt, &mut wk.scratch);
+        transpose::transpose(&wk.zt, &mut wk.z, hh, ww);
+        for (r0, r1) in cyclic_runs(rows.0, rows.1, hh) {
+            if r1 > r0 {
+                self.row_inv
+                    .process_with_scratch(&mut wk.z[r0 * ww..r1 * ww], &mut wk.scratch);
+            }
+        }
+    }
+
+    /// Reads the planes of a pair out of `wk.z` (after [`Plan::inverse_pair`]), scaled.
+    fn read_pair(&self, at: Placement, scale: F, wk: &PlaneWork<F>, mut read: impl FnMut(usize, F, F)) {
+        let (ph, pw) = at.dims;
+        for i in 0..ph {
+            let zr = &wk.z[((at.offset.0 + i * at.step.0) % self.hh) * self.ww..][..self.ww];
+            for j in 0..pw {
+                let z = zr[(at.offset.1 + j * at.step.1) % self.ww];
+                read(i * pw + j, z.re * scale, z.im * scale);
+            }
+        }
+    }
+
+    /// The spectra of the `nc` planes of one image `x` (each placed as `at`) into image
+    /// `j` of `spec`, laid out `[bins][m][2 nc]`: real parts, then imaginary parts.
+    fn transform_image(&self, x: &[F], nc: usize, at: Placement, spec: &mut [F], m: usize, j: usize, wk: &mut PlaneWork<F>) {
+        let plane = at.dims.0 * at.dims.1;
+        let width = 2 * nc;
+        for ch in (0..nc).step_by(2) {
+            let paired = ch + 1 < nc;
+            let b = paired.then(|| &x[(ch + 1) * plane..][..plane]);
+            self.forward_pair(&x[ch * plane..][..plane], b, at, wk);
+            for f in 0..self.bins() {
+                let row = &mut spec[(f * m + j) * width..][..width];
+                row[ch] = wk.sa[f].re;
+                row[nc + ch] = wk.sa[f].im;
+                if paired {
+                    row[ch + 1] = wk.sb[f].re;
+                    row[nc + ch + 1] = wk.sb[f].im;
+                }
+            }
+        }
+    }
+
+    /// The inverse of [`Plan::transform_image`]: overwrites the `nc` planes of `out`
+    /// (`dims` each, at the top-left) from image `j` of `spec`, unscaled.
+    fn restore_image(&self, spec: &[F], m: usize, j: usize, nc: usize, dims: (usize, usize), out: &mut [F], wk: &mut PlaneWork<F>) {
+        let plane = dims.0 * dims.1;
+        let width = 2 * nc;
+        let zero = C::new(F::zero(), F::zero());
+        for ch in (0..nc).step_by(2) {
+            let paired = ch + 1 < nc;
+            for f in 0..self.bins() {
+                let row = &spec[(f * m + j) * width..][..width];
+                wk.sa[f] = C::new(row[ch], row[nc + ch]);
+                wk.sb[f] = if paired {
+                    C::new(row[ch + 1], row[nc + ch + 1])
+                } else {
+                    zero
+                };
+            }
+            self.inverse_pair((0, dims.0), wk);
+            let (lo, hi) = out[ch * plane..].split_at_mut(plane);
+            let hi = if paired { &mut hi[..plane] } else { &mut [][..] };
+            self.read_pair(Placement::image(dims), F::one(), wk, |k, a, b| {
+                lo[k] = a;
+                if paired {
+                    hi[k] = b;
+                }
+            });
+        }
+    }
+
+    /// Where `g`'s kernels sit: taps `d` apart from the cyclic offset `-p`.
+    fn kernel_placement(&self, g: &ConvGeom) -> Placement {
+        Placement {
+            dims: g.kernel,
+            offset: (
+                (self.hh - g.padding.0 % self.hh) % self.hh,
+                (self.ww - g.padding.1 % self.ww) % self.ww,
+            ),
+            step: g.dilation,
+        }
+    }
+
+    /// The spectra of the `rows x c` kernels of `wmat` (`[rows, c*kh*kw]`), kernel
+    /// `k = r * c + ch` at `[k * bins ..]`. Parallel over pairs of kernels.
+    fn kernel_spectra(&self, g: &ConvGeom, wmat: &[F], nk: usize) -> Vec<C<F>> {
+        let bins = self.bins();
+        let kk = g.kernel.0 * g.kernel.1;
+        let at = self.kernel_placement(g);
+        let mut spec = vec![C::new(F::zero(), F::zero()); nk * bins];
+        spec.par_chunks_mut(2 * bins)
+            .enumerate()
+            .for_each_init(
+                || self.work(),
+                |wk, (pair, out)| {
+                    let k = 2 * pair;
+                    let b = (k + 1 < nk).then(|| &wmat[(k + 1) * kk..][..kk]);
+                    self.forward_pair(&wmat[k * kk..][..kk], b, at, wk);
+                    out[..bins].copy_from_slice(&wk.sa);
+                    if b.is_some() {
+                        out[bins..].copy_from_slice(&wk.sb);
+                    }
+                },
+            );
+        spec
+    }
+}
+
+/// How a frequency's real GEMM operand is built from the kernel spectra `K[r, ch]`.
+#[derive(Clone, Copy)]
+enum Product {
+    /// `[Xr Xi] (m x 2c) · [[Kr', -Ki'], [Ki', Kr']] (2c x 2rows)` = `X conj(K)'`.
+    Correlate,
+    /// `[Sr Si] (m x 2rows) · [[Kr, Ki], [-Ki, Kr]] (2rows x 2c)` = `S K`.
+    Fold,
+}
+
+/// Per frequency, the `4 rows c` real block matrix of `product` from the kernel spectra,
+/// scaled by `scale` (the inverse transform's normalisation, folded in once here).
+fn kernel_blocks<F: Float>(spec: &[C<F>], bins: usize, rows: usize, c: usize, product: Product, scale: F) -> Vec<F> {
+    let size = 4 * rows * c;
+    let mut blocks = vec![F::zero(); bins * size];
+    blocks.par_chunks_mut(size).enumerate().for_each(|(f, blk)| {
+        for r in 0..rows {
+            for ch in 0..c {
+                let k = spec[(r * c + ch) * bins + f];
+                let (re, im) = (k.re * scale, k.im * scale);
+                match product {
+                    Product::Correlate => {
+                        let w = 2 * rows;
+                        blk[ch * w + r] = re;
+                        blk[ch * w + rows + r] = -im;
+                        blk[(c + ch) * w + r] = im;
+                        blk[(c + ch) * w + rows + r] = re;
+                    }
+                    Product::Fold => {
+                        let w = 2 * c;
+                        blk[r * w + ch] = re;
+                        blk[r * w + c + ch] = im;
+                        blk[(rows + r) * w + ch] = -im;
+                        blk[(rows + r) * w + c + ch] = re;
+                    }
+                }
+            }
+        }
+    });
+    blocks
+}
+
+/// Images per thread: the batch split into one contiguous run per worker.
+fn per_thread(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1)).max(1)
+}
+
+/// Transforms each image of `inp` (`nc_in` planes placed as `at_in`), multiplies every
+/// frequency by its block of `blocks` (`2 nc_in x 2 nc_out`), and writes the `nc_out`
+/// planes of `dims_out` back into `out`. Parallel over runs of images.
+fn through_blocks<F: Float>(
+    plan: &Plan<F>,
+    inp: ArrayView2<F>,
+    (nc_in, at_in): (usize, Placement),
+    blocks: &[F],
+    (nc_out, dims_out): (usize, (usize, usize)),
+    mut out: ArrayViewMut2<F>,
+) {
+    let bins = plan.bins();
+    let (wi, wo) = (2 * nc_in, 2 * nc_out);
+    let per = per_thread(inp.nrows());
+    out.axis_chunks_iter_mut(Axis(0), per)
+        .into_par_iter()
+        .zip(inp.axis_chunks_iter(Axis(0), per))
+        .for_each(|(mut o, x)| {
+            let mut wk = plan.work();
+            let mmax = CHUNK.min(x.nrows());
+            let mut sin = vec![F::zero(); bins * mmax * wi];
+            let mut sout = vec![F::zero(); bins * mmax * wo];
+            for (mut oc, xc) in o
+                .axis_chunks_iter_mut(Axis(0), CHUNK)
+                .zip(x.axis_chunks_iter(Axis(0), CHUNK))
+            {
+                let m = xc.nrows();
+                for (j, xj) in xc.outer_iter().enumerate() {
+                    let xs = xj.as_slice().expect("contiguous sample");
+                    plan.transform_image(xs, nc_in, at_in, &mut sin, m, j, &mut wk);
+                }
+                for f in 0..bins {
+                    let a = ArrayView2::from_shape((m, wi), &sin[f * m * wi..][..m * wi]).expect("sized");
+                    let b = ArrayView2::from_shape((wi, wo), &blocks[f * wi * wo..][..wi * wo]).expect("sized");
+                    let c = ArrayViewMut2::from_shape((m, wo), &mut sout[f * m * wo..][..m * wo]).expect("sized");
+                    gemm(F::one(), a, b, F::zero(), c);
+                }
+                for (j, mut oj) in oc.outer_iter_mut().enumerate() {
+                    let os = oj.as_slice_mut().expect("contiguous sample");
+                    plan.restore_image(&sout, m, j, nc_out, dims_out, os, &mut wk);
+                }
+            }
+        });
+}
+
+/// Flattens `[n, a, b]` to `[n, a*b]` (standard layout expected).
+fn rows_of<'a, F: Float>(v: ArrayViewMut3<'a, F>) -> ArrayViewMut2<'a, F> {
+    let (n, a, b) = v.dim();
+    v.into_shape_with_order((n, a * b)).expect("standard-layout output")
+}
+
+/// `out[n] = wmat · im2col(inp[n])`, as `im2col::unfold_gemm`: `inp` `[N, c*h*w]`,
+/// `wmat` `[rows, c*kh*kw]`, `out` `[N, rows, oh*ow]`. Stride 1 only.
+pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
+    debug_assert!(supports(g));
+    let plan = Plan::<F>::new(g);
+    let rows = wmat.nrows();
+    let wmat = wmat.as_standard_layout();
+    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+    let blocks = kernel_blocks(&spec, plan.bins(), rows, g.c, Product::Correlate, plan.scale());
+    let inp = inp.as_standard_layout();
+    through_blocks(
+        &plan,
+        inp.view(),
+        (g.c, Placement::image((g.h, g.w))),
+        &blocks,
+        (rows, (g.oh, g.ow)),
+        rows_of(out),
+    );
+}
+
+/// `out[n] = col2im(wmat' · src[n])`, as `im2col::gemm_fold`: `src` `[N, rows, oh*ow]`,
+/// `wmat` `[rows, c*kh*kw]`, `out` `[N, c*h*w]` (overwritten). Stride 1 only.
+pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
+    debug_assert!(supports(g));
+    let plan = Plan::<F>::new(g);
+    let rows = wmat.nrows();
+    let wmat = wmat.as_standard_layout();
+    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+    let blocks = kernel_blocks(&spec, plan.bins(), rows, g.c, Product::Fold, plan.scale());
+    let src = src.as_standard_layout();
+    let (n, r, p) = src.dim();
+    let srcm = src.view().into_shape_with_order((n, r * p)).expect("standard layout");
+    through_blocks(
+        &plan,
+        srcm,
+        (rows, Placement::image((g.oh, g.ow))),
+        &blocks,
+        (g.c, (g.h, g.w)),
+        out,
+    );
+}
+
+/// `dw += sum_n a[n] · im2col(b[n])'`, as `im2col::weight_grad`: `a` `[N, rows, oh*ow]`,
+/// `b` `[N, c*h*w]`, `dw` `[rows, c*kh*kw]`. Per thread, the products `conj(A) B` summed
+/// over its images at every frequency; then summed over threads and transformed back.
+pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
+    debug_assert!(supports(g));
+    let plan = Plan::<F>::new(g);
+    let (n, rows, p) = a.dim();
+    let c = g.c;
+    let bins = plan.bins();
+    let (wa, wb) = (2 * rows, 2 * c);
+    let a = a.as_standard_layout();
+    let am = a.view().into_shape_with_order((n, rows * p)).expect("standard layout");
+    let b = b.as_standard_layout();
+    let per = per_thread(n);
+    let sums: Vec<Vec<F>> = am
+        .axis_chunks_iter(Axis(0), per)
+        .into_par_iter()
+        .zip(b.axis_chunks_iter(Axis(0), per))
+        .map(|(ap, bp)| {
+            let mut wk = plan.work();
+            let mmax = CHUNK.min(ap.nrows());
+            let mut sa = vec![F::zero(); bins * mmax * wa];
+            let mut sb = vec![F::zero(); bins * mmax * wb];
+            let mut acc = vec![F::zero(); bins * wa * wb];
+            for (ac, bc) in ap
+                .axis_chunks_iter(Axis(0), CHUNK)
+                .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
+            {
+                let m = ac.nrows();
+                for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
+                    let at = Placement::image((g.oh, g.ow));
+                    plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, &mut sa, m, j, &mut wk);
+                    let bt = Placement::image((g.h, g.w));
+                    plan.transform_image(bj.as_slice().expect("contiguous"), c, bt, &mut sb, m, j, &mut wk);
+                }
+                for f in 0..bins {
+                    let x = ArrayView2::from_shape((m, wa), &sa[f * m * wa..][..m * wa]).expect("sized");
+                    let y = ArrayView2::from_shape((m, wb), &sb[f * m * wb..][..m * wb]).expect("sized");
+                    let z = ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
+                    gemm(F::one(), x.t(), y, F::one(), z);
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut parts = sums.into_iter();
+    let mut acc = parts.next().unwrap_or_else(|| vec![F::zero(); bins * wa * wb]);
+    for part in parts {
+        acc.iter_mut().zip(&part).for_each(|(s, &v)| *s += v);
+    }
+    // conj(A) B = (Ar'Br + Ai'Bi) + i (Ar'Bi - Ai'Br), blockwise; kernel k = r * c + ch.
+    let nk = rows * c;
+    let mut spec = vec![C::new(F::zero(), F::zero()); nk * bins];
+    spec.par_chunks_mut(bins).enumerate().for_each(|(k, s)| {
+        let (r, ch) = (k / c, k % c);
+        for (f, z) in s.iter_mut().enumerate() {
+            let blk = &acc[f * wa * wb..][..wa * wb];
+            let re = blk[r * wb + ch] + blk[(rows + r) * wb + c + ch];
+            let im = blk[r * wb + c + ch] - blk[(rows + r) * wb + ch];
+            *z = C::new(re, im);
+        }
+    });
+    let kk = g.kernel.0 * g.kernel.1;
+    let at = plan.kernel_placement(g);
+    let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
+    taps.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || plan.work(),
+            |wk, (pair, mut t)| {
+                let k = 2 * pair;
+                wk.sa.copy_from_slice(&spec[k * bins..][..bins]);
+                if k + 1 < nk {
+                    wk.sb.copy_from_slice(&spec[(k + 1) * bins..][..bins]);
+                } else {
+                    wk.sb.fill(C::new(F::zero(), F::zero()));
+                }
+                plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk);
+                plan.read_pair(at, plan.scale(), wk, |i, x, y| {
+                    t[i] = x;
+                    t[kk + i] = y;
+                });
+            },
+        );
+    for k in 0..nk {
+        let (r, ch) = (k / c, k % c);
+        let src = taps.row(k / 2);
+        let src = src.slice(ndarray::s![(k % 2) * kk..(k % 2 + 1) * kk]);
+        let mut dst = dw.slice_mut(ndarray::s![r, ch * kk..(ch + 1) * kk]);
+        dst += &src;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smooth_sizes_and_cyclic_runs() {
+        assert_eq!(smooth_size(24), 24);
+        assert_eq!(smooth_size(29), 30);
+        assert_eq!(smooth_size(7), 8);
+        assert_eq!(smooth_size(121), 125);
+        assert_eq!(cyclic_runs(3, 4, 10), [(3, 7), (0, 0)]);
+        assert_eq!(cyclic_runs(8, 4, 10), [(8, 10), (0, 2)]);
+        assert_eq!(cyclic_runs(5, 12, 10), [(0, 10), (0, 0)]);
+    }
+
+    /// A pair of real planes through the transform and back, at a wrapped offset with a
+    /// step (a dilated kernel at `-p`), comes back unchanged.
+    #[test]
+    fn a_pair_of_planes_survives_the_round_trip() {
+        let g = ConvGeom::new(2, (9, 7), (3, 2), (1, 1), (2, 1), (2, 3)).unwrap();
+        let plan = Plan::<f64>::new(&g);
+        let mut wk = plan.work();
+        let at = plan.kernel_placement(&g);
+        let a: Vec<f64> = (0..6).map(|i| (i as f64 * 0.7).sin()).collect();
+        let b: Vec<f64> = (0..6).map(|i| (i as f64 * 1.3).cos()).collect();
+        plan.forward_pair(&a, Some(&b), at, &mut wk);
+        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk);
+        let (mut ra, mut rb) = (vec![0.0; 6], vec![0.0; 6]);
+        plan.read_pair(at, plan.scale(), &wk, |k, x, y| {
+            ra[k] = x;
+            rb[k] = y;
+        });
+        for k in 0..6 {
+            assert!((ra[k] - a[k]).abs() < 1e-14 && (rb[k] - b[k]).abs() < 1e-14, "{k}");
+        }
+    }
+}
