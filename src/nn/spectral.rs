@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
+use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
@@ -189,14 +189,39 @@ impl<F: Float> Plan<F> {
     fn forward_pair(&self, a: &[F], b: Option<&[F]>, at: Placement, wk: &mut PlaneWork<F>) {
         let (hh, ww) = (self.hh, self.ww);
         let (ph, pw) = at.dims;
-        wk.z.fill(C::new(F::zero(), F::zero()));
-        for i in 0..ph {
-            let zr = &mut wk.z[((at.offset.0 + i * at.step.0) % hh) * ww..][..ww];
-            let ar = &a[i * pw..][..pw];
-            let br = b.map(|b| &b[i * pw..][..pw]);
-            for j in 0..pw {
-                let im = br.map_or(F::zero(), |br| br[j]);
-                zr[(at.offset.1 + j * at.step.1) % ww] = C::new(ar[j], im);
+        let zero = C::new(F::zero(), F::zero());
+        if at.offset == (0, 0) && at.step == (1, 1) {
+            // An image at the top-left: rows copied straight, the rest zeroed.
+            for (i, zr) in wk.z.chunks_exact_mut(ww).enumerate() {
+                if i >= ph {
+                    zr.fill(zero);
+                    continue;
+                }
+                let ar = &a[i * pw..][..pw];
+                match b {
+                    Some(b) => {
+                        for ((z, &x), &y) in zr.iter_mut().zip(ar).zip(&b[i * pw..][..pw]) {
+                            *z = C::new(x, y);
+                        }
+                    }
+                    None => {
+                        for (z, &x) in zr.iter_mut().zip(ar) {
+                            *z = C::new(x, F::zero());
+                        }
+                    }
+                }
+                zr[pw..].fill(zero);
+            }
+        } else {
+            wk.z.fill(zero);
+            for i in 0..ph {
+                let zr = &mut wk.z[((at.offset.0 + i * at.step.0) % hh) * ww..][..ww];
+                let ar = &a[i * pw..][..pw];
+                let br = b.map(|b| &b[i * pw..][..pw]);
+                for j in 0..pw {
+                    let im = br.map_or(F::zero(), |br| br[j]);
+                    zr[(at.offset.1 + j * at.step.1) % ww] = C::new(ar[j], im);
+                }
             }
         }
         // Rows of the cyclic plane that hold data; the others transform to zero.
@@ -212,14 +237,17 @@ impl<F: Float> Plan<F> {
         // Z = A + iB with A, B Hermitian: A = (Z(f) + conj Z(-f)) / 2, B = (Z(f) - conj Z(-f)) / 2i.
         let half = F::lit(0.5);
         for kx in 0..self.half {
-            let mx = (ww - kx) % ww;
+            let mx = if kx == 0 { 0 } else { ww - kx };
+            let col = &wk.zt[kx * hh..][..hh];
+            let mirror = &wk.zt[mx * hh..][..hh];
+            let sa = &mut wk.sa[kx * hh..][..hh];
+            let sb = &mut wk.sb[kx * hh..][..hh];
             for ky in 0..hh {
-                let my = (hh - ky) % hh;
-                let z = wk.zt[kx * hh + ky];
-                let zm = wk.zt[mx * hh + my].conj();
+                let my = if ky == 0 { 0 } else { hh - ky };
+                let (z, zm) = (col[ky], mirror[my].conj());
                 let (s, d) = (z + zm, z - zm);
-                wk.sa[kx * hh + ky] = C::new(s.re * half, s.im * half);
-                wk.sb[kx * hh + ky] = C::new(d.im * half, -d.re * half);
+                sa[ky] = C::new(s.re * half, s.im * half);
+                sb[ky] = C::new(d.im * half, -d.re * half);
             }
         }
     }
@@ -232,16 +260,16 @@ impl<F: Float> Plan<F> {
         for kx in 0..ww {
             let col = &mut wk.zt[kx * hh..][..hh];
             if kx < self.half {
-                for (ky, z) in col.iter_mut().enumerate() {
-                    let (a, b) = (wk.sa[kx * hh + ky], wk.sb[kx * hh + ky]);
+                let (ca, cb) = (&wk.sa[kx * hh..][..hh], &wk.sb[kx * hh..][..hh]);
+                for ((z, a), b) in col.iter_mut().zip(ca).zip(cb) {
                     *z = C::new(a.re - b.im, a.im + b.re);
                 }
             } else {
                 // The redundant half: A(f) = conj A(-f), so Z(f) = conj A(-f) + i conj B(-f).
-                let mx = ww - kx;
+                let (ma, mb) = (&wk.sa[(ww - kx) * hh..][..hh], &wk.sb[(ww - kx) * hh..][..hh]);
                 for (ky, z) in col.iter_mut().enumerate() {
-                    let m = mx * hh + (hh - ky) % hh;
-                    let (a, b) = (wk.sa[m], wk.sb[m]);
+                    let my = if ky == 0 { 0 } else { hh - ky };
+                    let (a, b) = (ma[my], mb[my]);
                     *z = C::new(a.re + b.im, b.re - a.im);
                 }
             }
@@ -269,21 +297,25 @@ impl<F: Float> Plan<F> {
     }
 
     /// The spectra of the `nc` planes of one image `x` (each placed as `at`) into image
-    /// `j` of `spec`, laid out `[bins][m][2 nc]`: real parts, then imaginary parts.
-    fn transform_image(&self, x: &[F], nc: usize, at: Placement, spec: &mut [F], m: usize, j: usize, wk: &mut PlaneWork<F>) {
+    /// `j` of `spec`, laid out `[m][bins][2 nc]`: per frequency, real parts then imaginary
+    /// parts. Frequency `f` of a chunk is then the matrix at `f * 2 nc` with row stride
+    /// `bins * 2 nc`, ready for a GEMM without any transposition.
+    fn transform_image(&self, x: &[F], nc: usize, at: Placement, spec: &mut [F], j: usize, wk: &mut PlaneWork<F>) {
         let plane = at.dims.0 * at.dims.1;
         let width = 2 * nc;
+        let bins = self.bins();
+        let image = &mut spec[j * bins * width..][..bins * width];
         for ch in (0..nc).step_by(2) {
             let paired = ch + 1 < nc;
             let b = paired.then(|| &x[(ch + 1) * plane..][..plane]);
             self.forward_pair(&x[ch * plane..][..plane], b, at, wk);
-            for f in 0..self.bins() {
-                let row = &mut spec[(f * m + j) * width..][..width];
-                row[ch] = wk.sa[f].re;
-                row[nc + ch] = wk.sa[f].im;
+            let rows = image.chunks_exact_mut(width);
+            for ((row, a), b) in rows.zip(&wk.sa).zip(&wk.sb) {
+                row[ch] = a.re;
+                row[nc + ch] = a.im;
                 if paired {
-                    row[ch + 1] = wk.sb[f].re;
-                    row[nc + ch + 1] = wk.sb[f].im;
+                    row[ch + 1] = b.re;
+                    row[nc + ch + 1] = b.im;
                 }
             }
         }
@@ -291,30 +323,37 @@ impl<F: Float> Plan<F> {
 
     /// The inverse of [`Plan::transform_image`]: overwrites the `nc` planes of `out`
     /// (`dims` each, at the top-left) from image `j` of `spec`, unscaled.
-    fn restore_image(&self, spec: &[F], m: usize, j: usize, nc: usize, dims: (usize, usize), out: &mut [F], wk: &mut PlaneWork<F>) {
+    fn restore_image(&self, spec: &[F], j: usize, nc: usize, dims: (usize, usize), out: &mut [F], wk: &mut PlaneWork<F>) {
         let plane = dims.0 * dims.1;
         let width = 2 * nc;
+        let bins = self.bins();
+        let image = &spec[j * bins * width..][..bins * width];
         let zero = C::new(F::zero(), F::zero());
         for ch in (0..nc).step_by(2) {
             let paired = ch + 1 < nc;
-            for f in 0..self.bins() {
-                let row = &spec[(f * m + j) * width..][..width];
-                wk.sa[f] = C::new(row[ch], row[nc + ch]);
-                wk.sb[f] = if paired {
+            let rows = image.chunks_exact(width);
+            for ((row, a), b) in rows.zip(&mut wk.sa).zip(&mut wk.sb) {
+                *a = C::new(row[ch], row[nc + ch]);
+                *b = if paired {
                     C::new(row[ch + 1], row[nc + ch + 1])
                 } else {
                     zero
                 };
             }
             self.inverse_pair((0, dims.0), wk);
+            // Planes at the top-left: rows read straight.
             let (lo, hi) = out[ch * plane..].split_at_mut(plane);
-            let hi = if paired { &mut hi[..plane] } else { &mut [][..] };
-            self.read_pair(Placement::image(dims), F::one(), wk, |k, a, b| {
-                lo[k] = a;
-                if paired {
-                    hi[k] = b;
+            for (i, zr) in wk.z.chunks_exact(self.ww).take(dims.0).enumerate() {
+                let zr = &zr[..dims.1];
+                for (o, z) in lo[i * dims.1..][..dims.1].iter_mut().zip(zr) {
+                    *o = z.re;
                 }
-            });
+                if paired {
+                    for (o, z) in hi[i * dims.1..][..dims.1].iter_mut().zip(zr) {
+                        *o = z.im;
+                    }
+                }
+            }
         }
     }
 
@@ -421,29 +460,42 @@ fn through_blocks<F: Float>(
         .for_each(|(mut o, x)| {
             let mut wk = plan.work();
             let mmax = CHUNK.min(x.nrows());
-            let mut sin = vec![F::zero(); bins * mmax * wi];
-            let mut sout = vec![F::zero(); bins * mmax * wo];
-            for (mut oc, xc) in o
-                .axis_chunks_iter_mut(Axis(0), CHUNK)
-                .zip(x.axis_chunks_iter(Axis(0), CHUNK))
-            {
-                let m = xc.nrows();
-                for (j, xj) in xc.outer_iter().enumerate() {
-                    let xs = xj.as_slice().expect("contiguous sample");
-                    plan.transform_image(xs, nc_in, at_in, &mut sin, m, j, &mut wk);
+            // Thread-local buffers: every entry is written before it is read.
+            F::with_scratch(bins * mmax * wi, bins * mmax * wo, |sin, sout| {
+                for (mut oc, xc) in o
+                    .axis_chunks_iter_mut(Axis(0), CHUNK)
+                    .zip(x.axis_chunks_iter(Axis(0), CHUNK))
+                {
+                    let m = xc.nrows();
+                    for (j, xj) in xc.outer_iter().enumerate() {
+                        let xs = xj.as_slice().expect("contiguous sample");
+                        plan.transform_image(xs, nc_in, at_in, sin, j, &mut wk);
+                    }
+                    for f in 0..bins {
+                        let a = frequency(sin, f, m, bins, wi);
+                        let b = ArrayView2::from_shape((wi, wo), &blocks[f * wi * wo..][..wi * wo]).expect("sized");
+                        gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
+                    }
+                    for (j, mut oj) in oc.outer_iter_mut().enumerate() {
+                        let os = oj.as_slice_mut().expect("contiguous sample");
+                        plan.restore_image(sout, j, nc_out, dims_out, os, &mut wk);
+                    }
                 }
-                for f in 0..bins {
-                    let a = ArrayView2::from_shape((m, wi), &sin[f * m * wi..][..m * wi]).expect("sized");
-                    let b = ArrayView2::from_shape((wi, wo), &blocks[f * wi * wo..][..wi * wo]).expect("sized");
-                    let c = ArrayViewMut2::from_shape((m, wo), &mut sout[f * m * wo..][..m * wo]).expect("sized");
-                    gemm(F::one(), a, b, F::zero(), c);
-                }
-                for (j, mut oj) in oc.outer_iter_mut().enumerate() {
-                    let os = oj.as_slice_mut().expect("contiguous sample");
-                    plan.restore_image(&sout, m, j, nc_out, dims_out, os, &mut wk);
-                }
-            }
+            })
         });
+}
+
+/// Frequency `f` of the `m` images of `spec` (`[m][bins][width]`): an `m x width` view
+/// with row stride `bins * width`.
+fn frequency<F: Float>(spec: &[F], f: usize, m: usize, bins: usize, width: usize) -> ArrayView2<'_, F> {
+    let len = (m - 1) * bins * width + width;
+    ArrayView2::from_shape((m, width).strides((bins * width, 1)), &spec[f * width..][..len]).expect("sized")
+}
+
+/// [`frequency`], writable.
+fn frequency_mut<F: Float>(spec: &mut [F], f: usize, m: usize, bins: usize, width: usize) -> ArrayViewMut2<'_, F> {
+    let len = (m - 1) * bins * width + width;
+    ArrayViewMut2::from_shape((m, width).strides((bins * width, 1)), &mut spec[f * width..][..len]).expect("sized")
 }
 
 /// Flattens `[n, a, b]` to `[n, a*b]` (standard layout expected).
@@ -515,27 +567,28 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
         .map(|(ap, bp)| {
             let mut wk = plan.work();
             let mmax = CHUNK.min(ap.nrows());
-            let mut sa = vec![F::zero(); bins * mmax * wa];
-            let mut sb = vec![F::zero(); bins * mmax * wb];
             let mut acc = vec![F::zero(); bins * wa * wb];
-            for (ac, bc) in ap
-                .axis_chunks_iter(Axis(0), CHUNK)
-                .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
-            {
-                let m = ac.nrows();
-                for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
-                    let at = Placement::image((g.oh, g.ow));
-                    plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, &mut sa, m, j, &mut wk);
-                    let bt = Placement::image((g.h, g.w));
-                    plan.transform_image(bj.as_slice().expect("contiguous"), c, bt, &mut sb, m, j, &mut wk);
+            F::with_scratch(bins * mmax * wa, bins * mmax * wb, |sa, sb| {
+                for (ac, bc) in ap
+                    .axis_chunks_iter(Axis(0), CHUNK)
+                    .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
+                {
+                    let m = ac.nrows();
+                    for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
+                        let at = Placement::image((g.oh, g.ow));
+                        plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, sa, j, &mut wk);
+                        let bt = Placement::image((g.h, g.w));
+                        plan.transform_image(bj.as_slice().expect("contiguous"), c, bt, sb, j, &mut wk);
+                    }
+                    for f in 0..bins {
+                        let x = frequency(sa, f, m, bins, wa);
+                        let y = frequency(sb, f, m, bins, wb);
+                        let z =
+                            ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
+                        gemm(F::one(), x.t(), y, F::one(), z);
+                    }
                 }
-                for f in 0..bins {
-                    let x = ArrayView2::from_shape((m, wa), &sa[f * m * wa..][..m * wa]).expect("sized");
-                    let y = ArrayView2::from_shape((m, wb), &sb[f * m * wb..][..m * wb]).expect("sized");
-                    let z = ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
-                    gemm(F::one(), x.t(), y, F::one(), z);
-                }
-            }
+            });
             acc
         })
         .collect();
