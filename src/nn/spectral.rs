@@ -187,6 +187,16 @@ impl<F: Float> Plan<F> {
     /// The half-plane spectra of the real planes `a` and `b` (`b` absent: zero), placed as
     /// `at` says, into `wk.sa` and `wk.sb`.
     fn forward_pair(&self, a: &[F], b: Option<&[F]>, at: Placement, wk: &mut PlaneWork<F>) {
+        self.transform_pair(a, b, at, wk);
+        let (sa, sb) = (&mut wk.sa, &mut wk.sb);
+        self.separate(&wk.zt, |f, x, y| {
+            sa[f] = x;
+            sb[f] = y;
+        });
+    }
+
+    /// The 2-D transform of `a + ib` (placed as `at`) into `wk.zt`, column-major.
+    fn transform_pair(&self, a: &[F], b: Option<&[F]>, at: Placement, wk: &mut PlaneWork<F>) {
         let (hh, ww) = (self.hh, self.ww);
         let (ph, pw) = at.dims;
         let zero = C::new(F::zero(), F::zero());
@@ -234,42 +244,51 @@ impl<F: Float> Plan<F> {
         }
         transpose::transpose(&wk.z, &mut wk.zt, ww, hh);
         self.col_fwd.process_with_scratch(&mut wk.zt, &mut wk.scratch);
-        // Z = A + iB with A, B Hermitian: A = (Z(f) + conj Z(-f)) / 2, B = (Z(f) - conj Z(-f)) / 2i.
+    }
+
+    /// Calls `put(f, A(f), B(f))` for every kept frequency of the pair whose joint
+    /// transform `Z = A + iB` is in `zt`. A and B are Hermitian (real planes), so
+    /// `A = (Z(f) + conj Z(-f)) / 2` and `B = (Z(f) - conj Z(-f)) / 2i`.
+    #[inline(always)]
+    fn separate(&self, zt: &[C<F>], mut put: impl FnMut(usize, C<F>, C<F>)) {
+        let (hh, ww) = (self.hh, self.ww);
         let half = F::lit(0.5);
         for kx in 0..self.half {
             let mx = if kx == 0 { 0 } else { ww - kx };
-            let col = &wk.zt[kx * hh..][..hh];
-            let mirror = &wk.zt[mx * hh..][..hh];
-            let sa = &mut wk.sa[kx * hh..][..hh];
-            let sb = &mut wk.sb[kx * hh..][..hh];
+            let col = &zt[kx * hh..][..hh];
+            let mirror = &zt[mx * hh..][..hh];
             for ky in 0..hh {
                 let my = if ky == 0 { 0 } else { hh - ky };
                 let (z, zm) = (col[ky], mirror[my].conj());
                 let (s, d) = (z + zm, z - zm);
-                sa[ky] = C::new(s.re * half, s.im * half);
-                sb[ky] = C::new(d.im * half, -d.re * half);
+                put(
+                    kx * hh + ky,
+                    C::new(s.re * half, s.im * half),
+                    C::new(d.im * half, -d.re * half),
+                );
             }
         }
     }
 
     /// The inverse of [`Plan::forward_pair`] (unnormalised): from the half-plane spectra
-    /// in `wk.sa`, `wk.sb`, leaves `a + ib` in `wk.z`, its rows transformed only over the
-    /// cyclic run `rows` that the caller reads.
-    fn inverse_pair(&self, rows: (usize, usize), wk: &mut PlaneWork<F>) {
+    /// `get(f) = (A(f), B(f))` of two real planes, leaves `a + ib` in `wk.z`, its rows
+    /// transformed only over the cyclic run `rows` that the caller reads.
+    #[inline(always)]
+    fn inverse_pair(&self, rows: (usize, usize), wk: &mut PlaneWork<F>, get: impl Fn(usize) -> (C<F>, C<F>)) {
         let (hh, ww) = (self.hh, self.ww);
         for kx in 0..ww {
             let col = &mut wk.zt[kx * hh..][..hh];
             if kx < self.half {
-                let (ca, cb) = (&wk.sa[kx * hh..][..hh], &wk.sb[kx * hh..][..hh]);
-                for ((z, a), b) in col.iter_mut().zip(ca).zip(cb) {
+                for (ky, z) in col.iter_mut().enumerate() {
+                    let (a, b) = get(kx * hh + ky);
                     *z = C::new(a.re - b.im, a.im + b.re);
                 }
             } else {
                 // The redundant half: A(f) = conj A(-f), so Z(f) = conj A(-f) + i conj B(-f).
-                let (ma, mb) = (&wk.sa[(ww - kx) * hh..][..hh], &wk.sb[(ww - kx) * hh..][..hh]);
+                let mx = ww - kx;
                 for (ky, z) in col.iter_mut().enumerate() {
                     let my = if ky == 0 { 0 } else { hh - ky };
-                    let (a, b) = (ma[my], mb[my]);
+                    let (a, b) = get(mx * hh + my);
                     *z = C::new(a.re + b.im, b.re - a.im);
                 }
             }
@@ -308,16 +327,16 @@ impl<F: Float> Plan<F> {
         for ch in (0..nc).step_by(2) {
             let paired = ch + 1 < nc;
             let b = paired.then(|| &x[(ch + 1) * plane..][..plane]);
-            self.forward_pair(&x[ch * plane..][..plane], b, at, wk);
-            let rows = image.chunks_exact_mut(width);
-            for ((row, a), b) in rows.zip(&wk.sa).zip(&wk.sb) {
+            self.transform_pair(&x[ch * plane..][..plane], b, at, wk);
+            self.separate(&wk.zt, |f, a, b| {
+                let row = &mut image[f * width..][..width];
                 row[ch] = a.re;
                 row[nc + ch] = a.im;
                 if paired {
                     row[ch + 1] = b.re;
                     row[nc + ch + 1] = b.im;
                 }
-            }
+            });
         }
     }
 
@@ -331,16 +350,15 @@ impl<F: Float> Plan<F> {
         let zero = C::new(F::zero(), F::zero());
         for ch in (0..nc).step_by(2) {
             let paired = ch + 1 < nc;
-            let rows = image.chunks_exact(width);
-            for ((row, a), b) in rows.zip(&mut wk.sa).zip(&mut wk.sb) {
-                *a = C::new(row[ch], row[nc + ch]);
-                *b = if paired {
+            self.inverse_pair((0, dims.0), wk, |f| {
+                let row = &image[f * width..][..width];
+                let b = if paired {
                     C::new(row[ch + 1], row[nc + ch + 1])
                 } else {
                     zero
                 };
-            }
-            self.inverse_pair((0, dims.0), wk);
+                (C::new(row[ch], row[nc + ch]), b)
+            });
             // Planes at the top-left: rows read straight.
             let (lo, hi) = out[ch * plane..].split_at_mut(plane);
             for (i, zr) in wk.z.chunks_exact(self.ww).take(dims.0).enumerate() {
@@ -619,13 +637,11 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
             || plan.work(),
             |wk, (pair, mut t)| {
                 let k = 2 * pair;
-                wk.sa.copy_from_slice(&spec[k * bins..][..bins]);
-                if k + 1 < nk {
-                    wk.sb.copy_from_slice(&spec[(k + 1) * bins..][..bins]);
-                } else {
-                    wk.sb.fill(C::new(F::zero(), F::zero()));
-                }
-                plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk);
+                let zero = C::new(F::zero(), F::zero());
+                plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
+                    let b = if k + 1 < nk { spec[(k + 1) * bins + f] } else { zero };
+                    (spec[k * bins + f], b)
+                });
                 plan.read_pair(at, plan.scale(), wk, |i, x, y| {
                     t[i] = x;
                     t[kk + i] = y;
@@ -667,7 +683,8 @@ mod tests {
         let a: Vec<f64> = (0..6).map(|i| (i as f64 * 0.7).sin()).collect();
         let b: Vec<f64> = (0..6).map(|i| (i as f64 * 1.3).cos()).collect();
         plan.forward_pair(&a, Some(&b), at, &mut wk);
-        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk);
+        let (sa, sb) = (wk.sa.clone(), wk.sb.clone());
+        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk, |f| (sa[f], sb[f]));
         let (mut ra, mut rb) = (vec![0.0; 6], vec![0.0; 6]);
         plan.read_pair(at, plan.scale(), &wk, |k, x, y| {
             ra[k] = x;
