@@ -119,3 +119,50 @@ fn fourier_refuses_strides() {
     assert!(err.to_string().contains("stride 1"), "{err}");
     assert!(conv2d_forward(x.view(), w.view(), None, &opts).is_ok());
 }
+
+/// A layer's backward computes both gradients in one pass that overwrites its kept input
+/// (sharing the transform of `dy` on the Fourier path): it agrees with the separate free
+/// functions, on both paths, for both directions.
+#[test]
+fn the_layers_one_pass_backward_agrees_with_the_separate_halves() {
+    use latent::nn::{Conv2d, ConvTranspose2d, Layer, Mode, Module};
+    use rand::SeedableRng;
+    for algo in [ConvAlgorithm::Unfold, ConvAlgorithm::Fourier] {
+        for transposed in [false, true] {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let opts = ConvOptions::default().padding(1).algorithm(algo);
+            let mut layer: Box<dyn Layer<f64>> = if transposed {
+                Box::new(ConvTranspose2d::<f64>::new("l", 3, 4, (3, 3), opts, &mut rng))
+            } else {
+                Box::new(Conv2d::<f64>::new("l", 3, 4, (3, 3), opts, &mut rng))
+            };
+            let x = rand_array(&[70, 3, 6, 5], 4);
+            let y = layer.forward(x.clone(), Mode::Train).unwrap();
+            let dy = rand_array(y.shape(), 5);
+            layer.zero_grad();
+            let dx = layer.backward(dy.clone(), true).unwrap().unwrap();
+            let mut params = Vec::new();
+            layer.visit_params(&mut |p| params.push(p.clone()));
+            let (w, b) = (&params[0], &params[1]);
+            let w4 = w.value.view().into_dimensionality::<Ix4>().unwrap();
+            let (x4, dy4) = (
+                x.view().into_dimensionality::<Ix4>().unwrap(),
+                dy.view().into_dimensionality::<Ix4>().unwrap(),
+            );
+            let mut dw = Array4::zeros(w4.raw_dim());
+            let mut db = Array1::zeros(b.value.len());
+            let bwd = if transposed {
+                conv_transpose2d_backward(x4, w4, dy4, &opts, true, dw.view_mut(), Some(db.view_mut()))
+            } else {
+                conv2d_backward(x4, w4, dy4, &opts, true, dw.view_mut(), Some(db.view_mut()))
+            };
+            let dx_ref = bwd.unwrap().unwrap();
+            let what = format!("{algo:?}, transposed {transposed}");
+            let dx = dx.into_dimensionality::<Ix4>().unwrap();
+            assert!(rel(&dx, &dx_ref) < 1e-13, "{what}: dx");
+            let dw_layer = w.grad.clone().into_dimensionality::<Ix4>().unwrap();
+            assert!(rel(&dw_layer, &dw) < 1e-13, "{what}: dw");
+            assert_eq!(b.grad.view().into_dimensionality::<Ix1>().unwrap(), db, "{what}: db");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, CowArray, Ix4};
 
-use super::conv_algorithm::{correlate, fold, weight_grad, ConvAlgorithm};
+use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
 use super::im2col::ConvGeom;
 use crate::{Error, Float, Result};
 
@@ -213,6 +213,38 @@ pub(crate) fn conv2d_backward_input<F: Float>(
         .expect("standard-layout dx");
     fold(opts.algorithm, dym, &g, wm, dxm)?;
     Ok(())
+}
+
+/// Both halves of [`conv2d_backward`] in one pass: `dw += ...`, `db += ...`, and the input
+/// gradient written over `x` (the kept input, standard layout), which is read first.
+pub(crate) fn conv2d_backward_over_input<F: Float>(
+    x: ArrayViewMut4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
+    check_x("conv2d input", &x.view(), w.shape()[1])?;
+    let g = geom(x.shape(), w.shape(), opts)?;
+    let (n, o) = (x.shape()[0], w.shape()[0]);
+    let dy = checked_dy(&g, n, o, &dy)?;
+    if let Some(db) = db {
+        channel_bias_grad(dy.view(), db);
+    }
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, o * g.col_cols()))
+        .expect("contiguous");
+    let xm = x
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("standard-layout input");
+    let dwm = dw
+        .into_shape_with_order((o, g.col_rows()))
+        .expect("contiguous weight gradient");
+    backward_over_input(opts.algorithm, true, dym, xm, &g, wm, dwm)
 }
 
 /// `dy` in standard layout, after checking that it is `[n, o, oh, ow]`.

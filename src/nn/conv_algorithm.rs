@@ -85,3 +85,36 @@ pub(crate) fn weight_grad<F: Float>(
     }
     Ok(())
 }
+
+/// Both gradients in one call, the input gradient written over the kept input `x` (see
+/// [`spectral::backward_over_input`]): Conv2d (`dy_is_a`) has `dy` `[N, rows*oh*ow]` and
+/// `x` `[N, c*h*w]`, ConvTranspose2d the other way round. `dw += ...`.
+pub(crate) fn backward_over_input<F: Float>(
+    algo: ConvAlgorithm,
+    dy_is_a: bool,
+    dy: ArrayView2<F>,
+    x: ArrayViewMut2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    dw: ArrayViewMut2<F>,
+) -> Result<()> {
+    let (n, rows, p) = (dy.nrows(), wmat.nrows(), g.col_cols());
+    if algo.fourier(g, rows, n)? {
+        spectral::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
+        return Ok(());
+    }
+    // im2col: the weight gradient reads x, then the input gradient overwrites it.
+    fn three<F: Float>(v: ArrayView2<'_, F>, shape: (usize, usize, usize)) -> ArrayView3<'_, F> {
+        v.into_shape_with_order(shape).expect("standard layout")
+    }
+    let three = |v| three(v, (n, rows, p));
+    if dy_is_a {
+        im2col::weight_grad(three(dy.view()), x.view(), g, dw);
+        gemm_fold(three(dy), g, wmat, x);
+    } else {
+        im2col::weight_grad(three(x.view()), dy, g, dw);
+        let x3 = x.into_shape_with_order((n, rows, p)).expect("standard layout");
+        unfold_gemm(dy, g, wmat, x3);
+    }
+    Ok(())
+}

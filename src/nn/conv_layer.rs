@@ -8,9 +8,12 @@ use std::marker::PhantomData;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
 use rand::Rng;
 
-use super::conv2d::{conv2d_backward_input, conv2d_backward_params, conv2d_forward, ConvOptions};
+use super::conv2d::{
+    conv2d_backward_input, conv2d_backward_over_input, conv2d_backward_params, conv2d_forward, ConvOptions,
+};
 use super::conv_transpose2d::{
-    conv_transpose2d_backward_input, conv_transpose2d_backward_params, conv_transpose2d_forward,
+    conv_transpose2d_backward_input, conv_transpose2d_backward_over_input, conv_transpose2d_backward_params,
+    conv_transpose2d_forward,
 };
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
@@ -47,6 +50,16 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
         dy: ArrayView4<F>,
         o: &ConvOptions,
         dx: ArrayViewMut4<F>,
+    ) -> Result<()>;
+    /// Both halves in one pass, the input gradient written over the kept input `x`
+    /// (standard layout), which is read first.
+    fn backward_over_input<F: Float>(
+        x: ArrayViewMut4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
     ) -> Result<()>;
 }
 
@@ -94,6 +107,16 @@ impl ConvDirection for Direct {
     ) -> Result<()> {
         conv2d_backward_input(x_shape, w, dy, o, dx)
     }
+    fn backward_over_input<F: Float>(
+        x: ArrayViewMut4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
+    ) -> Result<()> {
+        conv2d_backward_over_input(x, w, dy, o, dw, db)
+    }
 }
 
 impl ConvDirection for Transposed {
@@ -130,6 +153,16 @@ impl ConvDirection for Transposed {
         dx: ArrayViewMut4<F>,
     ) -> Result<()> {
         conv_transpose2d_backward_input(x_shape, w, dy, o, dx)
+    }
+    fn backward_over_input<F: Float>(
+        x: ArrayViewMut4<F>,
+        w: ArrayView4<F>,
+        dy: ArrayView4<F>,
+        o: &ConvOptions,
+        dw: ArrayViewMut4<F>,
+        db: Option<ArrayViewMut1<F>>,
+    ) -> Result<()> {
+        conv_transpose2d_backward_over_input(x, w, dy, o, dw, db)
     }
 }
 
@@ -219,20 +252,20 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
             .bias
             .as_mut()
             .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
-        D::backward_params(x.view(), w, dy, &self.opts, dw, db)?;
         if !need_dx {
+            D::backward_params(x.view(), w, dy, &self.opts, dw, db)?;
             return Ok(None);
         }
-        // dx has the input's shape and the input is no longer needed: reuse its buffer
-        // rather than allocate (and fault in) another activation-sized array.
-        let mut dx = if x.is_standard_layout() {
+        // dx has the input's shape and the input is no longer needed once read: both
+        // gradients come out of one pass that overwrites it (no second activation-sized
+        // array to allocate and fault in).
+        let mut x = if x.is_standard_layout() {
             x
         } else {
-            Array4::zeros(x.raw_dim())
+            x.as_standard_layout().into_owned()
         };
-        let shape = dx.shape().to_vec();
-        D::backward_input(&shape, w, dy, &self.opts, dx.view_mut())?;
-        Ok(Some(dx))
+        D::backward_over_input(x.view_mut(), w, dy, &self.opts, dw, db)?;
+        Ok(Some(x))
     }
 }
 

@@ -4,7 +4,7 @@
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowArray, Ix4};
 
 use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
-use super::conv_algorithm::{correlate, fold, weight_grad};
+use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad};
 use super::im2col::ConvGeom;
 use crate::{Error, Float, Result};
 
@@ -145,6 +145,37 @@ pub(crate) fn conv_transpose2d_backward_input<F: Float>(
         .expect("standard-layout dx");
     correlate(opts.algorithm, dym, &g, wm, dxm)?;
     Ok(())
+}
+
+/// Both halves of [`conv_transpose2d_backward`] in one pass: `dw += ...`, `db += ...`, and
+/// the input gradient written over `x` (the kept input, standard layout), read first.
+pub(crate) fn conv_transpose2d_backward_over_input<F: Float>(
+    x: ArrayViewMut4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
+    let g = geom(x.shape(), w.shape(), opts)?;
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let dy = checked_dy(&g, n, &dy)?;
+    if let Some(db) = db {
+        channel_bias_grad(dy.view(), db);
+    }
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    let xm = x
+        .into_shape_with_order((n, ci * g.col_cols()))
+        .expect("standard-layout input");
+    let dwm = dw
+        .into_shape_with_order((ci, g.col_rows()))
+        .expect("contiguous weight gradient");
+    backward_over_input(opts.algorithm, false, dym, xm, &g, wm, dwm)
 }
 
 /// `dy` in standard layout, after checking that it is `[n, c_out, h_out, w_out]`.

@@ -567,13 +567,12 @@ pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<
 /// `dw += sum_n a[n] · im2col(b[n])'`, as `im2col::weight_grad`: `a` `[N, rows, oh*ow]`,
 /// `b` `[N, c*h*w]`, `dw` `[rows, c*kh*kw]`. Per thread, the products `conj(A) B` summed
 /// over its images at every frequency; then summed over threads and transformed back.
-pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
+pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, dw: ArrayViewMut2<F>) {
     debug_assert!(supports(g));
     let plan = Plan::<F>::new(g);
     let (n, rows, p) = a.dim();
-    let c = g.c;
+    let (wa, wb) = (2 * rows, 2 * g.c);
     let bins = plan.bins();
-    let (wa, wb) = (2 * rows, 2 * c);
     let a = a.as_standard_layout();
     let am = a.view().into_shape_with_order((n, rows * p)).expect("standard layout");
     let b = b.as_standard_layout();
@@ -584,32 +583,120 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
         .zip(b.axis_chunks_iter(Axis(0), per))
         .map(|(ap, bp)| {
             let mut wk = plan.work();
-            let mmax = CHUNK.min(ap.nrows());
             let mut acc = vec![F::zero(); bins * wa * wb];
-            F::with_scratch(bins * mmax * wa, bins * mmax * wb, |sa, sb| {
+            F::with_scratch(bins * CHUNK.min(ap.nrows()) * wa, bins * CHUNK.min(ap.nrows()) * wb, |sa, sb| {
                 for (ac, bc) in ap
                     .axis_chunks_iter(Axis(0), CHUNK)
                     .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
                 {
-                    let m = ac.nrows();
                     for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
                         let at = Placement::image((g.oh, g.ow));
                         plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, sa, j, &mut wk);
                         let bt = Placement::image((g.h, g.w));
-                        plan.transform_image(bj.as_slice().expect("contiguous"), c, bt, sb, j, &mut wk);
+                        plan.transform_image(bj.as_slice().expect("contiguous"), g.c, bt, sb, j, &mut wk);
                     }
+                    accumulate(&mut acc, sa, sb, ac.nrows(), bins, (wa, wb));
+                }
+            });
+            acc
+        })
+        .collect();
+    finish_weight_grad(&plan, g, rows, sums, dw);
+}
+
+/// `acc[f] += conj-free A_f' B_f` for every frequency of a chunk of `m` images: the
+/// blocks `[Ar'Br, Ar'Bi; Ai'Br, Ai'Bi]` that [`finish_weight_grad`] combines.
+fn accumulate<F: Float>(acc: &mut [F], sa: &[F], sb: &[F], m: usize, bins: usize, (wa, wb): (usize, usize)) {
+    for f in 0..bins {
+        let x = frequency(sa, f, m, bins, wa);
+        let y = frequency(sb, f, m, bins, wb);
+        let z = ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
+        gemm(F::one(), x.t(), y, F::one(), z);
+    }
+}
+
+/// Both gradients of a convolution in one pass over the images, sharing the transform of
+/// `dy`: the weight gradient as [`weight_grad`] and the input gradient written over the
+/// kept input `x`, which is read first (each chunk of images is transformed before its
+/// rows are overwritten).
+///
+/// Conv2d (`dy_is_a`): `a = dy` `[N, rows*oh*ow]`, `b = x` `[N, c*h*w]`, `dx = fold(dy)`.
+/// ConvTranspose2d: `a = x`, `b = dy`, `dx = correlate(dy)`.
+pub(crate) fn backward_over_input<F: Float>(
+    dy_is_a: bool,
+    dy: ArrayView2<F>,
+    mut x: ArrayViewMut2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    dw: ArrayViewMut2<F>,
+) {
+    debug_assert!(supports(g));
+    let plan = Plan::<F>::new(g);
+    let rows = wmat.nrows();
+    let bins = plan.bins();
+    let (wa, wb) = (2 * rows, 2 * g.c);
+    let a_side = (rows, (g.oh, g.ow));
+    let b_side = (g.c, (g.h, g.w));
+    let (dy_side, x_side, product) = if dy_is_a {
+        (a_side, b_side, Product::Fold)
+    } else {
+        (b_side, a_side, Product::Correlate)
+    };
+    let (wdy, wx) = (2 * dy_side.0, 2 * x_side.0);
+    let wmat = wmat.as_standard_layout();
+    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+    let blocks = kernel_blocks(&spec, bins, rows, g.c, product, plan.scale());
+    let dy = dy.as_standard_layout();
+    let per = per_thread(dy.nrows());
+    let sums: Vec<Vec<F>> = dy
+        .axis_chunks_iter(Axis(0), per)
+        .into_par_iter()
+        .zip(x.axis_chunks_iter_mut(Axis(0), per))
+        .map(|(dyp, mut xp)| {
+            let mut wk = plan.work();
+            let mut acc = vec![F::zero(); bins * wa * wb];
+            let mmax = CHUNK.min(dyp.nrows());
+            F::with_scratch(bins * mmax * wdy, bins * mmax * wx, |sdy, sx| {
+                for (dyc, mut xc) in dyp
+                    .axis_chunks_iter(Axis(0), CHUNK)
+                    .zip(xp.axis_chunks_iter_mut(Axis(0), CHUNK))
+                {
+                    let m = dyc.nrows();
+                    for (j, (dj, xj)) in dyc.outer_iter().zip(xc.outer_iter()).enumerate() {
+                        let at = Placement::image(dy_side.1);
+                        plan.transform_image(dj.as_slice().expect("contiguous"), dy_side.0, at, sdy, j, &mut wk);
+                        let at = Placement::image(x_side.1);
+                        plan.transform_image(xj.as_slice().expect("contiguous"), x_side.0, at, sx, j, &mut wk);
+                    }
+                    if dy_is_a {
+                        accumulate(&mut acc, sdy, sx, m, bins, (wa, wb));
+                    } else {
+                        accumulate(&mut acc, sx, sdy, m, bins, (wa, wb));
+                    }
+                    // x's spectra are spent: its buffer takes dx's.
                     for f in 0..bins {
-                        let x = frequency(sa, f, m, bins, wa);
-                        let y = frequency(sb, f, m, bins, wb);
-                        let z =
-                            ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
-                        gemm(F::one(), x.t(), y, F::one(), z);
+                        let s = frequency(sdy, f, m, bins, wdy);
+                        let k = ArrayView2::from_shape((wdy, wx), &blocks[f * wdy * wx..][..wdy * wx]).expect("sized");
+                        gemm(F::one(), s, k, F::zero(), frequency_mut(sx, f, m, bins, wx));
+                    }
+                    for (j, mut xj) in xc.outer_iter_mut().enumerate() {
+                        let out = xj.as_slice_mut().expect("contiguous sample");
+                        plan.restore_image(sx, j, x_side.0, x_side.1, out, &mut wk);
                     }
                 }
             });
             acc
         })
         .collect();
+    finish_weight_grad(&plan, g, rows, sums, dw);
+}
+
+/// Sums the threads' blocks, combines them into `conj(A) B` per kernel and frequency, and
+/// adds the kernels' taps, transformed back, into `dw`.
+fn finish_weight_grad<F: Float>(plan: &Plan<F>, g: &ConvGeom, rows: usize, sums: Vec<Vec<F>>, mut dw: ArrayViewMut2<F>) {
+    let c = g.c;
+    let bins = plan.bins();
+    let (wa, wb) = (2 * rows, 2 * c);
     let mut parts = sums.into_iter();
     let mut acc = parts.next().unwrap_or_else(|| vec![F::zero(); bins * wa * wb]);
     for part in parts {
