@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use latent::models::ConvAe;
-use latent::nn::{Conv2d, ConvOptions, ConvTranspose2d, Layer, Mode};
+use latent::nn::{Conv2d, ConvAlgorithm, ConvOptions, ConvTranspose2d, Layer, Mode};
 use latent::optim::{Adam, AdamConfig};
 use ndarray::{Array4, ArrayD};
 use rand::{Rng, SeedableRng};
@@ -31,8 +31,20 @@ fn bench(c: &mut Criterion) {
         ("dcgan_convt2d_32to16_k3s2_6", true, 1024, 32, 16, 6, 3, 2),
         ("dcgan_convt2d_16to1_k4s2_13", true, 1024, 16, 1, 13, 4, 2),
     ];
-    for (name, transposed, n, ci, co, side, k, s) in cases {
-        let opts = ConvOptions::default().stride(s);
+    // The default (Auto: the Fourier path for the 32 -> 32 layers, im2col for the others),
+    // and im2col forced on the 32 -> 32 layers for comparison.
+    let runs = cases.iter().map(|&c| (c, ConvAlgorithm::Auto)).chain(
+        cases
+            .iter()
+            .filter(|c| c.0.contains("32to32"))
+            .map(|&c| (c, ConvAlgorithm::Unfold)),
+    );
+    for ((name, transposed, n, ci, co, side, k, s), algo) in runs.collect::<Vec<_>>() {
+        let name = match algo {
+            ConvAlgorithm::Unfold => format!("{name}_unfold"),
+            _ => name.to_string(),
+        };
+        let opts = ConvOptions::default().stride(s).algorithm(algo);
         let mut layer: Box<dyn Layer<f32>> = if transposed {
             Box::new(ConvTranspose2d::new("l", ci, co, (k, k), opts, &mut rng))
         } else {
@@ -41,8 +53,9 @@ fn bench(c: &mut Criterion) {
         let x = rand4(&mut rng, (n, ci, side, side)).into_dyn();
         let y = layer.forward(x.clone(), Mode::Eval).unwrap();
         let out_side = y.shape()[2];
-        // Multiply-adds of the forward: n * co * ci * k^2 * (input side^2 for a transposed
-        // conv, output side^2 for a conv); backward is twice that.
+        // Multiply-adds of the forward as a direct convolution: n * co * ci * k^2 * (input
+        // side^2 for a transposed conv, output side^2 for a conv); backward is twice that.
+        // (The Fourier path does fewer: its rate is in direct-convolution FLOPs.)
         let positions = if transposed { side * side } else { out_side * out_side };
         let flops = 2 * n * co * ci * k * k * positions;
         g.throughput(Throughput::Elements(flops as u64));
