@@ -19,20 +19,46 @@ struct Run<F> {
     db: Array1<F>,
 }
 
-fn run<F: Float>(transposed: bool, x: &Array4<F>, w: &Array4<F>, b: &Array1<F>, dy_seed: u64, opts: ConvOptions) -> Run<F> {
+fn run<F: Float>(
+    transposed: bool,
+    x: &Array4<F>,
+    w: &Array4<F>,
+    b: &Array1<F>,
+    dy_seed: u64,
+    opts: ConvOptions,
+) -> Run<F> {
     let y = if transposed {
         conv_transpose2d_forward(x.view(), w.view(), Some(b.view()), &opts)
     } else {
         conv2d_forward(x.view(), w.view(), Some(b.view()), &opts)
     }
     .unwrap();
-    let dy = rand_array(y.shape(), dy_seed).mapv(F::lit).into_dimensionality::<Ix4>().unwrap();
+    let dy = rand_array(y.shape(), dy_seed)
+        .mapv(F::lit)
+        .into_dimensionality::<Ix4>()
+        .unwrap();
     let mut dw = Array4::zeros(w.raw_dim());
     let mut db = Array1::zeros(b.raw_dim());
     let dx = if transposed {
-        conv_transpose2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), Some(db.view_mut()))
+        conv_transpose2d_backward(
+            x.view(),
+            w.view(),
+            dy.view(),
+            &opts,
+            true,
+            dw.view_mut(),
+            Some(db.view_mut()),
+        )
     } else {
-        conv2d_backward(x.view(), w.view(), dy.view(), &opts, true, dw.view_mut(), Some(db.view_mut()))
+        conv2d_backward(
+            x.view(),
+            w.view(),
+            dy.view(),
+            &opts,
+            true,
+            dw.view_mut(),
+            Some(db.view_mut()),
+        )
     }
     .unwrap()
     .unwrap();
@@ -68,7 +94,14 @@ fn fourier_and_im2col_agree_on_many_geometries() {
         let b = rand_array(&[o], seed + 2).into_dimensionality::<Ix1>().unwrap();
         let opts = ConvOptions::default().padding(p).output_padding(op).dilation(d);
         let reference = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(ConvAlgorithm::Unfold));
-        let fourier = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(ConvAlgorithm::Fourier));
+        let fourier = run(
+            transposed,
+            &x,
+            &wt,
+            &b,
+            seed + 3,
+            opts.algorithm(ConvAlgorithm::Fourier),
+        );
         let case = format!("case {i} (transposed {transposed}, n {n}, {c}->{o}, {h}x{w}, k {k:?}, p {p}, d {d})");
         for (what, a, r) in [
             ("y", &fourier.y, &reference.y),
@@ -89,7 +122,9 @@ fn fourier_in_f32_is_within_rounding_of_f64() {
     for transposed in [false, true] {
         let hw = if transposed { 20 } else { 24 };
         let x = rand_array(&[4, 32, hw, hw], 7).into_dimensionality::<Ix4>().unwrap();
-        let w = (rand_array(&[32, 32, 5, 5], 8) * 0.05).into_dimensionality::<Ix4>().unwrap();
+        let w = (rand_array(&[32, 32, 5, 5], 8) * 0.05)
+            .into_dimensionality::<Ix4>()
+            .unwrap();
         let b = rand_array(&[32], 9).into_dimensionality::<Ix1>().unwrap();
         let opts = ConvOptions::default();
         let exact = run(transposed, &x, &w, &b, 10, opts.algorithm(ConvAlgorithm::Unfold));
@@ -101,9 +136,16 @@ fn fourier_in_f32_is_within_rounding_of_f64() {
             10,
             opts.algorithm(ConvAlgorithm::Fourier),
         );
-        for (what, a, r) in [("y", &f32s.y, &exact.y), ("dx", &f32s.dx, &exact.dx), ("dw", &f32s.dw, &exact.dw)] {
+        for (what, a, r) in [
+            ("y", &f32s.y, &exact.y),
+            ("dx", &f32s.dx, &exact.dx),
+            ("dw", &f32s.dw, &exact.dw),
+        ] {
             let e = rel(a, r);
-            assert!(e < 1e-5, "transposed {transposed}: {what} relative error {e:.2e} in f32");
+            assert!(
+                e < 1e-5,
+                "transposed {transposed}: {what} relative error {e:.2e} in f32"
+            );
         }
     }
 }
@@ -125,7 +167,7 @@ fn fourier_refuses_strides() {
 /// functions, on both paths, for both directions.
 #[test]
 fn the_layers_one_pass_backward_agrees_with_the_separate_halves() {
-    use latent::nn::{Conv2d, ConvTranspose2d, Layer, Mode, Module};
+    use latent::nn::{Conv2d, ConvTranspose2d, Layer, Mode};
     use rand::SeedableRng;
     for algo in [ConvAlgorithm::Unfold, ConvAlgorithm::Fourier] {
         for transposed in [false, true] {

@@ -8,10 +8,9 @@ use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
 use latent::models::{ConvAe, ConvVae, DcganVae, StridedVae};
 use latent::nn::{
-    ConvAlgorithm,
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
-    ConvOptions, Mode,
+    ConvAlgorithm, ConvOptions, Mode,
 };
 use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};

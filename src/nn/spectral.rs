@@ -257,9 +257,9 @@ impl<F: Float> Plan<F> {
             let mx = if kx == 0 { 0 } else { ww - kx };
             let col = &zt[kx * hh..][..hh];
             let mirror = &zt[mx * hh..][..hh];
-            for ky in 0..hh {
+            for (ky, &z) in col.iter().enumerate() {
                 let my = if ky == 0 { 0 } else { hh - ky };
-                let (z, zm) = (col[ky], mirror[my].conj());
+                let zm = mirror[my].conj();
                 let (s, d) = (z + zm, z - zm);
                 put(
                     kx * hh + ky,
@@ -342,7 +342,15 @@ impl<F: Float> Plan<F> {
 
     /// The inverse of [`Plan::transform_image`]: overwrites the `nc` planes of `out`
     /// (`dims` each, at the top-left) from image `j` of `spec`, unscaled.
-    fn restore_image(&self, spec: &[F], j: usize, nc: usize, dims: (usize, usize), out: &mut [F], wk: &mut PlaneWork<F>) {
+    fn restore_image(
+        &self,
+        spec: &[F],
+        j: usize,
+        nc: usize,
+        dims: (usize, usize),
+        out: &mut [F],
+        wk: &mut PlaneWork<F>,
+    ) {
         let plane = dims.0 * dims.1;
         let width = 2 * nc;
         let bins = self.bins();
@@ -394,20 +402,18 @@ impl<F: Float> Plan<F> {
         let kk = g.kernel.0 * g.kernel.1;
         let at = self.kernel_placement(g);
         let mut spec = vec![C::new(F::zero(), F::zero()); nk * bins];
-        spec.par_chunks_mut(2 * bins)
-            .enumerate()
-            .for_each_init(
-                || self.work(),
-                |wk, (pair, out)| {
-                    let k = 2 * pair;
-                    let b = (k + 1 < nk).then(|| &wmat[(k + 1) * kk..][..kk]);
-                    self.forward_pair(&wmat[k * kk..][..kk], b, at, wk);
-                    out[..bins].copy_from_slice(&wk.sa);
-                    if b.is_some() {
-                        out[bins..].copy_from_slice(&wk.sb);
-                    }
-                },
-            );
+        spec.par_chunks_mut(2 * bins).enumerate().for_each_init(
+            || self.work(),
+            |wk, (pair, out)| {
+                let k = 2 * pair;
+                let b = (k + 1 < nk).then(|| &wmat[(k + 1) * kk..][..kk]);
+                self.forward_pair(&wmat[k * kk..][..kk], b, at, wk);
+                out[..bins].copy_from_slice(&wk.sa);
+                if b.is_some() {
+                    out[bins..].copy_from_slice(&wk.sb);
+                }
+            },
+        );
         spec
     }
 }
@@ -584,20 +590,24 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
         .map(|(ap, bp)| {
             let mut wk = plan.work();
             let mut acc = vec![F::zero(); bins * wa * wb];
-            F::with_scratch(bins * CHUNK.min(ap.nrows()) * wa, bins * CHUNK.min(ap.nrows()) * wb, |sa, sb| {
-                for (ac, bc) in ap
-                    .axis_chunks_iter(Axis(0), CHUNK)
-                    .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
-                {
-                    for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
-                        let at = Placement::image((g.oh, g.ow));
-                        plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, sa, j, &mut wk);
-                        let bt = Placement::image((g.h, g.w));
-                        plan.transform_image(bj.as_slice().expect("contiguous"), g.c, bt, sb, j, &mut wk);
+            F::with_scratch(
+                bins * CHUNK.min(ap.nrows()) * wa,
+                bins * CHUNK.min(ap.nrows()) * wb,
+                |sa, sb| {
+                    for (ac, bc) in ap
+                        .axis_chunks_iter(Axis(0), CHUNK)
+                        .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
+                    {
+                        for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
+                            let at = Placement::image((g.oh, g.ow));
+                            plan.transform_image(aj.as_slice().expect("contiguous"), rows, at, sa, j, &mut wk);
+                            let bt = Placement::image((g.h, g.w));
+                            plan.transform_image(bj.as_slice().expect("contiguous"), g.c, bt, sb, j, &mut wk);
+                        }
+                        accumulate(&mut acc, sa, sb, ac.nrows(), bins, (wa, wb));
                     }
-                    accumulate(&mut acc, sa, sb, ac.nrows(), bins, (wa, wb));
-                }
-            });
+                },
+            );
             acc
         })
         .collect();
@@ -693,7 +703,13 @@ pub(crate) fn backward_over_input<F: Float>(
 
 /// Sums the threads' blocks, combines them into `conj(A) B` per kernel and frequency, and
 /// adds the kernels' taps, transformed back, into `dw`.
-fn finish_weight_grad<F: Float>(plan: &Plan<F>, g: &ConvGeom, rows: usize, sums: Vec<Vec<F>>, mut dw: ArrayViewMut2<F>) {
+fn finish_weight_grad<F: Float>(
+    plan: &Plan<F>,
+    g: &ConvGeom,
+    rows: usize,
+    sums: Vec<Vec<F>>,
+    mut dw: ArrayViewMut2<F>,
+) {
     let c = g.c;
     let bins = plan.bins();
     let (wa, wb) = (2 * rows, 2 * c);
@@ -717,24 +733,21 @@ fn finish_weight_grad<F: Float>(plan: &Plan<F>, g: &ConvGeom, rows: usize, sums:
     let kk = g.kernel.0 * g.kernel.1;
     let at = plan.kernel_placement(g);
     let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
-    taps.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .enumerate()
-        .for_each_init(
-            || plan.work(),
-            |wk, (pair, mut t)| {
-                let k = 2 * pair;
-                let zero = C::new(F::zero(), F::zero());
-                plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
-                    let b = if k + 1 < nk { spec[(k + 1) * bins + f] } else { zero };
-                    (spec[k * bins + f], b)
-                });
-                plan.read_pair(at, plan.scale(), wk, |i, x, y| {
-                    t[i] = x;
-                    t[kk + i] = y;
-                });
-            },
-        );
+    taps.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
+        || plan.work(),
+        |wk, (pair, mut t)| {
+            let k = 2 * pair;
+            let zero = C::new(F::zero(), F::zero());
+            plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
+                let b = if k + 1 < nk { spec[(k + 1) * bins + f] } else { zero };
+                (spec[k * bins + f], b)
+            });
+            plan.read_pair(at, plan.scale(), wk, |i, x, y| {
+                t[i] = x;
+                t[kk + i] = y;
+            });
+        },
+    );
     for k in 0..nk {
         let (r, ch) = (k / c, k % c);
         let src = taps.row(k / 2);
@@ -771,7 +784,9 @@ mod tests {
         let b: Vec<f64> = (0..6).map(|i| (i as f64 * 1.3).cos()).collect();
         plan.forward_pair(&a, Some(&b), at, &mut wk);
         let (sa, sb) = (wk.sa.clone(), wk.sb.clone());
-        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk, |f| (sa[f], sb[f]));
+        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk, |f| {
+            (sa[f], sb[f])
+        });
         let (mut ra, mut rb) = (vec![0.0; 6], vec![0.0; 6]);
         plan.read_pair(at, plan.scale(), &wk, |k, x, y| {
             ra[k] = x;
