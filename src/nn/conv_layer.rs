@@ -8,12 +8,9 @@ use std::marker::PhantomData;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
 use rand::Rng;
 
-use super::conv2d::{
-    conv2d_backward_input, conv2d_backward_over_input, conv2d_backward_params, conv2d_forward, ConvOptions,
-};
+use super::conv2d::{conv2d_backward_over_input, conv2d_backward_params, conv2d_forward, ConvOptions};
 use super::conv_transpose2d::{
-    conv_transpose2d_backward_input, conv_transpose2d_backward_over_input, conv_transpose2d_backward_params,
-    conv_transpose2d_forward,
+    conv_transpose2d_backward_over_input, conv_transpose2d_backward_params, conv_transpose2d_forward,
 };
 use super::{to4, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
@@ -42,14 +39,6 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
         o: &ConvOptions,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
-    ) -> Result<()>;
-    /// The input half: overwrites `dx` (standard layout, of shape `x_shape`).
-    fn backward_input<F: Float>(
-        x_shape: &[usize],
-        w: ArrayView4<F>,
-        dy: ArrayView4<F>,
-        o: &ConvOptions,
-        dx: ArrayViewMut4<F>,
     ) -> Result<()>;
     /// Both halves in one pass, the input gradient written over the kept input `x`
     /// (standard layout), which is read first.
@@ -98,15 +87,6 @@ impl ConvDirection for Direct {
     ) -> Result<()> {
         conv2d_backward_params(x, w, dy, o, dw, db)
     }
-    fn backward_input<F: Float>(
-        x_shape: &[usize],
-        w: ArrayView4<F>,
-        dy: ArrayView4<F>,
-        o: &ConvOptions,
-        dx: ArrayViewMut4<F>,
-    ) -> Result<()> {
-        conv2d_backward_input(x_shape, w, dy, o, dx)
-    }
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
         w: ArrayView4<F>,
@@ -144,15 +124,6 @@ impl ConvDirection for Transposed {
         db: Option<ArrayViewMut1<F>>,
     ) -> Result<()> {
         conv_transpose2d_backward_params(x, w, dy, o, dw, db)
-    }
-    fn backward_input<F: Float>(
-        x_shape: &[usize],
-        w: ArrayView4<F>,
-        dy: ArrayView4<F>,
-        o: &ConvOptions,
-        dx: ArrayViewMut4<F>,
-    ) -> Result<()> {
-        conv_transpose2d_backward_input(x_shape, w, dy, o, dx)
     }
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
