@@ -427,36 +427,56 @@ enum Product {
     Fold,
 }
 
-/// Per frequency, the `4 rows c` real block matrix of `product` from the kernel spectra,
-/// scaled by `scale` (the inverse transform's normalisation, folded in once here).
-fn kernel_blocks<F: Float>(spec: &[C<F>], bins: usize, rows: usize, c: usize, product: Product, scale: F) -> Vec<F> {
-    let size = 4 * rows * c;
-    let mut blocks = vec![F::zero(); bins * size];
-    blocks.par_chunks_mut(size).enumerate().for_each(|(f, blk)| {
-        for r in 0..rows {
-            for ch in 0..c {
-                let k = spec[(r * c + ch) * bins + f];
-                let (re, im) = (k.re * scale, k.im * scale);
-                match product {
-                    Product::Correlate => {
-                        let w = 2 * rows;
-                        blk[ch * w + r] = re;
-                        blk[ch * w + rows + r] = -im;
-                        blk[(c + ch) * w + r] = im;
-                        blk[(c + ch) * w + rows + r] = re;
+/// Per frequency, the `4 rows c` real block matrix of `product` from the kernel spectra
+/// (`[k][bins]`, kernel `k = r * c + ch`), scaled by `scale` (the inverse transform's
+/// normalisation, folded in once here). Each block is written in order, row by row, into
+/// its own allocation (no zeroing pass over megabytes that are overwritten at once).
+fn kernel_blocks<F: Float>(
+    spec: &[C<F>],
+    bins: usize,
+    rows: usize,
+    c: usize,
+    product: Product,
+    scale: F,
+) -> Vec<Vec<F>> {
+    // Frequency-major first (a cache-blocked transpose), so that each block is built from
+    // one contiguous row instead of one cache line per kernel.
+    let nk = rows * c;
+    let mut by_freq = vec![C::new(F::zero(), F::zero()); nk * bins];
+    transpose::transpose(spec, &mut by_freq, bins, nk);
+    by_freq
+        .par_chunks(nk)
+        .map(|ks| {
+            let scaled = |k: &C<F>| (k.re * scale, k.im * scale);
+            let mut blk = Vec::with_capacity(4 * nk);
+            match product {
+                Product::Correlate => {
+                    // Rows ch: [Kr(r, ch) | -Ki(r, ch)] over r, then rows c + ch: [Ki | Kr].
+                    let column = |ch: usize| ks[ch..].iter().step_by(c).take(rows).map(scaled);
+                    for ch in 0..c {
+                        blk.extend(column(ch).map(|(re, _)| re));
+                        blk.extend(column(ch).map(|(_, im)| -im));
                     }
-                    Product::Fold => {
-                        let w = 2 * c;
-                        blk[r * w + ch] = re;
-                        blk[r * w + c + ch] = im;
-                        blk[(rows + r) * w + ch] = -im;
-                        blk[(rows + r) * w + c + ch] = re;
+                    for ch in 0..c {
+                        blk.extend(column(ch).map(|(_, im)| im));
+                        blk.extend(column(ch).map(|(re, _)| re));
+                    }
+                }
+                Product::Fold => {
+                    // Rows r: [Kr(r, ch) | Ki(r, ch)] over ch, then rows rows + r: [-Ki | Kr].
+                    for kr in ks.chunks_exact(c) {
+                        blk.extend(kr.iter().map(|k| scaled(k).0));
+                        blk.extend(kr.iter().map(|k| scaled(k).1));
+                    }
+                    for kr in ks.chunks_exact(c) {
+                        blk.extend(kr.iter().map(|k| -scaled(k).1));
+                        blk.extend(kr.iter().map(|k| scaled(k).0));
                     }
                 }
             }
-        }
-    });
-    blocks
+            blk
+        })
+        .collect()
 }
 
 /// Images per thread: the batch split into one contiguous run per worker.
@@ -471,7 +491,7 @@ fn through_blocks<F: Float>(
     plan: &Plan<F>,
     inp: ArrayView2<F>,
     (nc_in, at_in): (usize, Placement),
-    blocks: &[F],
+    blocks: &[Vec<F>],
     (nc_out, dims_out): (usize, (usize, usize)),
     mut out: ArrayViewMut2<F>,
 ) {
@@ -497,7 +517,7 @@ fn through_blocks<F: Float>(
                     }
                     for f in 0..bins {
                         let a = frequency(sin, f, m, bins, wi);
-                        let b = ArrayView2::from_shape((wi, wo), &blocks[f * wi * wo..][..wi * wo]).expect("sized");
+                        let b = ArrayView2::from_shape((wi, wo), &blocks[f][..]).expect("sized");
                         gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
                     }
                     for (j, mut oj) in oc.outer_iter_mut().enumerate() {
@@ -686,7 +706,7 @@ pub(crate) fn backward_over_input<F: Float>(
                     // x's spectra are spent: its buffer takes dx's.
                     for f in 0..bins {
                         let s = frequency(sdy, f, m, bins, wdy);
-                        let k = ArrayView2::from_shape((wdy, wx), &blocks[f * wdy * wx..][..wdy * wx]).expect("sized");
+                        let k = ArrayView2::from_shape((wdy, wx), &blocks[f][..]).expect("sized");
                         gemm(F::one(), s, k, F::zero(), frequency_mut(sx, f, m, bins, wx));
                     }
                     for (j, mut xj) in xc.outer_iter_mut().enumerate() {
@@ -713,23 +733,33 @@ fn finish_weight_grad<F: Float>(
     let c = g.c;
     let bins = plan.bins();
     let (wa, wb) = (2 * rows, 2 * c);
-    let mut parts = sums.into_iter();
-    let mut acc = parts.next().unwrap_or_else(|| vec![F::zero(); bins * wa * wb]);
-    for part in parts {
-        acc.iter_mut().zip(&part).for_each(|(s, &v)| *s += v);
-    }
-    // conj(A) B = (Ar'Br + Ai'Bi) + i (Ar'Bi - Ai'Br), blockwise; kernel k = r * c + ch.
+    // conj(A) B = (Ar'Br + Ai'Bi) + i (Ar'Bi - Ai'Br), blockwise, summed over the threads'
+    // parts; kernel k = r * c + ch. Built frequency by frequency (each block read in
+    // order), then transposed (cache-blocked) to one spectrum per kernel.
     let nk = rows * c;
-    let mut spec = vec![C::new(F::zero(), F::zero()); nk * bins];
-    spec.par_chunks_mut(bins).enumerate().for_each(|(k, s)| {
-        let (r, ch) = (k / c, k % c);
-        for (f, z) in s.iter_mut().enumerate() {
-            let blk = &acc[f * wa * wb..][..wa * wb];
-            let re = blk[r * wb + ch] + blk[(rows + r) * wb + c + ch];
-            let im = blk[r * wb + c + ch] - blk[(rows + r) * wb + ch];
-            *z = C::new(re, im);
+    let zero = C::new(F::zero(), F::zero());
+    let mut by_freq = vec![zero; bins * nk];
+    by_freq.par_chunks_mut(nk).enumerate().for_each(|(f, zs)| {
+        for part in &sums {
+            let blk = &part[f * wa * wb..][..wa * wb];
+            let (top, bottom) = blk.split_at(rows * wb);
+            for ((t, b), zr) in top
+                .chunks_exact(wb)
+                .zip(bottom.chunks_exact(wb))
+                .zip(zs.chunks_exact_mut(c))
+            {
+                let (rr, ri) = t.split_at(c);
+                let (ir, ii) = b.split_at(c);
+                for ((((z, &rr), &ri), &ir), &ii) in zr.iter_mut().zip(rr).zip(ri).zip(ir).zip(ii) {
+                    z.re += rr + ii;
+                    z.im += ri - ir;
+                }
+            }
         }
     });
+    let mut spec = vec![zero; nk * bins];
+    transpose::transpose(&by_freq, &mut spec, nk, bins);
+    let spectrum = |k: usize, f: usize| spec[k * bins + f];
     let kk = g.kernel.0 * g.kernel.1;
     let at = plan.kernel_placement(g);
     let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
@@ -737,10 +767,9 @@ fn finish_weight_grad<F: Float>(
         || plan.work(),
         |wk, (pair, mut t)| {
             let k = 2 * pair;
-            let zero = C::new(F::zero(), F::zero());
             plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
-                let b = if k + 1 < nk { spec[(k + 1) * bins + f] } else { zero };
-                (spec[k * bins + f], b)
+                let b = if k + 1 < nk { spectrum(k + 1, f) } else { zero };
+                (spectrum(k, f), b)
             });
             plan.read_pair(at, plan.scale(), wk, |i, x, y| {
                 t[i] = x;
