@@ -515,9 +515,9 @@ fn through_blocks<F: Float>(
                         let xs = xj.as_slice().expect("contiguous sample");
                         plan.transform_image(xs, nc_in, at_in, sin, j, &mut wk);
                     }
-                    for f in 0..bins {
+                    for (f, blk) in blocks.iter().enumerate() {
                         let a = frequency(sin, f, m, bins, wi);
-                        let b = ArrayView2::from_shape((wi, wo), &blocks[f][..]).expect("sized");
+                        let b = ArrayView2::from_shape((wi, wo), &blk[..]).expect("sized");
                         gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
                     }
                     for (j, mut oj) in oc.outer_iter_mut().enumerate() {
@@ -704,9 +704,9 @@ pub(crate) fn backward_over_input<F: Float>(
                         accumulate(&mut acc, sx, sdy, m, bins, (wa, wb));
                     }
                     // x's spectra are spent: its buffer takes dx's.
-                    for f in 0..bins {
+                    for (f, blk) in blocks.iter().enumerate() {
                         let s = frequency(sdy, f, m, bins, wdy);
-                        let k = ArrayView2::from_shape((wdy, wx), &blocks[f][..]).expect("sized");
+                        let k = ArrayView2::from_shape((wdy, wx), &blk[..]).expect("sized");
                         gemm(F::one(), s, k, F::zero(), frequency_mut(sx, f, m, bins, wx));
                     }
                     for (j, mut xj) in xc.outer_iter_mut().enumerate() {
