@@ -1,6 +1,7 @@
 //! Element-wise activations: ReLU, LeakyReLU(slope), Sigmoid, Tanh.
 
 use ndarray::{ArrayD, ArrayViewD, Zip};
+use rayon::prelude::*;
 
 use super::{Layer, Mode, Module, Param};
 use crate::loss::sigmoid;
@@ -83,13 +84,90 @@ pub fn activation_backward_inplace<F: Float>(act: Activation, saved: ArrayViewD<
     }
 }
 
-/// An activation as a layer. In training mode it keeps the one array its derivative
-/// needs (the input or the output, see [`Activation::backward_uses_output`]).
+/// What a training-mode forward keeps for the backward.
+#[derive(Debug, Clone)]
+enum Saved<F> {
+    /// Sigmoid, Tanh: the output, whose derivative is a function of it.
+    Output(ArrayD<F>),
+    /// ReLU, LeakyReLU: only the sign of each input, one byte per entry (`x > 0`), in
+    /// standard order, and the shape: a quarter of an `f32` copy, and the forward then
+    /// runs in place on the array it is handed.
+    Positive(Vec<bool>, Vec<usize>),
+}
+
+/// An activation as a layer. In training mode it keeps what its derivative needs (the
+/// output, or the signs of the input: see [`Activation::backward_uses_output`]).
 #[derive(Debug, Clone)]
 pub struct ActivationLayer<F> {
     /// Which activation.
     pub act: Activation,
-    saved: Option<ArrayD<F>>,
+    saved: Option<Saved<F>>,
+}
+
+/// Entries per task of the in-place ReLU passes.
+const SIGN_CHUNK: usize = 1 << 14;
+
+/// The factor a rectifier applies where its input is not positive: `None` for ReLU (the
+/// result is a plain zero there, as PyTorch's, whatever the input: not `0 * x`, which is
+/// `-0` or NaN for some), `Some(slope)` for LeakyReLU.
+fn negative_slope<F: Float>(act: Activation) -> Option<F> {
+    match act {
+        Activation::LeakyRelu(s) => Some(F::lit(s)),
+        _ => None,
+    }
+}
+
+/// `x = act(x)` in place for a rectifier (`slope` from [`negative_slope`]) over the
+/// standard-layout slice `x`; with `keep_signs`, returns `x > 0` for each entry.
+fn rectify_in_place<F: Float>(x: &mut [F], slope: Option<F>, keep_signs: bool) -> Option<Vec<bool>> {
+    let mut positive = keep_signs.then(|| vec![false; x.len()]);
+    // Selects, not branches: the signs of activations are coin flips to a branch
+    // predictor, and selects vectorise.
+    let run = |x: &mut [F], pos: Option<&mut [bool]>| match (pos, slope) {
+        (Some(pos), None) => x.iter_mut().zip(pos).for_each(|(v, p)| {
+            *p = *v > F::zero();
+            *v = if *p { *v } else { F::zero() };
+        }),
+        (Some(pos), Some(s)) => x.iter_mut().zip(pos).for_each(|(v, p)| {
+            *p = *v > F::zero();
+            *v = if *p { *v } else { s * *v };
+        }),
+        (None, None) => x
+            .iter_mut()
+            .for_each(|v| *v = if *v > F::zero() { *v } else { F::zero() }),
+        (None, Some(s)) => x.iter_mut().for_each(|v| *v = if *v > F::zero() { *v } else { s * *v }),
+    };
+    match (&mut positive, x.len() >= PAR_MIN) {
+        (Some(pos), true) => x
+            .par_chunks_mut(SIGN_CHUNK)
+            .zip(pos.par_chunks_mut(SIGN_CHUNK))
+            .for_each(|(x, p)| run(x, Some(p))),
+        (None, true) => x.par_chunks_mut(SIGN_CHUNK).for_each(|x| run(x, None)),
+        (pos, false) => run(x, pos.as_deref_mut()),
+    }
+    positive
+}
+
+/// `g` kept where the input was positive, replaced by `slope g` (zero for ReLU)
+/// elsewhere, in place over the standard-layout slice `g`.
+fn rectify_grad_in_place<F: Float>(g: &mut [F], positive: &[bool], slope: Option<F>) {
+    let run = |g: &mut [F], pos: &[bool]| match slope {
+        None => g
+            .iter_mut()
+            .zip(pos)
+            .for_each(|(v, &p)| *v = if p { *v } else { F::zero() }),
+        Some(s) => g
+            .iter_mut()
+            .zip(pos)
+            .for_each(|(v, &p)| *v = if p { *v } else { s * *v }),
+    };
+    if g.len() >= PAR_MIN {
+        g.par_chunks_mut(SIGN_CHUNK)
+            .zip(positive.par_chunks(SIGN_CHUNK))
+            .for_each(|(g, p)| run(g, p));
+    } else {
+        run(g, positive);
+    }
 }
 
 impl<F: Float> ActivationLayer<F> {
@@ -105,9 +183,23 @@ impl<F: Float> Module<F> for ActivationLayer<F> {
 
 impl<F: Float> Layer<F> for ActivationLayer<F> {
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
-        let y = activation_forward(self.act, x.view());
-        if mode.keeps_cache() {
-            self.saved = Some(if self.act.backward_uses_output() { y.clone() } else { x });
+        if self.act.backward_uses_output() {
+            let y = activation_forward(self.act, x.view());
+            if mode.keeps_cache() {
+                self.saved = Some(Saved::Output(y.clone()));
+            }
+            return Ok(y);
+        }
+        let mut y = if x.is_standard_layout() {
+            x
+        } else {
+            x.as_standard_layout().into_owned()
+        };
+        let shape = y.shape().to_vec();
+        let slope = negative_slope(self.act);
+        let signs = rectify_in_place(y.as_slice_mut().expect("standard layout"), slope, mode.keeps_cache());
+        if let Some(positive) = signs {
+            self.saved = Some(Saved::Positive(positive, shape));
         }
         Ok(y)
     }
@@ -117,17 +209,71 @@ impl<F: Float> Layer<F> for ActivationLayer<F> {
             .saved
             .take()
             .ok_or_else(|| Error::InvalidArgument(format!("{:?}: backward before forward", self.act)))?;
-        if dy.shape() != saved.shape() {
+        let shape = match &saved {
+            Saved::Output(y) => y.shape(),
+            Saved::Positive(_, shape) => shape.as_slice(),
+        };
+        if dy.shape() != shape {
             return Err(Error::shape(
                 format!("{:?} dy", self.act),
-                format!("{:?}", saved.shape()),
+                format!("{shape:?}"),
                 dy.shape(),
             ));
         }
-        Ok(need_dx.then(|| {
-            let mut dx = dy;
-            activation_backward_inplace(self.act, saved.view(), &mut dx);
-            dx
-        }))
+        if !need_dx {
+            return Ok(None);
+        }
+        let mut dx = dy;
+        match saved {
+            Saved::Output(y) => activation_backward_inplace(self.act, y.view(), &mut dx),
+            Saved::Positive(positive, _) => {
+                if !dx.is_standard_layout() {
+                    dx = dx.as_standard_layout().into_owned();
+                }
+                let g = dx.as_slice_mut().expect("standard layout");
+                rectify_grad_in_place(g, &positive, negative_slope(self.act));
+            }
+        }
+        Ok(Some(dx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array4, IxDyn};
+
+    /// The layer's in-place rectifiers (signs kept as bytes) give the free functions'
+    /// values and gradients exactly, on a non-standard-layout input larger than one
+    /// parallel chunk, with zeros, negative zeros and NaN among the inputs.
+    #[test]
+    fn in_place_rectifiers_match_the_free_functions() {
+        let x = Array4::from_shape_fn((3, 5, 70, 90), |(a, b, c, d)| {
+            ((a * 31 + b * 17 + c * 7 + d * 3) % 23) as f64 - 11.0
+        })
+        .permuted_axes([0, 2, 1, 3])
+        .into_dyn();
+        let mut x = x.clone();
+        x[IxDyn(&[0, 0, 0, 0])] = -0.0;
+        x[IxDyn(&[0, 0, 0, 1])] = f64::NAN;
+        let dy = x.mapv(|v| v * 0.5 + 1.0);
+        for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+            let mut layer = ActivationLayer::new(act);
+            let y = layer.forward(x.clone(), Mode::Train).unwrap();
+            let want = activation_forward(act, x.view());
+            let same = |a: &ArrayD<f64>, b: &ArrayD<f64>| {
+                a.shape() == b.shape() && a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits())
+            };
+            assert!(same(&y, &want), "{act:?} forward");
+            let dx = layer.backward(dy.clone(), true).unwrap().unwrap();
+            assert!(
+                same(&dx, &activation_backward(act, x.view(), dy.view())),
+                "{act:?} backward"
+            );
+            // Inference keeps nothing: a backward then is an error, not stale signs.
+            let mut layer = ActivationLayer::<f64>::new(act);
+            layer.forward(x.clone(), Mode::Eval).unwrap();
+            assert!(layer.backward(dy.clone(), true).is_err());
+        }
     }
 }
