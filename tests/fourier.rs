@@ -9,7 +9,21 @@ use latent::nn::{
     conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, ConvAlgorithm, ConvOptions,
 };
 use latent::Float;
-use ndarray::{Array1, Array4, Ix1, Ix4};
+use ndarray::{Array1, Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix1, Ix4};
+
+/// `conv2d_forward` / `conv_transpose2d_forward`.
+type Forward<F> = fn(ArrayView4<F>, ArrayView4<F>, Option<ArrayView1<F>>, &ConvOptions) -> latent::Result<Array4<F>>;
+
+/// `conv2d_backward` / `conv_transpose2d_backward`.
+type Backward<F> = fn(
+    ArrayView4<F>,
+    ArrayView4<F>,
+    ArrayView4<F>,
+    &ConvOptions,
+    bool,
+    ArrayViewMut4<F>,
+    Option<ArrayViewMut1<F>>,
+) -> latent::Result<Option<Array4<F>>>;
 
 /// Forward output, dx, dw and db of one convolution.
 struct Run<F> {
@@ -27,39 +41,30 @@ fn run<F: Float>(
     dy_seed: u64,
     opts: ConvOptions,
 ) -> Run<F> {
-    let y = if transposed {
-        conv_transpose2d_forward(x.view(), w.view(), Some(b.view()), &opts)
+    let (forward, backward) = if transposed {
+        (
+            conv_transpose2d_forward::<F> as Forward<F>,
+            conv_transpose2d_backward::<F> as Backward<F>,
+        )
     } else {
-        conv2d_forward(x.view(), w.view(), Some(b.view()), &opts)
-    }
-    .unwrap();
+        (conv2d_forward::<F> as Forward<F>, conv2d_backward::<F> as Backward<F>)
+    };
+    let y = forward(x.view(), w.view(), Some(b.view()), &opts).unwrap();
     let dy = rand_array(y.shape(), dy_seed)
         .mapv(F::lit)
         .into_dimensionality::<Ix4>()
         .unwrap();
     let mut dw = Array4::zeros(w.raw_dim());
     let mut db = Array1::zeros(b.raw_dim());
-    let dx = if transposed {
-        conv_transpose2d_backward(
-            x.view(),
-            w.view(),
-            dy.view(),
-            &opts,
-            true,
-            dw.view_mut(),
-            Some(db.view_mut()),
-        )
-    } else {
-        conv2d_backward(
-            x.view(),
-            w.view(),
-            dy.view(),
-            &opts,
-            true,
-            dw.view_mut(),
-            Some(db.view_mut()),
-        )
-    }
+    let dx = backward(
+        x.view(),
+        w.view(),
+        dy.view(),
+        &opts,
+        true,
+        dw.view_mut(),
+        Some(db.view_mut()),
+    )
     .unwrap()
     .unwrap();
     Run { y, dx, dw, db }

@@ -395,6 +395,15 @@ impl<F: Float> Plan<F> {
         }
     }
 
+    /// The per-frequency blocks of `product` for the kernels of `wmat` (`[rows, c*kh*kw]`):
+    /// their spectra, re-laid by [`kernel_blocks`].
+    fn kernel_blocks(&self, g: &ConvGeom, wmat: ArrayView2<F>, product: Product) -> Vec<Vec<F>> {
+        let rows = wmat.nrows();
+        let wmat = wmat.as_standard_layout();
+        let spec = self.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+        kernel_blocks(&spec, self.bins(), rows, g.c, product, self.scale())
+    }
+
     /// The spectra of the `rows x c` kernels of `wmat` (`[rows, c*kh*kw]`), kernel
     /// `k = r * c + ch` at `[k * bins ..]`. Parallel over pairs of kernels.
     fn kernel_spectra(&self, g: &ConvGeom, wmat: &[F], nk: usize) -> Vec<C<F>> {
@@ -515,11 +524,7 @@ fn through_blocks<F: Float>(
                         let xs = xj.as_slice().expect("contiguous sample");
                         plan.transform_image(xs, nc_in, at_in, sin, j, &mut wk);
                     }
-                    for (f, blk) in blocks.iter().enumerate() {
-                        let a = frequency(sin, f, m, bins, wi);
-                        let b = ArrayView2::from_shape((wi, wo), &blk[..]).expect("sized");
-                        gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
-                    }
+                    through_frequencies(blocks, sin, sout, m, bins, (wi, wo));
                     for (j, mut oj) in oc.outer_iter_mut().enumerate() {
                         let os = oj.as_slice_mut().expect("contiguous sample");
                         plan.restore_image(sout, j, nc_out, dims_out, os, &mut wk);
@@ -527,6 +532,23 @@ fn through_blocks<F: Float>(
                 }
             })
         });
+}
+
+/// `sout[f] = sin[f] · blocks[f]` at every frequency of a chunk of `m` images, the spectra
+/// laid out `[m][bins][width]` with widths `wi` in and `wo` out.
+fn through_frequencies<F: Float>(
+    blocks: &[Vec<F>],
+    sin: &[F],
+    sout: &mut [F],
+    m: usize,
+    bins: usize,
+    (wi, wo): (usize, usize),
+) {
+    for (f, blk) in blocks.iter().enumerate() {
+        let a = frequency(sin, f, m, bins, wi);
+        let b = ArrayView2::from_shape((wi, wo), &blk[..]).expect("sized");
+        gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
+    }
 }
 
 /// Frequency `f` of the `m` images of `spec` (`[m][bins][width]`): an `m x width` view
@@ -554,9 +576,7 @@ pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayV
     debug_assert!(supports(g));
     let plan = Plan::<F>::new(g);
     let rows = wmat.nrows();
-    let wmat = wmat.as_standard_layout();
-    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
-    let blocks = kernel_blocks(&spec, plan.bins(), rows, g.c, Product::Correlate, plan.scale());
+    let blocks = plan.kernel_blocks(g, wmat, Product::Correlate);
     let inp = inp.as_standard_layout();
     through_blocks(
         &plan,
@@ -574,9 +594,7 @@ pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<
     debug_assert!(supports(g));
     let plan = Plan::<F>::new(g);
     let rows = wmat.nrows();
-    let wmat = wmat.as_standard_layout();
-    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
-    let blocks = kernel_blocks(&spec, plan.bins(), rows, g.c, Product::Fold, plan.scale());
+    let blocks = plan.kernel_blocks(g, wmat, Product::Fold);
     let src = src.as_standard_layout();
     let (n, r, p) = src.dim();
     let srcm = src.view().into_shape_with_order((n, r * p)).expect("standard layout");
@@ -673,9 +691,7 @@ pub(crate) fn backward_over_input<F: Float>(
         (b_side, a_side, Product::Correlate)
     };
     let (wdy, wx) = (2 * dy_side.0, 2 * x_side.0);
-    let wmat = wmat.as_standard_layout();
-    let spec = plan.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
-    let blocks = kernel_blocks(&spec, bins, rows, g.c, product, plan.scale());
+    let blocks = plan.kernel_blocks(g, wmat, product);
     let dy = dy.as_standard_layout();
     let per = per_thread(dy.nrows());
     let sums: Vec<Vec<F>> = dy
@@ -704,11 +720,7 @@ pub(crate) fn backward_over_input<F: Float>(
                         accumulate(&mut acc, sx, sdy, m, bins, (wa, wb));
                     }
                     // x's spectra are spent: its buffer takes dx's.
-                    for (f, blk) in blocks.iter().enumerate() {
-                        let s = frequency(sdy, f, m, bins, wdy);
-                        let k = ArrayView2::from_shape((wdy, wx), &blk[..]).expect("sized");
-                        gemm(F::one(), s, k, F::zero(), frequency_mut(sx, f, m, bins, wx));
-                    }
+                    through_frequencies(&blocks, sdy, sx, m, bins, (wdy, wx));
                     for (j, mut xj) in xc.outer_iter_mut().enumerate() {
                         let out = xj.as_slice_mut().expect("contiguous sample");
                         plan.restore_image(sx, j, x_side.0, x_side.1, out, &mut wk);
