@@ -24,19 +24,22 @@ fn bench(c: &mut Criterion) {
         ("conv2d_32to32_k5_24", false, 100, 32, 32, 24, 5, 1),
         ("convt2d_32to32_k5_20", true, 100, 32, 32, 20, 5, 1),
         ("convt2d_32to1_k5_24", true, 100, 32, 1, 24, 5, 1),
-        // The DCGAN VAE's layers (Coursera lab: hidden 16 / 64, z 32) at its batch of 1024.
+        // The DCGAN VAE's layers (Coursera lab: encoder 16 / 32, decoder 256 / 128 / 64, z 32)
+        // at its batch of 1024.
         ("dcgan_conv2d_1to16_k4s2_28", false, 1024, 1, 16, 28, 4, 2),
         ("dcgan_conv2d_16to32_k4s2_13", false, 1024, 16, 32, 13, 4, 2),
-        ("dcgan_convt2d_64to32_k4s1_3", true, 1024, 64, 32, 3, 4, 1),
-        ("dcgan_convt2d_32to16_k3s2_6", true, 1024, 32, 16, 6, 3, 2),
-        ("dcgan_convt2d_16to1_k4s2_13", true, 1024, 16, 1, 13, 4, 2),
+        ("dcgan_conv2d_32to64_k4s2_5", false, 1024, 32, 64, 5, 4, 2),
+        ("dcgan_convt2d_32to256_k3s2_1", true, 1024, 32, 256, 1, 3, 2),
+        ("dcgan_convt2d_256to128_k4s1_3", true, 1024, 256, 128, 3, 4, 1),
+        ("dcgan_convt2d_128to64_k3s2_6", true, 1024, 128, 64, 6, 3, 2),
+        ("dcgan_convt2d_64to1_k4s2_13", true, 1024, 64, 1, 13, 4, 2),
     ];
-    // The default (Auto: the Fourier path for the 32 -> 32 layers, im2col for the others),
-    // and im2col forced on the 32 -> 32 layers for comparison.
+    // The default (Auto: the Fourier path for the 32 -> 32 layers, Winograd for the DCGAN
+    // VAE's 256 -> 128 one, im2col for the others), and im2col forced on those for comparison.
     let runs = cases.iter().map(|&c| (c, ConvAlgorithm::Auto)).chain(
         cases
             .iter()
-            .filter(|c| c.0.contains("32to32"))
+            .filter(|c| c.0.contains("32to32") || c.0.contains("256to128"))
             .map(|&c| (c, ConvAlgorithm::Unfold)),
     );
     for ((name, transposed, n, ci, co, side, k, s), algo) in runs.collect::<Vec<_>>() {
@@ -55,7 +58,7 @@ fn bench(c: &mut Criterion) {
         let out_side = y.shape()[2];
         // Multiply-adds of the forward as a direct convolution: n * co * ci * k^2 * (input
         // side^2 for a transposed conv, output side^2 for a conv); backward is twice that.
-        // (The Fourier path does fewer: its rate is in direct-convolution FLOPs.)
+        // (The Fourier and Winograd paths do fewer: their rate is in direct-convolution FLOPs.)
         let positions = if transposed { side * side } else { out_side * out_side };
         let flops = 2 * n * co * ci * k * k * positions;
         g.throughput(Throughput::Elements(flops as u64));

@@ -1,6 +1,7 @@
-//! The Fourier path of the convolutions against im2col: the same outputs and gradients
-//! (forward, dx, dw, db) for Conv2d and ConvTranspose2d over many geometries in f64, and
-//! in f32 at the notebooks' 32 -> 32 shape within f32 rounding of the f64 result.
+//! The fast paths of the convolutions (Fourier, Winograd) against im2col: the same outputs
+//! and gradients (forward, dx, dw, db) for Conv2d and ConvTranspose2d over many geometries
+//! in f64, and in f32 at the notebooks' shapes (the conv AE's 32 -> 32 layers, the DCGAN
+//! VAE's 256 -> 128 one) within f32 rounding of the f64 result.
 
 mod common;
 
@@ -77,20 +78,22 @@ fn rel<F: Float>(a: &Array4<F>, b: &Array4<f64>) -> f64 {
     (num / den).sqrt()
 }
 
-#[test]
-fn fourier_and_im2col_agree_on_many_geometries() {
-    // (transposed, n, c_in, h, w, c_out, kernel, padding, output_padding, dilation)
-    let cases = [
-        (false, 3, 4, 9, 9, 5, (3, 3), 0, 0, 1),
-        (false, 5, 3, 8, 11, 2, (5, 3), 2, 0, 1),
-        (false, 2, 2, 10, 7, 3, (3, 2), 1, 0, 2),
-        (false, 70, 2, 6, 6, 3, (3, 3), 1, 0, 1),
-        (false, 4, 1, 7, 7, 1, (7, 7), 3, 0, 1),
-        (true, 3, 4, 5, 6, 3, (4, 4), 0, 0, 1),
-        (true, 4, 3, 7, 5, 5, (3, 3), 1, 0, 1),
-        (true, 2, 2, 4, 4, 2, (3, 3), 2, 1, 2),
-        (true, 66, 3, 4, 4, 2, (2, 3), 0, 0, 1),
-    ];
+/// (transposed, n, c_in, h, w, c_out, kernel, padding, output_padding, dilation)
+type Case = (
+    bool,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    (usize, usize),
+    usize,
+    usize,
+    usize,
+);
+
+/// Runs each case through `algo` and through im2col, in f64, and compares y, dx, dw, db.
+fn agree_with_im2col(algo: ConvAlgorithm, cases: &[Case]) {
     for (i, &(transposed, n, c, h, w, o, k, p, op, d)) in cases.iter().enumerate() {
         let seed = 100 + 10 * i as u64;
         let x = rand_array(&[n, c, h, w], seed).into_dimensionality::<Ix4>().unwrap();
@@ -99,24 +102,88 @@ fn fourier_and_im2col_agree_on_many_geometries() {
         let b = rand_array(&[o], seed + 2).into_dimensionality::<Ix1>().unwrap();
         let opts = ConvOptions::default().padding(p).output_padding(op).dilation(d);
         let reference = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(ConvAlgorithm::Unfold));
-        let fourier = run(
-            transposed,
-            &x,
-            &wt,
-            &b,
-            seed + 3,
-            opts.algorithm(ConvAlgorithm::Fourier),
-        );
-        let case = format!("case {i} (transposed {transposed}, n {n}, {c}->{o}, {h}x{w}, k {k:?}, p {p}, d {d})");
+        let fast = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(algo));
+        let case =
+            format!("{algo:?} case {i} (transposed {transposed}, n {n}, {c}->{o}, {h}x{w}, k {k:?}, p {p}, d {d})");
         for (what, a, r) in [
-            ("y", &fourier.y, &reference.y),
-            ("dx", &fourier.dx, &reference.dx),
-            ("dw", &fourier.dw, &reference.dw),
+            ("y", &fast.y, &reference.y),
+            ("dx", &fast.dx, &reference.dx),
+            ("dw", &fast.dw, &reference.dw),
         ] {
             let e = rel(a, r);
             assert!(e < 1e-12, "{case}: {what} relative error {e:.2e}");
         }
-        assert_eq!(fourier.db, reference.db, "{case}: db");
+        assert_eq!(fast.db, reference.db, "{case}: db");
+    }
+}
+
+#[test]
+fn fourier_and_im2col_agree_on_many_geometries() {
+    agree_with_im2col(
+        ConvAlgorithm::Fourier,
+        &[
+            (false, 3, 4, 9, 9, 5, (3, 3), 0, 0, 1),
+            (false, 5, 3, 8, 11, 2, (5, 3), 2, 0, 1),
+            (false, 2, 2, 10, 7, 3, (3, 2), 1, 0, 2),
+            (false, 70, 2, 6, 6, 3, (3, 3), 1, 0, 1),
+            (false, 4, 1, 7, 7, 1, (7, 7), 3, 0, 1),
+            (true, 3, 4, 5, 6, 3, (4, 4), 0, 0, 1),
+            (true, 4, 3, 7, 5, 5, (3, 3), 1, 0, 1),
+            (true, 2, 2, 4, 4, 2, (3, 3), 2, 1, 2),
+            (true, 66, 3, 4, 4, 2, (2, 3), 0, 0, 1),
+        ],
+    );
+}
+
+/// Every plane here fits one Winograd tile (output + kernel - 1 at most 6 a side): square
+/// and non-square kernels and planes, padding, the DCGAN VAE's 4x4 transposed convolution
+/// from 3x3, batches of one and two chunks per thread.
+#[test]
+fn winograd_and_im2col_agree_on_many_geometries() {
+    agree_with_im2col(
+        ConvAlgorithm::Winograd,
+        &[
+            (false, 3, 4, 4, 4, 5, (3, 3), 0, 0, 1),
+            (false, 5, 3, 4, 3, 2, (3, 2), 1, 0, 1),
+            (false, 70, 2, 5, 5, 3, (2, 2), 0, 0, 1),
+            (false, 1, 2, 1, 1, 2, (1, 1), 0, 0, 1),
+            (true, 3, 4, 3, 3, 3, (4, 4), 0, 0, 1),
+            (true, 4, 3, 2, 3, 5, (3, 3), 1, 0, 1),
+            (true, 130, 2, 3, 3, 2, (2, 3), 0, 0, 1),
+        ],
+    );
+}
+
+/// `algo` in f32 against im2col in f64 on `n` images of `c -> o` channels, `hw` a side.
+fn f32_within_rounding_of_f64(
+    algo: ConvAlgorithm,
+    transposed: bool,
+    (n, c, o, hw, k): (usize, usize, usize, usize, usize),
+) {
+    let x = rand_array(&[n, c, hw, hw], 7).into_dimensionality::<Ix4>().unwrap();
+    let wshape = if transposed { [c, o, k, k] } else { [o, c, k, k] };
+    let w = (rand_array(&wshape, 8) * 0.05).into_dimensionality::<Ix4>().unwrap();
+    let b = rand_array(&[o], 9).into_dimensionality::<Ix1>().unwrap();
+    let opts = ConvOptions::default();
+    let exact = run(transposed, &x, &w, &b, 10, opts.algorithm(ConvAlgorithm::Unfold));
+    let f32s = run(
+        transposed,
+        &x.mapv(|v| v as f32),
+        &w.mapv(|v| v as f32),
+        &b.mapv(|v| v as f32),
+        10,
+        opts.algorithm(algo),
+    );
+    for (what, a, r) in [
+        ("y", &f32s.y, &exact.y),
+        ("dx", &f32s.dx, &exact.dx),
+        ("dw", &f32s.dw, &exact.dw),
+    ] {
+        let e = rel(a, r);
+        assert!(
+            e < 1e-5,
+            "{algo:?}, transposed {transposed}: {what} relative error {e:.2e} in f32"
+        );
     }
 }
 
@@ -124,35 +191,36 @@ fn fourier_and_im2col_agree_on_many_geometries() {
 /// f32 through the Fourier path stays within 1e-5 of the f64 result.
 #[test]
 fn fourier_in_f32_is_within_rounding_of_f64() {
-    for transposed in [false, true] {
-        let hw = if transposed { 20 } else { 24 };
-        let x = rand_array(&[4, 32, hw, hw], 7).into_dimensionality::<Ix4>().unwrap();
-        let w = (rand_array(&[32, 32, 5, 5], 8) * 0.05)
-            .into_dimensionality::<Ix4>()
-            .unwrap();
-        let b = rand_array(&[32], 9).into_dimensionality::<Ix1>().unwrap();
-        let opts = ConvOptions::default();
-        let exact = run(transposed, &x, &w, &b, 10, opts.algorithm(ConvAlgorithm::Unfold));
-        let f32s = run(
-            transposed,
-            &x.mapv(|v| v as f32),
-            &w.mapv(|v| v as f32),
-            &b.mapv(|v| v as f32),
-            10,
-            opts.algorithm(ConvAlgorithm::Fourier),
-        );
-        for (what, a, r) in [
-            ("y", &f32s.y, &exact.y),
-            ("dx", &f32s.dx, &exact.dx),
-            ("dw", &f32s.dw, &exact.dw),
-        ] {
-            let e = rel(a, r);
-            assert!(
-                e < 1e-5,
-                "transposed {transposed}: {what} relative error {e:.2e} in f32"
-            );
-        }
-    }
+    f32_within_rounding_of_f64(ConvAlgorithm::Fourier, false, (4, 32, 32, 24, 5));
+    f32_within_rounding_of_f64(ConvAlgorithm::Fourier, true, (4, 32, 32, 20, 5));
+}
+
+/// At the DCGAN VAE's 256 -> 128 4x4 transposed convolution from 3x3 (and the convolution
+/// of the same geometry, 6x6 to 3x3), f32 through Winograd stays within 1e-5 of f64.
+#[test]
+fn winograd_in_f32_is_within_rounding_of_f64() {
+    f32_within_rounding_of_f64(ConvAlgorithm::Winograd, true, (4, 256, 128, 3, 4));
+    f32_within_rounding_of_f64(ConvAlgorithm::Winograd, false, (4, 128, 256, 6, 4));
+}
+
+/// Winograd takes stride 1, dilation 1 and planes of at most 6 points a side: asking for
+/// it otherwise is an error that says why.
+#[test]
+fn winograd_refuses_what_it_cannot_compute() {
+    let x = rand_array(&[2, 2, 8, 8], 1).into_dimensionality::<Ix4>().unwrap();
+    let w = rand_array(&[3, 2, 3, 3], 2).into_dimensionality::<Ix4>().unwrap();
+    let winograd = |opts: ConvOptions| {
+        conv2d_forward(x.view(), w.view(), None, &opts.algorithm(ConvAlgorithm::Winograd))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(winograd(ConvOptions::default().stride(2)).contains("stride 1"));
+    assert!(winograd(ConvOptions::default().dilation(2)).contains("dilation 1"));
+    assert!(
+        winograd(ConvOptions::default()).contains("8x8"),
+        "{}",
+        winograd(ConvOptions::default())
+    );
 }
 
 /// A strided convolution cannot go through the Fourier path: asking for it is an error
@@ -174,7 +242,7 @@ fn fourier_refuses_strides() {
 fn the_layers_one_pass_backward_agrees_with_the_separate_halves() {
     use latent::nn::{Conv2d, ConvTranspose2d, Layer, Mode};
     use rand::SeedableRng;
-    for algo in [ConvAlgorithm::Unfold, ConvAlgorithm::Fourier] {
+    for algo in [ConvAlgorithm::Unfold, ConvAlgorithm::Fourier, ConvAlgorithm::Winograd] {
         for transposed in [false, true] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let opts = ConvOptions::default().padding(1).algorithm(algo);
@@ -183,7 +251,8 @@ fn the_layers_one_pass_backward_agrees_with_the_separate_halves() {
             } else {
                 Box::new(Conv2d::<f64>::new("l", 3, 4, (3, 3), opts, &mut rng))
             };
-            let x = rand_array(&[70, 3, 6, 5], 4);
+            // Planes small enough for one Winograd tile (3 + 3 - 1 by 4 + 3 - 1 points).
+            let x = rand_array(&[70, 3, 3, 4], 4);
             let y = layer.forward(x.clone(), Mode::Train).unwrap();
             let dy = rand_array(y.shape(), 5);
             layer.zero_grad();

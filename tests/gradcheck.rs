@@ -132,6 +132,25 @@ fn algorithms(stride: usize) -> Vec<ConvAlgorithm> {
     }
 }
 
+/// The Winograd path, on planes that fit its one tile (output + kernel - 1 at most 6 a
+/// side): a padded Conv2d with a non-square kernel, and transposed convolutions of the
+/// DCGAN VAE's 4x4-from-3x3 shape and with padding.
+#[test]
+fn winograd_convolutions_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+    let winograd = ConvOptions::default().algorithm(ConvAlgorithm::Winograd);
+    let mut conv = Conv2d::<f64>::new("conv", 2, 3, (3, 2), winograd.padding(1), &mut rng);
+    check_layer("Conv2d Winograd", &mut conv, rand_array(&[2, 2, 4, 4], 16));
+    for (c, h, o, k, p) in [(3, 3, 2, 4, 0), (2, 4, 3, 3, 1)] {
+        let mut convt = ConvTranspose2d::<f64>::new("convt", c, o, (k, k), winograd.padding(p), &mut rng);
+        check_layer(
+            &format!("ConvTranspose2d Winograd k{k} p{p}"),
+            &mut convt,
+            rand_array(&[2, c, h, h], 17),
+        );
+    }
+}
+
 #[test]
 fn batch_norm2d_gradients_match_finite_differences_in_both_modes() {
     // Train mode: the batch statistics depend on x, which the check sees because the

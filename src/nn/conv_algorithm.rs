@@ -1,38 +1,62 @@
 //! Which algorithm computes a convolution's three products (forward correlation, input
 //! gradient, weight gradient), and the routing to it: [`super::im2col`] (unfolding and
-//! GEMM, any geometry) or [`super::spectral`] (per frequency, stride 1).
+//! GEMM, any geometry), [`super::spectral`] (per frequency, stride 1) or
+//! [`super::winograd`] (per evaluation point, stride 1, small planes).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
 use super::im2col::{gemm_fold, unfold_gemm, ConvGeom};
-use super::{im2col, spectral};
+use super::{im2col, spectral, winograd};
 use crate::{Error, Float, Result};
 
-/// How a convolution layer computes its products. Both give the same result up to
+/// How a convolution layer computes its products. All give the same result up to
 /// rounding; they differ in speed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
-    /// The Fourier path where it is expected to be faster (stride 1, many channels, a
-    /// kernel of 3x3 or more, a batch of 4 or more), im2col otherwise.
+    /// The path expected to be fastest: Winograd for stride-1 convolutions of small planes
+    /// (at most 6 points a side, padding included) with many channels, Fourier for larger
+    /// stride-1 planes with many channels and a kernel of 3x3 or more, im2col otherwise;
+    /// the fast paths only for a batch of 4 or more.
     #[default]
     Auto,
     /// im2col + GEMM, always.
     Unfold,
     /// Per frequency of the FFT'd planes; an error for strides other than 1.
     Fourier,
+    /// Winograd's minimal filtering, the whole plane one tile; an error for strides or
+    /// dilations other than 1 or planes larger than 6 points a side.
+    Winograd,
+}
+
+/// The module that computes a product.
+#[derive(Clone, Copy)]
+enum Path {
+    Unfold,
+    Fourier,
+    Winograd,
 }
 
 impl ConvAlgorithm {
-    /// Whether the products of `n` images of geometry `g`, with `rows` channels on the
-    /// other side of the weight, go through the Fourier path.
-    fn fourier(self, g: &ConvGeom, rows: usize, n: usize) -> Result<bool> {
+    /// The path for the products of `n` images of geometry `g`, with `rows` channels on
+    /// the other side of the weight.
+    fn path(self, g: &ConvGeom, rows: usize, n: usize) -> Result<Path> {
         match self {
-            ConvAlgorithm::Auto => Ok(spectral::preferred(g, rows, n)),
-            ConvAlgorithm::Unfold => Ok(false),
-            ConvAlgorithm::Fourier if spectral::supports(g) => Ok(true),
+            ConvAlgorithm::Auto if winograd::preferred(g, rows, n) => Ok(Path::Winograd),
+            ConvAlgorithm::Auto if spectral::preferred(g, rows, n) => Ok(Path::Fourier),
+            ConvAlgorithm::Auto | ConvAlgorithm::Unfold => Ok(Path::Unfold),
+            ConvAlgorithm::Fourier if spectral::supports(g) => Ok(Path::Fourier),
             ConvAlgorithm::Fourier => Err(Error::InvalidArgument(format!(
                 "the Fourier convolution needs stride 1, not {:?}",
                 g.stride
+            ))),
+            ConvAlgorithm::Winograd if winograd::supports(g) => Ok(Path::Winograd),
+            ConvAlgorithm::Winograd => Err(Error::InvalidArgument(format!(
+                "the Winograd convolution needs stride 1 (not {:?}), dilation 1 (not {:?}) and at most 6 \
+                 points a side (output + kernel - 1: {}x{})",
+                g.stride,
+                g.dilation,
+                g.oh + g.kernel.0 - 1,
+                g.ow + g.kernel.1 - 1
             ))),
         }
     }
@@ -46,10 +70,10 @@ pub(crate) fn correlate<F: Float>(
     wmat: ArrayView2<F>,
     out: ArrayViewMut3<F>,
 ) -> Result<()> {
-    if algo.fourier(g, wmat.nrows(), inp.nrows())? {
-        spectral::correlate(inp, g, wmat, out);
-    } else {
-        unfold_gemm(inp, g, wmat, out);
+    match algo.path(g, wmat.nrows(), inp.nrows())? {
+        Path::Winograd => winograd::correlate(inp, g, wmat, out),
+        Path::Fourier => spectral::correlate(inp, g, wmat, out),
+        Path::Unfold => unfold_gemm(inp, g, wmat, out),
     }
     Ok(())
 }
@@ -62,10 +86,10 @@ pub(crate) fn fold<F: Float>(
     wmat: ArrayView2<F>,
     out: ArrayViewMut2<F>,
 ) -> Result<()> {
-    if algo.fourier(g, wmat.nrows(), src.shape()[0])? {
-        spectral::fold(src, g, wmat, out);
-    } else {
-        gemm_fold(src, g, wmat, out);
+    match algo.path(g, wmat.nrows(), src.shape()[0])? {
+        Path::Winograd => winograd::fold(src, g, wmat, out),
+        Path::Fourier => spectral::fold(src, g, wmat, out),
+        Path::Unfold => gemm_fold(src, g, wmat, out),
     }
     Ok(())
 }
@@ -78,10 +102,10 @@ pub(crate) fn weight_grad<F: Float>(
     g: &ConvGeom,
     dw: ArrayViewMut2<F>,
 ) -> Result<()> {
-    if algo.fourier(g, a.shape()[1], a.shape()[0])? {
-        spectral::weight_grad(a, b, g, dw);
-    } else {
-        im2col::weight_grad(a, b, g, dw);
+    match algo.path(g, a.shape()[1], a.shape()[0])? {
+        Path::Winograd => winograd::weight_grad(a, b, g, dw),
+        Path::Fourier => spectral::weight_grad(a, b, g, dw),
+        Path::Unfold => im2col::weight_grad(a, b, g, dw),
     }
     Ok(())
 }
@@ -99,9 +123,16 @@ pub(crate) fn backward_over_input<F: Float>(
     dw: ArrayViewMut2<F>,
 ) -> Result<()> {
     let (n, rows, p) = (dy.nrows(), wmat.nrows(), g.col_cols());
-    if algo.fourier(g, rows, n)? {
-        spectral::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
-        return Ok(());
+    match algo.path(g, rows, n)? {
+        Path::Winograd => {
+            winograd::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
+            return Ok(());
+        }
+        Path::Fourier => {
+            spectral::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
+            return Ok(());
+        }
+        Path::Unfold => {}
     }
     // im2col: the weight gradient reads x, then the input gradient overwrites it.
     fn three<F: Float>(v: ArrayView2<'_, F>, shape: (usize, usize, usize)) -> ArrayView3<'_, F> {

@@ -18,6 +18,7 @@ pub(crate) mod reduce;
 mod reshape;
 mod sequential;
 mod spectral;
+mod winograd;
 
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
 pub use batch_norm2d::{
