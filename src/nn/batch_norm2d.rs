@@ -4,7 +4,7 @@
 //! mean and biased variance over `(n, h, w)`; the running mean and the *unbiased* running
 //! variance move by `momentum`. Eval: the running statistics replace the batch's.
 
-use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMutD, Axis, Zip};
+use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMutD, Zip};
 
 use rayon::prelude::*;
 
@@ -83,14 +83,22 @@ pub fn batch_norm2d_forward<F: Float>(
             running_var.mapv(|v| F::one() / (v + eps).sqrt()),
         ),
     };
-    let mut y = x.to_owned();
-    y.axis_iter_mut(Axis(1))
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(ch, mut yc)| {
-            let (mu, is, g, b) = (mean[ch], inv_std[ch], gamma[ch], beta[ch]);
-            yc.mapv_inplace(|v| g * (v - mu) * is + b);
-        });
+    // y = x * scale + shift per channel (scale = gamma inv_std, shift = beta - mean scale,
+    // the form PyTorch's CPU kernel uses), sample by sample so that every plane is a
+    // contiguous run.
+    let scale: Vec<F> = (0..c).map(|ch| gamma[ch] * inv_std[ch]).collect();
+    let shift: Vec<F> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
+    let hw = x.shape()[2] * x.shape()[3];
+    let mut y = Array4::<F>::zeros(x.raw_dim());
+    per_plane(y.as_slice_mut().expect("fresh array"), hw, c, |ch, yp, at| {
+        let xp = &xs[at..at + hw];
+        let (a, b) = (scale[ch], shift[ch]);
+        for (o, &v) in yp.iter_mut().zip(xp) {
+            *o = v * a + b;
+        }
+    });
     Ok((y, BatchNormCache { mean, inv_std, mode }))
 }
 
@@ -150,29 +158,63 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
     };
     // ... then dy becomes dx, channel by channel.
     if need_dx {
-        dy.axis_iter_mut(Axis(1))
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(ch, dyc)| {
+        // dx = dy a + x b + c per channel, the terms of the formula above gathered.
+        let hw = x.shape()[2] * x.shape()[3];
+        let coef: Vec<(F, F, F)> = (0..gamma.len())
+            .map(|ch| {
                 let (mu, is, g) = (cache.mean[ch], cache.inv_std[ch], gamma[ch]);
                 let (sum_dy, sum_dy_xhat) = sums[ch];
-                let xc = x.index_axis(Axis(1), ch);
                 match cache.mode {
                     Mode::Train => {
                         let k = g * is / m;
-                        Zip::from(dyc).and(&xc).for_each(|d, &v| {
-                            *d = k * (m * *d - sum_dy - (v - mu) * is * sum_dy_xhat);
-                        });
+                        let b = -k * is * sum_dy_xhat;
+                        (k * m, b, -k * sum_dy - b * mu)
                     }
-                    Mode::Eval | Mode::Frozen => Zip::from(dyc).for_each(|d| *d = g * is * *d),
+                    Mode::Eval | Mode::Frozen => (g * is, F::zero(), F::zero()),
                 }
-            });
+            })
+            .collect();
+        let train = cache.mode == Mode::Train;
+        per_plane(
+            dy.as_slice_mut().expect("standard layout"),
+            hw,
+            gamma.len(),
+            |ch, dp, at| {
+                let (a, b, c) = coef[ch];
+                if train {
+                    for (d, &v) in dp.iter_mut().zip(&xs[at..at + hw]) {
+                        *d = *d * a + v * b + c;
+                    }
+                } else {
+                    for d in dp.iter_mut() {
+                        *d = *d * a;
+                    }
+                }
+            },
+        );
     }
     for (ch, (sum_dy, sum_dy_xhat)) in sums.into_iter().enumerate() {
         dgamma[ch] += sum_dy_xhat;
         dbeta[ch] += sum_dy;
     }
     Ok(())
+}
+
+/// Calls `f(channel, plane, offset)` on every `hw`-long plane of the standard-layout
+/// `[n, c, h, w]` data `y` (`offset` its start in `y`, for reading a same-shaped input),
+/// samples in parallel: each call a contiguous run.
+fn per_plane<F: Float>(y: &mut [F], hw: usize, c: usize, f: impl Fn(usize, &mut [F], usize) + Sync) {
+    if hw == 0 || c == 0 {
+        return;
+    }
+    // Samples per task: enough work (some 16K values) to be worth a task.
+    let per = (16384 / (c * hw)).max(1);
+    y.par_chunks_mut(per * c * hw).enumerate().for_each(|(t, block)| {
+        let base = t * per * c * hw;
+        for (i, plane) in block.chunks_exact_mut(hw).enumerate() {
+            f(i % c, plane, base + i * hw);
+        }
+    });
 }
 
 /// The `h*w` planes of channel `ch` in the data of a standard-layout array of `shape`
