@@ -187,7 +187,7 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
                     }
                 } else {
                     for d in dp.iter_mut() {
-                        *d = *d * a;
+                        *d *= a;
                     }
                 }
             },
