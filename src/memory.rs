@@ -5,14 +5,17 @@
 //! free (they sit above its mmap threshold, or at the trimmed top of a heap), so every step
 //! faults every page of them in again and the kernel zeroes each one: `perf` showed 10-30%
 //! of a step in `clear_page` and `exc_page_fault`. Raising the two thresholds keeps the
-//! pages mapped and reused. The cost is that the process holds on to its peak memory.
+//! pages mapped and reused. glibc caps the mmap threshold at 32 MiB, and the DCGAN VAE's
+//! widest activations at batch 1024 are 44 MB, so mmap is also switched off altogether
+//! (`M_MMAP_MAX = 0`): every block then comes from the heap and stays there. The cost is
+//! that the process holds on to its peak memory.
 
 /// Largest block glibc allows below its mmap threshold (`HEAP_MAX_SIZE / 2` on 64-bit).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 32 << 20;
 
-/// Tells the allocator to keep freed blocks of up to 32 MiB in the process instead of
-/// returning them to the kernel, and not to trim the heap. Process-wide; call it once at
+/// Tells the allocator to keep freed blocks in the process instead of returning them to
+/// the kernel: no mmap'd blocks, no trimming of the heap. Process-wide; call it once at
 /// the start of a training program (the examples and benches do). Returns whether it
 /// applied: it does with glibc on Linux, and is a no-op elsewhere.
 pub fn keep_freed_memory() -> bool {
@@ -25,6 +28,7 @@ fn keep_freed_memory_impl() -> bool {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
             && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
+            && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
     }
 }
 

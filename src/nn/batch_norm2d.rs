@@ -53,19 +53,17 @@ pub fn batch_norm2d_forward<F: Float>(
                 )));
             }
             let mf = F::lit(m as f64);
-            // Per-channel statistics, channels in parallel (two passes: mean, then the
-            // centred sum of squares, as PyTorch).
+            // Per-channel statistics in two passes (the mean, then the centred sum of
+            // squares), as PyTorch.
             let xs = x.as_standard_layout();
             let xs = xs.as_slice().expect("standard layout");
-            let stats: Vec<(F, F)> = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let planes = || channel_planes(xs, x.shape(), ch);
-                    let mu = planes().map(|p| sum_map(p, |v| v)).fold(F::zero(), |a, b| a + b) / mf;
-                    let ss = planes().map(|p| sum_map(p, |v| (v - mu) * (v - mu)));
-                    (mu, ss.fold(F::zero(), |a, b| a + b) / mf)
-                })
-                .collect();
+            let sums = channel_sums(xs, xs, x.shape(), |_, p, _| (sum_map(p, |v| v), F::zero()));
+            let mus: Vec<F> = sums.iter().map(|s| s.0 / mf).collect();
+            let sq = channel_sums(xs, xs, x.shape(), |ch, p, _| {
+                let mu = mus[ch];
+                (sum_map(p, |v| (v - mu) * (v - mu)), F::zero())
+            });
+            let stats: Vec<(F, F)> = mus.iter().zip(&sq).map(|(&mu, s)| (mu, s.0 / mf)).collect();
             let mean: Array1<F> = stats.iter().map(|s| s.0).collect();
             let var: Array1<F> = stats.iter().map(|s| s.1).collect();
             let one = F::one();
@@ -139,23 +137,15 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
     let m = F::lit((x.shape()[0] * x.shape()[2] * x.shape()[3]) as f64);
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
-    // Channels are independent: first the two sums of each, in parallel ...
-    let sums: Vec<(F, F)> = {
-        let dys = dy.as_slice().expect("standard layout");
-        (0..gamma.len())
-            .into_par_iter()
-            .map(|ch| {
-                let mu = cache.mean[ch];
-                let (mut sum_dy, mut sum_dy_xhat) = (F::zero(), F::zero());
-                for (xp, dp) in channel_planes(xs, x.shape(), ch).zip(channel_planes(dys, x.shape(), ch)) {
-                    let (s, sx) = sum_map2_pair(xp, dp, |_, d| d, |v, d| d * (v - mu));
-                    sum_dy += s;
-                    sum_dy_xhat += sx;
-                }
-                (sum_dy, sum_dy_xhat * cache.inv_std[ch])
-            })
-            .collect()
-    };
+    // First the two sums of each channel ...
+    let sums: Vec<(F, F)> = channel_sums(xs, dy.as_slice().expect("standard layout"), x.shape(), |ch, xp, dp| {
+        let mu = cache.mean[ch];
+        sum_map2_pair(xp, dp, |_, d| d, |v, d| d * (v - mu))
+    })
+    .into_iter()
+    .enumerate()
+    .map(|(ch, (sum_dy, sum_dy_xc))| (sum_dy, sum_dy_xc * cache.inv_std[ch]))
+    .collect();
     // ... then dy becomes dx, channel by channel.
     if need_dx {
         // dx = dy a + x b + c per channel, the terms of the formula above gathered.
@@ -207,8 +197,7 @@ fn per_plane<F: Float>(y: &mut [F], hw: usize, c: usize, f: impl Fn(usize, &mut 
     if hw == 0 || c == 0 {
         return;
     }
-    // Samples per task: enough work (some 16K values) to be worth a task.
-    let per = (16384 / (c * hw)).max(1);
+    let per = samples_per_task(c, hw);
     y.par_chunks_mut(per * c * hw).enumerate().for_each(|(t, block)| {
         let base = t * per * c * hw;
         for (i, plane) in block.chunks_exact_mut(hw).enumerate() {
@@ -217,13 +206,48 @@ fn per_plane<F: Float>(y: &mut [F], hw: usize, c: usize, f: impl Fn(usize, &mut 
     });
 }
 
-/// The `h*w` planes of channel `ch` in the data of a standard-layout array of `shape`
-/// `[n, c, h, w]`, one per sample: contiguous slices for the lane sums of
-/// [`super::reduce`].
-fn channel_planes<'a, F: Float>(x: &'a [F], shape: &[usize], ch: usize) -> impl Iterator<Item = &'a [F]> + 'a {
+/// Samples per parallel task for `[n, c, h, w]` data: enough values (some 16K) to be worth
+/// a task.
+fn samples_per_task(c: usize, hw: usize) -> usize {
+    (16384 / (c * hw).max(1)).max(1)
+}
+
+/// Per channel, the sums `f(channel, plane of a, plane of b)` over all samples, for
+/// standard-layout `[n, c, h, w]` data `a` and `b` of `shape`. Samples are split into
+/// fixed blocks summed in parallel, and the blocks' sums added in order: the same result
+/// whatever the number of threads.
+fn channel_sums<F: Float>(
+    a: &[F],
+    b: &[F],
+    shape: &[usize],
+    f: impl Fn(usize, &[F], &[F]) -> (F, F) + Sync,
+) -> Vec<(F, F)> {
     let (c, hw) = (shape[1], shape[2] * shape[3]);
-    x.chunks_exact(c * hw)
-        .map(move |sample| &sample[ch * hw..(ch + 1) * hw])
+    let zero = vec![(F::zero(), F::zero()); c];
+    if c * hw == 0 {
+        return zero;
+    }
+    let block = samples_per_task(c, hw) * c * hw;
+    let partials: Vec<Vec<(F, F)>> = a
+        .par_chunks(block)
+        .zip(b.par_chunks(block))
+        .map(|(ab, bb)| {
+            let mut acc = vec![(F::zero(), F::zero()); c];
+            for (i, (ap, bp)) in ab.chunks_exact(hw).zip(bb.chunks_exact(hw)).enumerate() {
+                let (s, t) = f(i % c, ap, bp);
+                acc[i % c].0 += s;
+                acc[i % c].1 += t;
+            }
+            acc
+        })
+        .collect();
+    partials.into_iter().fold(zero, |mut tot, p| {
+        for (t, v) in tot.iter_mut().zip(p) {
+            t.0 += v.0;
+            t.1 += v.1;
+        }
+        tot
+    })
 }
 
 /// A BatchNorm2d layer: `{prefix}.weight` (gamma, init 1), `{prefix}.bias` (beta, init 0)
