@@ -134,18 +134,15 @@ pub(crate) fn backward_over_input<F: Float>(
         }
         Path::Unfold => {}
     }
-    // im2col: the weight gradient reads x, then the input gradient overwrites it.
-    fn three<F: Float>(v: ArrayView2<'_, F>, shape: (usize, usize, usize)) -> ArrayView3<'_, F> {
-        v.into_shape_with_order(shape).expect("standard layout")
-    }
-    let three = |v| three(v, (n, rows, p));
+    // im2col. Conv2d: the weight gradient reads x, then the input gradient overwrites it.
+    // ConvTranspose2d: one unfolding of dy serves both products.
     if dy_is_a {
-        im2col::weight_grad(three(dy.view()), x.view(), g, dw);
-        gemm_fold(three(dy), g, wmat, x);
+        let dy3 = dy.into_shape_with_order((n, rows, p)).expect("standard layout");
+        im2col::weight_grad(dy3, x.view(), g, dw);
+        gemm_fold(dy3, g, wmat, x);
     } else {
-        im2col::weight_grad(three(x.view()), dy, g, dw);
         let x3 = x.into_shape_with_order((n, rows, p)).expect("standard layout");
-        unfold_gemm(dy, g, wmat, x3);
+        im2col::unfold_backward_over_input(dy, x3, g, wmat, dw);
     }
     Ok(())
 }

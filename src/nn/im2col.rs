@@ -413,6 +413,64 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
     }
 }
 
+/// ConvTranspose2d's two gradients in one pass, with `dy` `[N, c*h*w]` on the unfolded side
+/// and the kept input `x` `[N, rows, oh*ow]`: each group of samples' `dy` is unfolded once
+/// and serves both products, `dw += x[n] · im2col(dy[n])'` and then `x[n] = wmat ·
+/// im2col(dy[n])` written over `x`. Parallel as [`weight_grad`]: one run of samples per
+/// thread, its partial sum of `dw`, the partials added in order.
+pub fn unfold_backward_over_input<F: Float>(
+    dy: ArrayView2<F>,
+    mut x: ArrayViewMut3<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    mut dw: ArrayViewMut2<F>,
+) {
+    let (ck, p) = (g.col_rows(), g.col_cols());
+    let rows = wmat.nrows();
+    let n = dy.nrows();
+    let parts = rayon::current_num_threads().clamp(1, n.max(1));
+    let per = n.div_ceil(parts).max(1);
+    let gs = group_size(p, per);
+    let split = too_few(n.div_ceil(per));
+    let taps = Taps::new(g);
+    let partials: Vec<Array2<F>> = x
+        .axis_chunks_iter_mut(Axis(0), per)
+        .into_par_iter()
+        .enumerate()
+        .map(|(part, mut xrun)| {
+            let mut acc = Array2::<F>::zeros(dw.raw_dim());
+            F::with_scratch(ck * gs * p, if gs > 1 { rows * gs * p } else { 0 }, |cols, buf| {
+                for (k, mut xg) in xrun.axis_chunks_iter_mut(Axis(0), gs).enumerate() {
+                    let start = part * per + k * gs;
+                    let (m, ld) = (xg.shape()[0], xg.shape()[0] * p);
+                    for j in 0..m {
+                        let dyj = dy.row(start + j);
+                        taps.im2col(dyj.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
+                    }
+                    let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
+                    if m == 1 {
+                        let x0 = xg.index_axis_mut(Axis(0), 0);
+                        group_gemm(split, x0.view(), cm.t(), F::one(), acc.view_mut());
+                        group_gemm(split, wmat, cm, F::zero(), x0);
+                        continue;
+                    }
+                    let side = gather_side_by_side(xg.view(), buf);
+                    group_gemm(split, side, cm.t(), F::one(), acc.view_mut());
+                    let mut y = ArrayViewMut2::from_shape((rows, ld), &mut buf[..rows * ld]).expect("sized");
+                    group_gemm(split, wmat, cm, F::zero(), y.view_mut());
+                    for (j, mut xj) in xg.outer_iter_mut().enumerate() {
+                        xj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
+                    }
+                }
+            });
+            acc
+        })
+        .collect();
+    for part in partials {
+        dw += &part;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
