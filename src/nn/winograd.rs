@@ -299,40 +299,28 @@ pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayV
             for (i, xi) in x.outer_iter().enumerate() {
                 plan.image_in(xi.as_slice().expect("contiguous sample"), &mut v[i * pts * c..]);
             }
-            multiply_points(&plan, &v, &u, &mut mo, m);
+            through_kernel(&plan, &u, &v, &mut mo, m, true);
             for (i, mut oi) in o.outer_iter_mut().enumerate() {
                 plan.rows_out(&mo[i * pts * rows..], oi.as_slice_mut().expect("contiguous sample"));
             }
         });
 }
 
-/// Per point: `mo[p] = v[p] u[p]'`, the image side to the rows side, `u` laid out
-/// `[pts][rows][c]`.
-fn multiply_points<F: Float>(plan: &Plan<F>, v: &[F], u: &[F], mo: &mut [F], m: usize) {
+/// Per point, the product with the kernel's points `u` (laid out `[pts][rows][c]`): from
+/// the image side to the rows side (`to_rows`: `dst[p] = src[p] u[p]'`), or back
+/// (`dst[p] = src[p] u[p]`).
+fn through_kernel<F: Float>(plan: &Plan<F>, u: &[F], src: &[F], dst: &mut [F], m: usize, to_rows: bool) {
     let (c, rows, pts) = (plan.g.c, plan.rows, plan.pts);
+    let (from, to) = if to_rows { (c, rows) } else { (rows, c) };
     for p in 0..pts {
         let up = ArrayView2::from_shape((rows, c), &u[p * c * rows..][..c * rows]).expect("sized");
+        let up = if to_rows { up.t() } else { up };
         gemm(
             F::one(),
-            at_point(v, p, m, pts, c),
-            up.t(),
-            F::zero(),
-            at_point_mut(mo, p, m, pts, rows),
-        );
-    }
-}
-
-/// Per point: `v[p] = m[p] u[p]`, the rows side back to the image side.
-fn multiply_points_adjoint<F: Float>(plan: &Plan<F>, mbar: &[F], u: &[F], v: &mut [F], m: usize) {
-    let (c, rows, pts) = (plan.g.c, plan.rows, plan.pts);
-    for p in 0..pts {
-        let up = ArrayView2::from_shape((rows, c), &u[p * c * rows..][..c * rows]).expect("sized");
-        gemm(
-            F::one(),
-            at_point(mbar, p, m, pts, rows),
+            at_point(src, p, m, pts, from),
             up,
             F::zero(),
-            at_point_mut(v, p, m, pts, c),
+            at_point_mut(dst, p, m, pts, to),
         );
     }
 }
@@ -354,7 +342,7 @@ pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<
                 let si = si.as_standard_layout();
                 plan.rows_in(si.as_slice().expect("standard"), &mut mbar[i * pts * rows..]);
             }
-            multiply_points_adjoint(&plan, &mbar, &u, &mut v, m);
+            through_kernel(&plan, &u, &mbar, &mut v, m, false);
             for (i, mut oi) in o.outer_iter_mut().enumerate() {
                 plan.image_out(&v[i * pts * c..], oi.as_slice_mut().expect("contiguous sample"));
             }
@@ -466,12 +454,12 @@ pub(crate) fn backward_over_input<F: Float>(
         }
         accumulate(&plan, mbar, v, ubar, m);
         if dy_is_a {
-            multiply_points_adjoint(&plan, mbar, &u, v, m);
+            through_kernel(&plan, &u, mbar, v, m, false);
             for (i, mut xi) in xs.outer_iter_mut().enumerate() {
                 plan.image_out(&v[i * pts * c..], xi.as_slice_mut().expect("contiguous sample"));
             }
         } else {
-            multiply_points(&plan, v, &u, mbar, m);
+            through_kernel(&plan, &u, v, mbar, m, true);
             for (i, mut xi) in xs.outer_iter_mut().enumerate() {
                 plan.rows_out(&mbar[i * pts * rows..], xi.as_slice_mut().expect("contiguous sample"));
             }
