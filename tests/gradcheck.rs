@@ -76,6 +76,8 @@ fn conv2d_gradients_match_finite_differences() {
         (3, 1, 8, 6, 2, (3, 2), 2, 1, 1, false),
         (2, 2, 9, 9, 2, (3, 3), 1, 2, 2, true),
         (2, 3, 10, 10, 2, (4, 4), 2, 0, 1, true),
+        // The kernel covers the plane: a fully connected layer, one GEMM over the batch.
+        (3, 2, 3, 2, 4, (3, 2), 1, 0, 1, true),
     ] {
         for algo in algorithms(s) {
             let opts = ConvOptions::default()
@@ -105,6 +107,8 @@ fn conv_transpose2d_gradients_match_finite_differences() {
         (2, 4, 3, 3, 1, (5, 5), 1, 0, 0, 1),
         (2, 2, 4, 3, 2, (3, 3), 3, 1, 2, 1),
         (2, 2, 4, 4, 2, (3, 3), 1, 2, 1, 2),
+        // From a 1x1 code (the DCGAN VAE's first layer): one GEMM over the batch.
+        (3, 4, 1, 1, 3, (3, 3), 2, 0, 0, 1),
     ] {
         for algo in algorithms(s) {
             let opts = ConvOptions::default()

@@ -85,6 +85,18 @@ impl ConvGeom {
         self.oh * self.ow
     }
 
+    /// Whether the kernel covers the whole plane at a single position (output 1x1, no
+    /// padding, no dilation, kernel = plane): the column matrix of an image is then the
+    /// image itself, and the convolution a fully connected layer over the batch, one GEMM
+    /// (the DCGAN VAE's first transposed convolution, from its 1x1 code).
+    pub fn is_dense(&self) -> bool {
+        self.oh == 1
+            && self.ow == 1
+            && self.padding == (0, 0)
+            && self.dilation == (1, 1)
+            && (self.h, self.w) == self.kernel
+    }
+
     /// For kernel offset `k` along an axis, the range of output positions whose input
     /// coordinate `o*s - p + k*d` falls inside `0..n`.
     #[inline]
@@ -292,6 +304,11 @@ fn group_size(p: usize, n: usize) -> usize {
 /// time into one wide column matrix, so that each GEMM has enough columns. Parallel over
 /// groups.
 pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut3<F>) {
+    if g.is_dense() {
+        let n = inp.nrows();
+        let out2 = out.into_shape_with_order((n, wmat.nrows())).expect("one position");
+        return gemm_par(F::one(), inp, wmat.t(), F::zero(), out2);
+    }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, inp.nrows());
@@ -321,6 +338,12 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
         });
 }
 
+/// `[N, rows, 1]` as `[N, rows]` (a dense geometry's single output position).
+fn one_position<F: Float>(v: ArrayView3<F>) -> ArrayView2<F> {
+    let (n, rows, _) = v.dim();
+    v.into_shape_with_order((n, rows)).expect("one position")
+}
+
 /// Copies the samples `src[j]` `[rows, p]` side by side into `dst` `[rows, m * p]`.
 fn gather_side_by_side<'a, F: Float>(src: ArrayView3<F>, dst: &'a mut [F]) -> ArrayView2<'a, F> {
     let (m, rows, p) = src.dim();
@@ -337,6 +360,10 @@ fn gather_side_by_side<'a, F: Float>(src: ArrayView3<F>, dst: &'a mut [F]) -> Ar
 /// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Grouped as
 /// [`unfold_gemm`]; parallel over groups.
 pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut2<F>) {
+    if g.is_dense() {
+        let src2 = one_position(src);
+        return gemm_par(F::one(), src2, wmat, F::zero(), out);
+    }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let gs = group_size(p, src.shape()[0]);
@@ -370,6 +397,9 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
 /// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
 /// thread over a contiguous run of samples (grouped as [`unfold_gemm`]), reduced at the end.
 pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
+    if g.is_dense() {
+        return gemm_par(F::one(), one_position(a).t(), b, F::one(), dw);
+    }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = a.shape()[1];
     let n = a.shape()[0];
@@ -425,6 +455,12 @@ pub fn unfold_backward_over_input<F: Float>(
     wmat: ArrayView2<F>,
     mut dw: ArrayViewMut2<F>,
 ) {
+    if g.is_dense() {
+        let n = dy.nrows();
+        let x2 = x.into_shape_with_order((n, wmat.nrows())).expect("one position");
+        gemm_par(F::one(), x2.view().t(), dy, F::one(), dw);
+        return gemm_par(F::one(), dy, wmat.t(), F::zero(), x2);
+    }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     let n = dy.nrows();
