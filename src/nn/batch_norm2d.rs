@@ -45,6 +45,8 @@ pub fn batch_norm2d_forward<F: Float>(
         ));
     }
     let m = x.shape()[0] * x.shape()[2] * x.shape()[3];
+    let xs = x.as_standard_layout();
+    let xs = xs.as_slice().expect("standard layout");
     let (mean, inv_std) = match mode {
         Mode::Train => {
             if m < 2 {
@@ -55,17 +57,13 @@ pub fn batch_norm2d_forward<F: Float>(
             let mf = F::lit(m as f64);
             // Per-channel statistics in two passes (the mean, then the centred sum of
             // squares), as PyTorch.
-            let xs = x.as_standard_layout();
-            let xs = xs.as_slice().expect("standard layout");
             let sums = channel_sums(xs, xs, x.shape(), |_, p, _| (sum_map(p, |v| v), F::zero()));
-            let mus: Vec<F> = sums.iter().map(|s| s.0 / mf).collect();
+            let mean: Array1<F> = sums.iter().map(|s| s.0 / mf).collect();
             let sq = channel_sums(xs, xs, x.shape(), |ch, p, _| {
-                let mu = mus[ch];
+                let mu = mean[ch];
                 (sum_map(p, |v| (v - mu) * (v - mu)), F::zero())
             });
-            let stats: Vec<(F, F)> = mus.iter().zip(&sq).map(|(&mu, s)| (mu, s.0 / mf)).collect();
-            let mean: Array1<F> = stats.iter().map(|s| s.0).collect();
-            let var: Array1<F> = stats.iter().map(|s| s.1).collect();
+            let var: Array1<F> = sq.iter().map(|s| s.0 / mf).collect();
             let one = F::one();
             let unbiased = F::lit(m as f64 / (m - 1) as f64);
             Zip::from(&mut running_mean)
@@ -86,8 +84,6 @@ pub fn batch_norm2d_forward<F: Float>(
     // contiguous run.
     let scale: Vec<F> = (0..c).map(|ch| gamma[ch] * inv_std[ch]).collect();
     let shift: Vec<F> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
-    let xs = x.as_standard_layout();
-    let xs = xs.as_slice().expect("standard layout");
     let hw = x.shape()[2] * x.shape()[3];
     let mut y = Array4::<F>::zeros(x.raw_dim());
     per_plane(y.as_slice_mut().expect("fresh array"), hw, c, |ch, yp, at| {

@@ -241,6 +241,35 @@ impl<F: Float> Plan<F> {
         gemm(F::one(), self.out.t(), y.t(), F::zero(), m);
     }
 
+    /// Values per point of one sample: `c` on the image side, `rows` on the rows side.
+    fn width(&self, image_side: bool) -> usize {
+        if image_side {
+            self.g.c
+        } else {
+            self.rows
+        }
+    }
+
+    /// One sample of the image side ([`Self::image_in`]) or of the rows side
+    /// ([`Self::rows_in`]) to its points.
+    fn sample_to_points(&self, image_side: bool, x: &[F], points: &mut [F]) {
+        if image_side {
+            self.image_in(x, points)
+        } else {
+            self.rows_in(x, points)
+        }
+    }
+
+    /// Points back to one sample of the image side ([`Self::image_out`]) or of the rows
+    /// side ([`Self::rows_out`]), overwriting it.
+    fn points_to_sample(&self, image_side: bool, points: &[F], x: &mut [F]) {
+        if image_side {
+            self.image_out(points, x)
+        } else {
+            self.rows_out(points, x)
+        }
+    }
+
     /// The weight `[rows, c*kh*kw]` at the points, laid out `[pts][rows][c]` (the layout
     /// of the weight gradient's point sums): one GEMM against the weight's planes.
     fn kernel(&self, wmat: ArrayView2<F>) -> Vec<F> {
@@ -284,24 +313,48 @@ fn chunk_size(n: usize) -> usize {
 }
 
 /// `out[n] = wmat · im2col(inp[n])` (see [`super::im2col::unfold_gemm`]).
-pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut3<F>) {
-    let plan = Plan::new(g, wmat.nrows());
+pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
+    let n = out.shape()[0];
+    let out = out
+        .into_shape_with_order((n, wmat.nrows() * g.col_cols()))
+        .expect("standard layout");
+    through_chunks(&Plan::new(g, wmat.nrows()), wmat, inp, out, true);
+}
+
+/// Chunk by chunk, each sample to its points on one side, through the kernel, and back to
+/// the other side over `out`: `correlate` (`to_rows`, image side to rows side) and `fold`.
+fn through_chunks<F: Float>(
+    plan: &Plan<F>,
+    wmat: ArrayView2<F>,
+    src: ArrayView2<F>,
+    mut out: ArrayViewMut2<F>,
+    to_rows: bool,
+) {
     let u = plan.kernel(wmat);
-    let (c, rows, pts) = (g.c, plan.rows, plan.pts);
-    let cs = chunk_size(inp.nrows());
+    let pts = plan.pts;
+    let (from, to) = (plan.width(to_rows), plan.width(!to_rows));
+    let cs = chunk_size(src.nrows());
     out.axis_chunks_iter_mut(Axis(0), cs)
         .into_par_iter()
-        .zip(inp.axis_chunks_iter(Axis(0), cs).into_par_iter())
-        .for_each(|(mut o, x)| {
-            let m = x.nrows();
-            let mut v = vec![F::zero(); m * pts * c];
-            let mut mo = vec![F::zero(); m * pts * rows];
-            for (i, xi) in x.outer_iter().enumerate() {
-                plan.image_in(xi.as_slice().expect("contiguous sample"), &mut v[i * pts * c..]);
+        .zip(src.axis_chunks_iter(Axis(0), cs).into_par_iter())
+        .for_each(|(mut o, s)| {
+            let m = s.nrows();
+            let mut a = vec![F::zero(); m * pts * from];
+            let mut b = vec![F::zero(); m * pts * to];
+            for (i, si) in s.outer_iter().enumerate() {
+                plan.sample_to_points(
+                    to_rows,
+                    si.as_slice().expect("contiguous sample"),
+                    &mut a[i * pts * from..],
+                );
             }
-            through_kernel(&plan, &u, &v, &mut mo, m, true);
+            through_kernel(plan, &u, &a, &mut b, m, to_rows);
             for (i, mut oi) in o.outer_iter_mut().enumerate() {
-                plan.rows_out(&mo[i * pts * rows..], oi.as_slice_mut().expect("contiguous sample"));
+                plan.points_to_sample(
+                    !to_rows,
+                    &b[i * pts * to..],
+                    oi.as_slice_mut().expect("contiguous sample"),
+                );
             }
         });
 }
@@ -326,27 +379,14 @@ fn through_kernel<F: Float>(plan: &Plan<F>, u: &[F], src: &[F], dst: &mut [F], m
 }
 
 /// `out[n] = col2im(wmat' · src[n])` (see [`super::im2col::gemm_fold`]); overwrites `out`.
-pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut2<F>) {
-    let plan = Plan::new(g, wmat.nrows());
-    let u = plan.kernel(wmat);
-    let (c, rows, pts) = (g.c, plan.rows, plan.pts);
-    let cs = chunk_size(src.shape()[0]);
-    out.axis_chunks_iter_mut(Axis(0), cs)
-        .into_par_iter()
-        .zip(src.axis_chunks_iter(Axis(0), cs).into_par_iter())
-        .for_each(|(mut o, s)| {
-            let m = s.shape()[0];
-            let mut mbar = vec![F::zero(); m * pts * rows];
-            let mut v = vec![F::zero(); m * pts * c];
-            for (i, si) in s.outer_iter().enumerate() {
-                let si = si.as_standard_layout();
-                plan.rows_in(si.as_slice().expect("standard"), &mut mbar[i * pts * rows..]);
-            }
-            through_kernel(&plan, &u, &mbar, &mut v, m, false);
-            for (i, mut oi) in o.outer_iter_mut().enumerate() {
-                plan.image_out(&v[i * pts * c..], oi.as_slice_mut().expect("contiguous sample"));
-            }
-        });
+pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
+    let (n, rows, p) = src.dim();
+    let src = src.as_standard_layout();
+    let src = src
+        .view()
+        .into_shape_with_order((n, rows * p))
+        .expect("standard layout");
+    through_chunks(&Plan::new(g, rows), wmat, src, out, false);
 }
 
 /// `dw += sum_n a[n] · im2col(b[n])'` (see [`super::im2col::weight_grad`]).
@@ -453,16 +493,17 @@ pub(crate) fn backward_over_input<F: Float>(
             plan.image_in(b_side, &mut v[i * pts * c..]);
         }
         accumulate(&plan, mbar, v, ubar, m);
-        if dy_is_a {
-            through_kernel(&plan, &u, mbar, v, m, false);
-            for (i, mut xi) in xs.outer_iter_mut().enumerate() {
-                plan.image_out(&v[i * pts * c..], xi.as_slice_mut().expect("contiguous sample"));
-            }
-        } else {
-            through_kernel(&plan, &u, v, mbar, m, true);
-            for (i, mut xi) in xs.outer_iter_mut().enumerate() {
-                plan.rows_out(&mbar[i * pts * rows..], xi.as_slice_mut().expect("contiguous sample"));
-            }
+        // dx: dy's points through the kernel to x's side (the image side for Conv2d).
+        let to_rows = !dy_is_a;
+        let (from, to) = if to_rows { (&*v, mbar) } else { (&*mbar, v) };
+        through_kernel(&plan, &u, from, to, m, to_rows);
+        let width = plan.width(!to_rows);
+        for (i, mut xi) in xs.outer_iter_mut().enumerate() {
+            plan.points_to_sample(
+                !to_rows,
+                &to[i * pts * width..],
+                xi.as_slice_mut().expect("contiguous sample"),
+            );
         }
     });
     plan.kernel_adjoint(&sums, dw);
