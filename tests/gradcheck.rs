@@ -170,6 +170,22 @@ fn batch_norm2d_gradients_match_finite_differences_in_both_modes() {
     check_layer_in("BatchNorm2d eval", &mut bn, x, Mode::Eval);
 }
 
+/// BatchNorm2d with a rectifier in the same pass, both rectifiers and both modes (beta
+/// spread around zero, so that the rectifier's input takes both signs).
+#[test]
+fn batch_norm2d_with_a_rectifier_matches_finite_differences_in_both_modes() {
+    for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+        let x = rand_array(&[3, 2, 4, 5], 15);
+        let mut bn = BatchNorm2d::<f64>::new("bn", 2).with_rectifier(act).unwrap();
+        bn.weight.value = rand_array(&[2], 16) + 1.5;
+        bn.bias.value = rand_array(&[2], 17) * 0.5;
+        check_layer_in(&format!("BatchNorm2d + {act:?} train"), &mut bn, x.clone(), Mode::Train);
+        bn.running_mean = ndarray::arr1(&[0.3, -0.2]);
+        bn.running_var = ndarray::arr1(&[0.5, 2.0]);
+        check_layer_in(&format!("BatchNorm2d + {act:?} eval"), &mut bn, x, Mode::Eval);
+    }
+}
+
 #[test]
 fn pixel_bias_gradients_match_finite_differences() {
     let mut layer = PixelBias::<f64>::new("bias", &[2, 3, 4]);

@@ -56,30 +56,26 @@ impl<F: Float> DcganVae<F> {
         }
         let s2 = ConvOptions::default().stride(2);
         let s1 = ConvOptions::default();
-        let lrelu = || ActivationLayer::new(Activation::LeakyRelu(0.2));
-        let relu = || ActivationLayer::new(Activation::Relu);
+        // Each BatchNorm applies the activation that follows it in the notebook (LeakyReLU
+        // in the encoder, ReLU in the decoder) in the same pass.
+        let lrelu = Activation::LeakyRelu(0.2);
         let (e1, e2) = (enc_hidden, 2 * enc_hidden);
         let encoder = Sequential::new()
             .push(Conv2d::new("encode.disc.0.0", c, e1, (4, 4), s2, rng))
-            .push(BatchNorm2d::new("encode.disc.0.1", e1))
-            .push(lrelu())
+            .push(BatchNorm2d::new("encode.disc.0.1", e1).with_rectifier(lrelu)?)
             .push(Conv2d::new("encode.disc.1.0", e1, e2, (4, 4), s2, rng))
-            .push(BatchNorm2d::new("encode.disc.1.1", e2))
-            .push(lrelu())
+            .push(BatchNorm2d::new("encode.disc.1.1", e2).with_rectifier(lrelu)?)
             .push(Conv2d::new("encode.disc.2.0", e2, 2 * z_dim, (4, 4), s2, rng))
             .push(Flatten::new());
         let (d4, d2, d1) = (4 * dec_hidden, 2 * dec_hidden, dec_hidden);
         let decoder = Sequential::new()
             .push(Unflatten::new(&[z_dim, 1, 1]))
             .push(ConvTranspose2d::new("decode.gen.0.0", z_dim, d4, (3, 3), s2, rng))
-            .push(BatchNorm2d::new("decode.gen.0.1", d4))
-            .push(relu())
+            .push(BatchNorm2d::new("decode.gen.0.1", d4).with_rectifier(Activation::Relu)?)
             .push(ConvTranspose2d::new("decode.gen.1.0", d4, d2, (4, 4), s1, rng))
-            .push(BatchNorm2d::new("decode.gen.1.1", d2))
-            .push(relu())
+            .push(BatchNorm2d::new("decode.gen.1.1", d2).with_rectifier(Activation::Relu)?)
             .push(ConvTranspose2d::new("decode.gen.2.0", d2, d1, (3, 3), s2, rng))
-            .push(BatchNorm2d::new("decode.gen.2.1", d1))
-            .push(relu())
+            .push(BatchNorm2d::new("decode.gen.2.1", d1).with_rectifier(Activation::Relu)?)
             .push(ConvTranspose2d::new("decode.gen.3.0", d1, c, (4, 4), s2, rng))
             .push(ActivationLayer::new(Activation::Sigmoid));
         Ok(DcganVae {

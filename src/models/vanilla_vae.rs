@@ -85,14 +85,15 @@ impl<F: Float> VanillaVae<F> {
         let flat = last * hb * wb;
         let down = ConvOptions::default().stride(2).padding(1);
         let up = ConvOptions::default().stride(2).padding(1).output_padding(1);
-        let lrelu = || ActivationLayer::new(Activation::LeakyRelu(0.01));
+        // Each BatchNorm applies the LeakyReLU that follows it in AntixK's model in the same
+        // pass.
+        let bn_lrelu = |name: &str, ch| BatchNorm2d::new(name, ch).with_rectifier(Activation::LeakyRelu(0.01));
         let mut encoder = Sequential::new();
         let mut in_ch = c;
         for (i, &hd) in params.hidden.iter().enumerate() {
             encoder = encoder
                 .push(Conv2d::new(&format!("encoder.{i}.0"), in_ch, hd, (3, 3), down, rng))
-                .push(BatchNorm2d::new(&format!("encoder.{i}.1"), hd))
-                .push(lrelu());
+                .push(bn_lrelu(&format!("encoder.{i}.1"), hd)?);
             in_ch = hd;
         }
         encoder = encoder.push(Flatten::new());
@@ -111,14 +112,12 @@ impl<F: Float> VanillaVae<F> {
                     up,
                     rng,
                 ))
-                .push(BatchNorm2d::new(&format!("decoder.{i}.1"), pair[1]))
-                .push(lrelu());
+                .push(bn_lrelu(&format!("decoder.{i}.1"), pair[1])?);
         }
         let first = params.hidden[0];
         decoder = decoder
             .push(ConvTranspose2d::new("final_layer.0", first, first, (3, 3), up, rng))
-            .push(BatchNorm2d::new("final_layer.1", first))
-            .push(lrelu())
+            .push(bn_lrelu("final_layer.1", first)?)
             .push(Conv2d::new(
                 "final_layer.3",
                 first,

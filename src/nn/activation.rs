@@ -42,13 +42,37 @@ fn map_grad<F: Float>(saved: ArrayViewD<F>, dy: &mut ArrayD<F>, f: impl Fn(F, F)
     }
 }
 
+/// A rectifier at `z`: `z` where positive, elsewhere `slope z`, or a plain zero for ReLU
+/// (`slope` None; not `0 z`, which is `-0` or NaN for some `z`), as PyTorch's. Both sides
+/// are computed and one selected, so that loops over it vectorise.
+#[inline(always)]
+pub(crate) fn rectify<F: Float>(z: F, slope: Option<F>) -> F {
+    let negative = slope.map_or(F::zero(), |s| s * z);
+    if z > F::zero() {
+        z
+    } else {
+        negative
+    }
+}
+
+/// A rectifier's gradient at input `z` for output gradient `g`: `g` where `z > 0`,
+/// elsewhere `slope g` (zero for ReLU), as PyTorch's; selected as [`rectify`].
+#[inline(always)]
+pub(crate) fn rectify_grad<F: Float>(z: F, g: F, slope: Option<F>) -> F {
+    let negative = slope.map_or(F::zero(), |s| s * g);
+    if z > F::zero() {
+        g
+    } else {
+        negative
+    }
+}
+
 /// `y = act(x)`.
 pub fn activation_forward<F: Float>(act: Activation, x: ArrayViewD<F>) -> ArrayD<F> {
     match act {
-        Activation::Relu => map(x, |v| if v > F::zero() { v } else { F::zero() }),
-        Activation::LeakyRelu(s) => {
-            let s = F::lit(s);
-            map(x, move |v| if v > F::zero() { v } else { s * v })
+        Activation::Relu | Activation::LeakyRelu(_) => {
+            let slope = negative_slope(act);
+            map(x, move |v| rectify(v, slope))
         }
         Activation::Sigmoid => map(x, sigmoid),
         Activation::Tanh => map(x, F::tanh),
@@ -74,10 +98,9 @@ pub fn activation_backward<F: Float>(act: Activation, saved: ArrayViewD<F>, dy: 
 /// [`activation_backward`] overwriting `dy` with `dx`.
 pub fn activation_backward_inplace<F: Float>(act: Activation, saved: ArrayViewD<F>, dy: &mut ArrayD<F>) {
     match act {
-        Activation::Relu => map_grad(saved, dy, |x, g| if x > F::zero() { g } else { F::zero() }),
-        Activation::LeakyRelu(s) => {
-            let s = F::lit(s);
-            map_grad(saved, dy, move |x, g| if x > F::zero() { g } else { s * g })
+        Activation::Relu | Activation::LeakyRelu(_) => {
+            let slope = negative_slope(act);
+            map_grad(saved, dy, move |x, g| rectify_grad(x, g, slope))
         }
         Activation::Sigmoid => map_grad(saved, dy, |y, g| g * y * (F::one() - y)),
         Activation::Tanh => map_grad(saved, dy, |y, g| g * (F::one() - y * y)),
@@ -110,7 +133,7 @@ const SIGN_CHUNK: usize = 1 << 14;
 /// The factor a rectifier applies where its input is not positive: `None` for ReLU (the
 /// result is a plain zero there, as PyTorch's, whatever the input: not `0 * x`, which is
 /// `-0` or NaN for some), `Some(slope)` for LeakyReLU.
-fn negative_slope<F: Float>(act: Activation) -> Option<F> {
+pub(crate) fn negative_slope<F: Float>(act: Activation) -> Option<F> {
     match act {
         Activation::LeakyRelu(s) => Some(F::lit(s)),
         _ => None,

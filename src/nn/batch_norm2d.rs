@@ -3,13 +3,21 @@
 //! Train: per channel, `y = gamma (x - mean) / sqrt(var + eps) + beta` with the batch's
 //! mean and biased variance over `(n, h, w)`; the running mean and the *unbiased* running
 //! variance move by `momentum`. Eval: the running statistics replace the batch's.
+//!
+//! The layer can apply a rectifier (ReLU, LeakyReLU) to its output in the same pass
+//! ([`BatchNorm2d::with_rectifier`]): the DCGAN VAE's BatchNorm is always followed by one,
+//! and on its largest maps (44 MB at batch 1024) each separate element-wise pass, forward
+//! and backward, is a trip through memory. The backward recomputes the rectifier's input
+//! from the kept `x`, so nothing more is kept; values and gradients are those of the two
+//! layers in sequence, to the bit.
 
 use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMutD, Zip};
 
 use rayon::prelude::*;
 
+use super::activation::{negative_slope, rectify, rectify_grad};
 use super::reduce::{sum_map, sum_map2_pair};
-use super::{to4, Layer, Mode, Module, Param};
+use super::{to4, Activation, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
 /// What backward needs from a BatchNorm2d forward: the per-channel mean and `1/sqrt(var + eps)`
@@ -24,17 +32,97 @@ pub struct BatchNormCache<F> {
     pub mode: Mode,
 }
 
+/// What is applied to the normalised values inside the layer, one type per case so that
+/// the per-element loops are compiled (and vectorised) for each.
+trait Then<F>: Copy + Sync + Send {
+    /// Its value at `z`.
+    fn value(self, z: F) -> F;
+    /// The gradient through it at `z` for the output gradient `g`.
+    fn grad(self, z: F, g: F) -> F;
+}
+
+/// Nothing: plain BatchNorm.
+#[derive(Clone, Copy)]
+struct Identity;
+
+/// ReLU.
+#[derive(Clone, Copy)]
+struct Relu;
+
+/// LeakyReLU with this slope.
+#[derive(Clone, Copy)]
+struct Leaky<F>(F);
+
+impl<F: Float> Then<F> for Identity {
+    #[inline(always)]
+    fn value(self, z: F) -> F {
+        z
+    }
+    #[inline(always)]
+    fn grad(self, _z: F, g: F) -> F {
+        g
+    }
+}
+
+impl<F: Float> Then<F> for Relu {
+    #[inline(always)]
+    fn value(self, z: F) -> F {
+        rectify(z, None)
+    }
+    #[inline(always)]
+    fn grad(self, z: F, g: F) -> F {
+        rectify_grad(z, g, None)
+    }
+}
+
+impl<F: Float> Then<F> for Leaky<F> {
+    #[inline(always)]
+    fn value(self, z: F) -> F {
+        rectify(z, Some(self.0))
+    }
+    #[inline(always)]
+    fn grad(self, z: F, g: F) -> F {
+        rectify_grad(z, g, Some(self.0))
+    }
+}
+
+/// Per channel, `y = x scale + shift` (scale = gamma inv_std, shift = beta - mean scale,
+/// the form PyTorch's CPU kernel uses): the same numbers for the forward and for the
+/// backward that recomputes a rectifier's input.
+fn scale_shift<F: Float>(gamma: ArrayView1<F>, beta: ArrayView1<F>, cache: &BatchNormCache<F>) -> Vec<(F, F)> {
+    (0..gamma.len())
+        .map(|ch| {
+            let scale = gamma[ch] * cache.inv_std[ch];
+            (scale, beta[ch] - cache.mean[ch] * scale)
+        })
+        .collect()
+}
+
 /// Forward. In [`Mode::Train`] updates `running_mean` and `running_var` in place.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm2d_forward<F: Float>(
     x: ArrayView4<F>,
     gamma: ArrayView1<F>,
     beta: ArrayView1<F>,
-    mut running_mean: ArrayViewMut1<F>,
-    mut running_var: ArrayViewMut1<F>,
+    running_mean: ArrayViewMut1<F>,
+    running_var: ArrayViewMut1<F>,
     momentum: F,
     eps: F,
     mode: Mode,
+) -> Result<(Array4<F>, BatchNormCache<F>)> {
+    let stats = (running_mean, running_var, momentum, eps);
+    forward_then(x, gamma, beta, stats, mode, Identity)
+}
+
+/// [`batch_norm2d_forward`] with `then` applied to every output; `stats` are the running
+/// mean and variance, the momentum and eps.
+fn forward_then<F: Float>(
+    x: ArrayView4<F>,
+    gamma: ArrayView1<F>,
+    beta: ArrayView1<F>,
+    (mut running_mean, mut running_var, momentum, eps): (ArrayViewMut1<F>, ArrayViewMut1<F>, F, F),
+    mode: Mode,
+    then: impl Then<F>,
 ) -> Result<(Array4<F>, BatchNormCache<F>)> {
     let c = gamma.len();
     if x.shape()[1] != c {
@@ -79,21 +167,20 @@ pub fn batch_norm2d_forward<F: Float>(
             running_var.mapv(|v| F::one() / (v + eps).sqrt()),
         ),
     };
-    // y = x * scale + shift per channel (scale = gamma inv_std, shift = beta - mean scale,
-    // the form PyTorch's CPU kernel uses), sample by sample so that every plane is a
+    let cache = BatchNormCache { mean, inv_std, mode };
+    // y = then(x * scale + shift) per channel, sample by sample so that every plane is a
     // contiguous run.
-    let scale: Vec<F> = (0..c).map(|ch| gamma[ch] * inv_std[ch]).collect();
-    let shift: Vec<F> = (0..c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let coef = scale_shift(gamma, beta, &cache);
     let hw = x.shape()[2] * x.shape()[3];
     let mut y = Array4::<F>::zeros(x.raw_dim());
     per_plane(y.as_slice_mut().expect("fresh array"), hw, c, |ch, yp, at| {
         let xp = &xs[at..at + hw];
-        let (a, b) = (scale[ch], shift[ch]);
+        let (a, b) = coef[ch];
         for (o, &v) in yp.iter_mut().zip(xp) {
-            *o = v * a + b;
+            *o = then.value(v * a + b);
         }
     });
-    Ok((y, BatchNormCache { mean, inv_std, mode }))
+    Ok((y, cache))
 }
 
 /// Backward given the forward's input `x` and cache: accumulates `dgamma`, `dbeta`, returns
@@ -120,9 +207,25 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
     gamma: ArrayView1<F>,
     cache: &BatchNormCache<F>,
     dy: &mut Array4<F>,
-    mut dgamma: ArrayViewMut1<F>,
-    mut dbeta: ArrayViewMut1<F>,
+    dgamma: ArrayViewMut1<F>,
+    dbeta: ArrayViewMut1<F>,
     need_dx: bool,
+) -> Result<()> {
+    // Identity ignores the coefficients of its input: beta is not needed.
+    let unused = gamma;
+    backward_then(x, (gamma, unused), cache, dy, (dgamma, dbeta), need_dx, Identity)
+}
+
+/// [`batch_norm2d_backward_inplace`] through `then` (whose input it recomputes from `x`,
+/// gamma and beta and the cache); `dy` is the gradient of `then`'s output.
+fn backward_then<F: Float>(
+    x: ArrayView4<F>,
+    (gamma, beta): (ArrayView1<F>, ArrayView1<F>),
+    cache: &BatchNormCache<F>,
+    dy: &mut Array4<F>,
+    (mut dgamma, mut dbeta): (ArrayViewMut1<F>, ArrayViewMut1<F>),
+    need_dx: bool,
+    then: impl Then<F>,
 ) -> Result<()> {
     if dy.shape() != x.shape() {
         return Err(Error::shape("batch_norm2d dy", format!("{:?}", x.shape()), dy.shape()));
@@ -133,10 +236,15 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
     let m = F::lit((x.shape()[0] * x.shape()[2] * x.shape()[3]) as f64);
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
+    // The gradient of the normalised value is dy through `then`, at the input it had:
+    // `then.grad(x zs + zt, dy)` with `(zs, zt)` its channel's coefficients (unused, and
+    // compiled away, for the identity).
+    let zc = scale_shift(gamma, beta, cache);
     // First the two sums of each channel ...
     let sums: Vec<(F, F)> = channel_sums(xs, dy.as_slice().expect("standard layout"), x.shape(), |ch, xp, dp| {
-        let mu = cache.mean[ch];
-        sum_map2_pair(xp, dp, |_, d| d, |v, d| d * (v - mu))
+        let (mu, (zs, zt)) = (cache.mean[ch], zc[ch]);
+        let dz = |v: F, d: F| then.grad(v * zs + zt, d);
+        sum_map2_pair(xp, dp, dz, |v, d| dz(v, d) * (v - mu))
     })
     .into_iter()
     .enumerate()
@@ -167,13 +275,15 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
             gamma.len(),
             |ch, dp, at| {
                 let (a, b, c) = coef[ch];
+                let (zs, zt) = zc[ch];
+                let xp = &xs[at..at + hw];
                 if train {
-                    for (d, &v) in dp.iter_mut().zip(&xs[at..at + hw]) {
-                        *d = *d * a + v * b + c;
+                    for (d, &v) in dp.iter_mut().zip(xp) {
+                        *d = then.grad(v * zs + zt, *d) * a + v * b + c;
                     }
                 } else {
-                    for d in dp.iter_mut() {
-                        *d *= a;
+                    for (d, &v) in dp.iter_mut().zip(xp) {
+                        *d = then.grad(v * zs + zt, *d) * a;
                     }
                 }
             },
@@ -264,6 +374,8 @@ pub struct BatchNorm2d<F> {
     pub eps: F,
     /// Train-mode forward passes so far (`{prefix}.num_batches_tracked`).
     pub num_batches_tracked: u64,
+    /// The rectifier applied to the output in the same pass, if any.
+    rectifier: Option<Activation>,
     cache: Option<(Array4<F>, BatchNormCache<F>)>,
 }
 
@@ -278,8 +390,30 @@ impl<F: Float> BatchNorm2d<F> {
             momentum: F::lit(0.1),
             eps: F::lit(1e-5),
             num_batches_tracked: 0,
+            rectifier: None,
             cache: None,
         }
+    }
+
+    /// The same layer with `act` (ReLU or LeakyReLU) applied to its output in the same
+    /// pass: the values and gradients of this layer followed by an
+    /// [`super::ActivationLayer`] of `act`, without that layer's trips through memory.
+    /// Other activations are an error (their derivative is not a function of the sign of
+    /// the input, which is what the backward recomputes).
+    pub fn with_rectifier(mut self, act: Activation) -> Result<Self> {
+        if !matches!(act, Activation::Relu | Activation::LeakyRelu(_)) {
+            return Err(Error::InvalidArgument(format!(
+                "BatchNorm2d {}: only ReLU and LeakyReLU can follow in the same pass, not {act:?}",
+                self.weight.name
+            )));
+        }
+        self.rectifier = Some(act);
+        Ok(self)
+    }
+
+    /// The rectifier applied to the output, if any (see [`BatchNorm2d::with_rectifier`]).
+    pub fn rectifier(&self) -> Option<Activation> {
+        self.rectifier
     }
 
     /// Forward in `mode`; in train mode keeps what backward needs and updates the running
@@ -287,16 +421,17 @@ impl<F: Float> BatchNorm2d<F> {
     pub fn forward4(&mut self, x: Array4<F>, mode: Mode) -> Result<Array4<F>> {
         let gamma = self.weight.value.view().into_dimensionality().expect("vector");
         let beta = self.bias.value.view().into_dimensionality().expect("vector");
-        let (y, cache) = batch_norm2d_forward(
-            x.view(),
-            gamma,
-            beta,
+        let stats = (
             self.running_mean.view_mut(),
             self.running_var.view_mut(),
             self.momentum,
             self.eps,
-            mode,
-        )?;
+        );
+        let (y, cache) = match self.rectifier.map(negative_slope) {
+            None => forward_then(x.view(), gamma, beta, stats, mode, Identity),
+            Some(None) => forward_then(x.view(), gamma, beta, stats, mode, Relu),
+            Some(Some(s)) => forward_then(x.view(), gamma, beta, stats, mode, Leaky(s)),
+        }?;
         if mode == Mode::Train {
             self.num_batches_tracked += 1;
         }
@@ -310,9 +445,16 @@ impl<F: Float> BatchNorm2d<F> {
             Error::InvalidArgument(format!("BatchNorm2d {}: backward before forward", self.weight.name))
         })?;
         let gamma = self.weight.value.view().into_dimensionality().expect("vector");
+        let beta = self.bias.value.view().into_dimensionality().expect("vector");
         let dgamma = self.weight.grad.view_mut().into_dimensionality().expect("vector");
         let dbeta = self.bias.grad.view_mut().into_dimensionality().expect("vector");
-        batch_norm2d_backward_inplace(x.view(), gamma, &cache, &mut dy, dgamma, dbeta, need_dx)?;
+        let grads = (dgamma, dbeta);
+        let (x, params) = (x.view(), (gamma, beta));
+        match self.rectifier.map(negative_slope) {
+            None => backward_then(x, params, &cache, &mut dy, grads, need_dx, Identity),
+            Some(None) => backward_then(x, params, &cache, &mut dy, grads, need_dx, Relu),
+            Some(Some(s)) => backward_then(x, params, &cache, &mut dy, grads, need_dx, Leaky(s)),
+        }?;
         Ok(need_dx.then_some(dy))
     }
 }
@@ -347,5 +489,68 @@ impl<F: Float> Layer<F> for BatchNorm2d<F> {
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
         let dy = to4(dy, &self.weight.name)?;
         Ok(self.backward4(dy, need_dx)?.map(Array4::into_dyn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::ActivationLayer;
+
+    fn bits(a: &ArrayD<f64>) -> Vec<u64> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The rectifier applied in the same pass gives the values, input gradient, parameter
+    /// gradients and running statistics of BatchNorm2d followed by the activation layer,
+    /// to the bit, in every mode, on data large enough for several parallel tasks.
+    #[test]
+    fn a_fused_rectifier_equals_the_two_layers_to_the_bit() {
+        let shape = [37, 3, 9, 11];
+        let x = ArrayD::from_shape_fn(&shape[..], |i| {
+            ((i[0] * 31 + i[1] * 17 + i[2] * 7 + i[3] * 3) % 23) as f64 / 7.0 - 1.5
+        });
+        let dy = x.mapv(|v| (v * 3.1).sin());
+        for act in [Activation::Relu, Activation::LeakyRelu(0.2)] {
+            for mode in [Mode::Train, Mode::Eval, Mode::Frozen] {
+                let mut plain = BatchNorm2d::<f64>::new("bn", 3);
+                plain.bias.value = ArrayD::from_shape_vec(vec![3], vec![0.1, -0.4, 0.0]).unwrap();
+                plain.running_mean = ndarray::arr1(&[0.2, -0.1, 0.05]);
+                plain.running_var = ndarray::arr1(&[0.7, 1.3, 2.0]);
+                let mut fused = plain.clone().with_rectifier(act).unwrap();
+                let mut after = ActivationLayer::<f64>::new(act);
+                // BatchNorm keeps its input in every mode; the activation layer only when
+                // asked to (Frozen: same values as Eval).
+                let y_two = after
+                    .forward(plain.forward(x.clone(), mode).unwrap(), Mode::Frozen)
+                    .unwrap();
+                let y_one = fused.forward(x.clone(), mode).unwrap();
+                assert_eq!(bits(&y_one), bits(&y_two), "{act:?} {mode:?}: forward");
+                let dz = after.backward(dy.clone(), true).unwrap().unwrap();
+                let dx_two = plain.backward(dz, true).unwrap().unwrap();
+                let dx_one = fused.backward(dy.clone(), true).unwrap().unwrap();
+                assert_eq!(bits(&dx_one), bits(&dx_two), "{act:?} {mode:?}: dx");
+                assert_eq!(
+                    bits(&fused.weight.grad),
+                    bits(&plain.weight.grad),
+                    "{act:?} {mode:?}: dgamma"
+                );
+                assert_eq!(
+                    bits(&fused.bias.grad),
+                    bits(&plain.bias.grad),
+                    "{act:?} {mode:?}: dbeta"
+                );
+                assert_eq!(fused.running_var, plain.running_var, "{act:?} {mode:?}: running var");
+                assert_eq!(fused.running_mean, plain.running_mean, "{act:?} {mode:?}: running mean");
+            }
+        }
+    }
+
+    #[test]
+    fn only_rectifiers_fuse() {
+        for act in [Activation::Sigmoid, Activation::Tanh] {
+            let err = BatchNorm2d::<f32>::new("enc.1", 4).with_rectifier(act).unwrap_err();
+            assert!(err.to_string().contains("enc.1"), "{err}");
+        }
     }
 }
