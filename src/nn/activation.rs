@@ -146,19 +146,18 @@ fn rectify_in_place<F: Float>(x: &mut [F], slope: Option<F>, keep_signs: bool) -
     let mut positive = keep_signs.then(|| vec![false; x.len()]);
     // Selects, not branches: the signs of activations are coin flips to a branch
     // predictor, and selects vectorise.
+    // (One arm per slope, so that each loop is compiled with its slope known.)
     let run = |x: &mut [F], pos: Option<&mut [bool]>| match (pos, slope) {
         (Some(pos), None) => x.iter_mut().zip(pos).for_each(|(v, p)| {
             *p = *v > F::zero();
-            *v = if *p { *v } else { F::zero() };
+            *v = rectify(*v, None);
         }),
         (Some(pos), Some(s)) => x.iter_mut().zip(pos).for_each(|(v, p)| {
             *p = *v > F::zero();
-            *v = if *p { *v } else { s * *v };
+            *v = rectify(*v, Some(s));
         }),
-        (None, None) => x
-            .iter_mut()
-            .for_each(|v| *v = if *v > F::zero() { *v } else { F::zero() }),
-        (None, Some(s)) => x.iter_mut().for_each(|v| *v = if *v > F::zero() { *v } else { s * *v }),
+        (None, None) => x.iter_mut().for_each(|v| *v = rectify(*v, None)),
+        (None, Some(s)) => x.iter_mut().for_each(|v| *v = rectify(*v, Some(s))),
     };
     match (&mut positive, x.len() >= PAR_MIN) {
         (Some(pos), true) => x

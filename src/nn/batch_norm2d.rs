@@ -211,16 +211,15 @@ pub fn batch_norm2d_backward_inplace<F: Float>(
     dbeta: ArrayViewMut1<F>,
     need_dx: bool,
 ) -> Result<()> {
-    // Identity ignores the coefficients of its input: beta is not needed.
-    let unused = gamma;
-    backward_then(x, (gamma, unused), cache, dy, (dgamma, dbeta), need_dx, Identity)
+    backward_then(x, (gamma, None), cache, dy, (dgamma, dbeta), need_dx, Identity)
 }
 
-/// [`batch_norm2d_backward_inplace`] through `then` (whose input it recomputes from `x`,
-/// gamma and beta and the cache); `dy` is the gradient of `then`'s output.
+/// [`batch_norm2d_backward_inplace`] through `then`, whose input it recomputes from `x`,
+/// gamma, beta and the cache (`beta` is needed only then: the identity reads no input);
+/// `dy` is the gradient of `then`'s output.
 fn backward_then<F: Float>(
     x: ArrayView4<F>,
-    (gamma, beta): (ArrayView1<F>, ArrayView1<F>),
+    (gamma, beta): (ArrayView1<F>, Option<ArrayView1<F>>),
     cache: &BatchNormCache<F>,
     dy: &mut Array4<F>,
     (mut dgamma, mut dbeta): (ArrayViewMut1<F>, ArrayViewMut1<F>),
@@ -237,9 +236,12 @@ fn backward_then<F: Float>(
     let xs = x.as_standard_layout();
     let xs = xs.as_slice().expect("standard layout");
     // The gradient of the normalised value is dy through `then`, at the input it had:
-    // `then.grad(x zs + zt, dy)` with `(zs, zt)` its channel's coefficients (unused, and
-    // compiled away, for the identity).
-    let zc = scale_shift(gamma, beta, cache);
+    // `then.grad(x zs + zt, dy)` with `(zs, zt)` its channel's coefficients (zero, unused
+    // and compiled away, for the identity).
+    let zc = match beta {
+        Some(beta) => scale_shift(gamma, beta, cache),
+        None => vec![(F::zero(), F::zero()); gamma.len()],
+    };
     // First the two sums of each channel ...
     let sums: Vec<(F, F)> = channel_sums(xs, dy.as_slice().expect("standard layout"), x.shape(), |ch, xp, dp| {
         let (mu, (zs, zt)) = (cache.mean[ch], zc[ch]);
@@ -449,7 +451,7 @@ impl<F: Float> BatchNorm2d<F> {
         let dgamma = self.weight.grad.view_mut().into_dimensionality().expect("vector");
         let dbeta = self.bias.grad.view_mut().into_dimensionality().expect("vector");
         let grads = (dgamma, dbeta);
-        let (x, params) = (x.view(), (gamma, beta));
+        let (x, params) = (x.view(), (gamma, Some(beta)));
         match self.rectifier.map(negative_slope) {
             None => backward_then(x, params, &cache, &mut dy, grads, need_dx, Identity),
             Some(None) => backward_then(x, params, &cache, &mut dy, grads, need_dx, Relu),

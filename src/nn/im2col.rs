@@ -393,46 +393,47 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
         });
 }
 
-/// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
-/// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
-/// thread over a contiguous run of samples (grouped as [`unfold_gemm`]), reduced at the end.
-pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
-    if g.is_dense() {
-        return gemm_par(F::one(), one_position(a).t(), b, F::one(), dw);
-    }
-    let (ck, p) = (g.col_rows(), g.col_cols());
-    let rows = a.shape()[1];
-    let n = a.shape()[0];
+/// Samples per run of [`unfolded_runs`]: the batch of `n` cut into one run per thread.
+fn run_length(n: usize) -> usize {
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
-    let per = n.div_ceil(parts).max(1);
+    n.div_ceil(parts).max(1)
+}
+
+/// The skeleton of the products that sum over samples into `dw` (`[rows, c*kh*kw]`): runs
+/// of `per` samples ([`run_length`]), in parallel, run `k` paired with `runs[k]`; within a
+/// run, the samples of `b` (`[N, c*h*w]`) unfolded a group at a time (grouped as [`unfold_gemm`])
+/// into a `[c*kh*kw, m * oh*ow]` column matrix, and `group(run, first, range, cols, buf,
+/// acc)` called with the run's first sample, the group's samples, the columns, a scratch
+/// of `rows * m * oh*ow` (when `m > 1`) and the run's partial sum of `dw`. The partials
+/// are added in order: the same result whatever the number of threads.
+fn unfolded_runs<F: Float, R: Send>(
+    b: ArrayView2<F>,
+    g: &ConvGeom,
+    rows: usize,
+    (per, runs): (usize, Vec<R>),
+    mut dw: ArrayViewMut2<F>,
+    group: impl Fn(&mut R, usize, std::ops::Range<usize>, ArrayView2<F>, &mut [F], &mut Array2<F>) + Sync,
+) {
+    let (ck, p) = (g.col_rows(), g.col_cols());
+    let n = b.nrows();
     let gs = group_size(p, per);
-    let used = n.div_ceil(per);
-    let split = too_few(used);
     let taps = Taps::new(g);
-    let partials: Vec<Array2<F>> = (0..used)
+    let partials: Vec<Array2<F>> = runs
         .into_par_iter()
-        .map(|part| {
+        .enumerate()
+        .map(|(part, mut run)| {
             let mut acc = Array2::<F>::zeros(dw.raw_dim());
-            let end = ((part + 1) * per).min(n);
-            F::with_scratch(ck * gs * p, if gs > 1 { rows * gs * p } else { 0 }, |cols, abuf| {
-                for start in (part * per..end).step_by(gs) {
+            let (first, end) = (part * per, ((part + 1) * per).min(n));
+            F::with_scratch(ck * gs * p, if gs > 1 { rows * gs * p } else { 0 }, |cols, buf| {
+                for start in (first..end).step_by(gs) {
                     let stop = (start + gs).min(end);
-                    let (m, ld) = (stop - start, (stop - start) * p);
+                    let ld = (stop - start) * p;
                     for (j, i) in (start..stop).enumerate() {
-                        taps.im2col(
-                            b.row(i).as_slice().expect("contiguous sample"),
-                            g,
-                            &mut cols[j * p..],
-                            ld,
-                        );
+                        let bi = b.row(i);
+                        taps.im2col(bi.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
                     }
                     let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
-                    if m == 1 {
-                        group_gemm(split, a.index_axis(Axis(0), start), cm.t(), F::one(), acc.view_mut());
-                    } else {
-                        let am = gather_side_by_side(a.slice(s![start..stop, .., ..]), abuf);
-                        group_gemm(split, am, cm.t(), F::one(), acc.view_mut());
-                    }
+                    group(&mut run, first, start..stop, cm, buf, &mut acc);
                 }
             });
             acc
@@ -443,17 +444,37 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, m
     }
 }
 
+/// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
+/// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
+/// thread over a contiguous run of samples (see [`unfolded_runs`]), reduced at the end.
+pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, dw: ArrayViewMut2<F>) {
+    if g.is_dense() {
+        return gemm_par(F::one(), one_position(a).t(), b, F::one(), dw);
+    }
+    let n = a.shape()[0];
+    let per = run_length(n);
+    let runs = vec![(); n.div_ceil(per)];
+    let split = too_few(runs.len());
+    unfolded_runs(b, g, a.shape()[1], (per, runs), dw, |_, _, range, cm, buf, acc| {
+        let am = if range.len() == 1 {
+            a.index_axis(Axis(0), range.start)
+        } else {
+            gather_side_by_side(a.slice(s![range, .., ..]), buf)
+        };
+        group_gemm(split, am, cm.t(), F::one(), acc.view_mut());
+    });
+}
+
 /// ConvTranspose2d's two gradients in one pass, with `dy` `[N, c*h*w]` on the unfolded side
 /// and the kept input `x` `[N, rows, oh*ow]`: each group of samples' `dy` is unfolded once
 /// and serves both products, `dw += x[n] · im2col(dy[n])'` and then `x[n] = wmat ·
-/// im2col(dy[n])` written over `x`. Parallel as [`weight_grad`]: one run of samples per
-/// thread, its partial sum of `dw`, the partials added in order.
+/// im2col(dy[n])` written over `x`. Parallel as [`weight_grad`].
 pub fn unfold_backward_over_input<F: Float>(
     dy: ArrayView2<F>,
     mut x: ArrayViewMut3<F>,
     g: &ConvGeom,
     wmat: ArrayView2<F>,
-    mut dw: ArrayViewMut2<F>,
+    dw: ArrayViewMut2<F>,
 ) {
     if g.is_dense() {
         let n = dy.nrows();
@@ -461,50 +482,27 @@ pub fn unfold_backward_over_input<F: Float>(
         gemm_par(F::one(), x2.view().t(), dy, F::one(), dw);
         return gemm_par(F::one(), dy, wmat.t(), F::zero(), x2);
     }
-    let (ck, p) = (g.col_rows(), g.col_cols());
-    let rows = wmat.nrows();
-    let n = dy.nrows();
-    let parts = rayon::current_num_threads().clamp(1, n.max(1));
-    let per = n.div_ceil(parts).max(1);
-    let gs = group_size(p, per);
-    let split = too_few(n.div_ceil(per));
-    let taps = Taps::new(g);
-    let partials: Vec<Array2<F>> = x
-        .axis_chunks_iter_mut(Axis(0), per)
-        .into_par_iter()
-        .enumerate()
-        .map(|(part, mut xrun)| {
-            let mut acc = Array2::<F>::zeros(dw.raw_dim());
-            F::with_scratch(ck * gs * p, if gs > 1 { rows * gs * p } else { 0 }, |cols, buf| {
-                for (k, mut xg) in xrun.axis_chunks_iter_mut(Axis(0), gs).enumerate() {
-                    let start = part * per + k * gs;
-                    let (m, ld) = (xg.shape()[0], xg.shape()[0] * p);
-                    for j in 0..m {
-                        let dyj = dy.row(start + j);
-                        taps.im2col(dyj.as_slice().expect("contiguous sample"), g, &mut cols[j * p..], ld);
-                    }
-                    let cm = ArrayView2::from_shape((ck, ld), &cols[..ck * ld]).expect("sized");
-                    if m == 1 {
-                        let x0 = xg.index_axis_mut(Axis(0), 0);
-                        group_gemm(split, x0.view(), cm.t(), F::one(), acc.view_mut());
-                        group_gemm(split, wmat, cm, F::zero(), x0);
-                        continue;
-                    }
-                    let side = gather_side_by_side(xg.view(), buf);
-                    group_gemm(split, side, cm.t(), F::one(), acc.view_mut());
-                    let mut y = ArrayViewMut2::from_shape((rows, ld), &mut buf[..rows * ld]).expect("sized");
-                    group_gemm(split, wmat, cm, F::zero(), y.view_mut());
-                    for (j, mut xj) in xg.outer_iter_mut().enumerate() {
-                        xj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
-                    }
-                }
-            });
-            acc
-        })
-        .collect();
-    for part in partials {
-        dw += &part;
-    }
+    let (p, rows) = (g.col_cols(), wmat.nrows());
+    let per = run_length(dy.nrows());
+    let runs: Vec<_> = x.axis_chunks_iter_mut(Axis(0), per).collect();
+    let split = too_few(runs.len());
+    unfolded_runs(dy, g, rows, (per, runs), dw, |xrun, first, range, cm, buf, acc| {
+        let (m, ld) = (range.len(), range.len() * p);
+        let mut xg = xrun.slice_mut(s![range.start - first..range.end - first, .., ..]);
+        if m == 1 {
+            let x0 = xg.index_axis_mut(Axis(0), 0);
+            group_gemm(split, x0.view(), cm.t(), F::one(), acc.view_mut());
+            group_gemm(split, wmat, cm, F::zero(), x0);
+            return;
+        }
+        let side = gather_side_by_side(xg.view(), buf);
+        group_gemm(split, side, cm.t(), F::one(), acc.view_mut());
+        let mut y = ArrayViewMut2::from_shape((rows, ld), &mut buf[..rows * ld]).expect("sized");
+        group_gemm(split, wmat, cm, F::zero(), y.view_mut());
+        for (j, mut xj) in xg.outer_iter_mut().enumerate() {
+            xj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
+        }
+    });
 }
 
 #[cfg(test)]
