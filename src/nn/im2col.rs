@@ -446,7 +446,7 @@ fn unfolded_runs<F: Float, R: Send>(
 
 /// `dw += sum_n a[n] · im2col(b[n])^T`, with `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]` and
 /// `dw` `[rows, c*kh*kw]`: the weight gradient of both convolutions. One partial sum per
-/// thread over a contiguous run of samples (see [`unfolded_runs`]), reduced at the end.
+/// thread over a contiguous run of samples, reduced in order at the end.
 pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, dw: ArrayViewMut2<F>) {
     if g.is_dense() {
         return gemm_par(F::one(), one_position(a).t(), b, F::one(), dw);
