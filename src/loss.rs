@@ -144,16 +144,20 @@ pub(crate) fn bce_elem_grad<F: Float>(p: F, t: F) -> F {
 /// One element of [`bce_with_logits_loss`], stable for any logit.
 #[inline]
 pub(crate) fn bce_logits_elem<F: Float>(z: F, t: F) -> F {
-    z.max(F::zero()) - z * t + (-z.abs()).exp().ln_1p()
+    z.max(F::zero()) - z * t + (-z.abs()).exp_lanes().ln_1p()
 }
 
-/// The logistic function, written to stay finite for any `z`.
-#[inline]
+/// The logistic function, written to stay finite for any `z`: with `e = e^{-|z|}`,
+/// `1 / (1 + e)` for `z >= 0` and `e` times that otherwise. Both sides are computed and one
+/// selected, with [`Float::exp_lanes`], so that a loop over it vectorises.
+#[inline(always)]
 pub fn sigmoid<F: Float>(z: F) -> F {
+    let e = (-z.abs()).exp_lanes();
+    let pos = F::one() / (F::one() + e);
+    let neg = e * pos;
     if z >= F::zero() {
-        F::one() / (F::one() + (-z).exp())
+        pos
     } else {
-        let e = z.exp();
-        e / (F::one() + e)
+        neg
     }
 }
