@@ -627,7 +627,7 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
         .zip(b.axis_chunks_iter(Axis(0), per))
         .map(|(ap, bp)| {
             let mut wk = plan.work();
-            let mut acc = vec![F::zero(); bins * wa * wb];
+            let mut acc = vec![F::zero(); bins * rows * wb];
             F::with_scratch(
                 bins * CHUNK.min(ap.nrows()) * wa,
                 bins * CHUNK.min(ap.nrows()) * wb,
@@ -652,14 +652,23 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
     finish_weight_grad(&plan, g, rows, sums, dw);
 }
 
-/// `acc[f] += conj-free A_f' B_f` for every frequency of a chunk of `m` images: the
-/// blocks `[Ar'Br, Ar'Bi; Ai'Br, Ai'Bi]` that [`finish_weight_grad`] combines.
+/// `acc[f] += conj(A_f)' B_f` for every frequency of a chunk of `m` images, kept as the
+/// real block `[Re | Im]` (`rows x 2c`) that [`finish_weight_grad`] reads: `Re = Ar'Br +
+/// Ai'Bi`, `Im = Ar'Bi - Ai'Br`. Three products on views of the spectra, with no copies,
+/// into half the memory of the whole `[Ar Ai]' [Br Bi]`: the sums are read and written
+/// once per chunk, so their size is traffic.
 fn accumulate<F: Float>(acc: &mut [F], sa: &[F], sb: &[F], m: usize, bins: usize, (wa, wb): (usize, usize)) {
-    for f in 0..bins {
+    let (rows, c) = (wa / 2, wb / 2);
+    for (f, block) in acc.chunks_exact_mut(rows * wb).take(bins).enumerate() {
         let x = frequency(sa, f, m, bins, wa);
         let y = frequency(sb, f, m, bins, wb);
-        let z = ArrayViewMut2::from_shape((wa, wb), &mut acc[f * wa * wb..][..wa * wb]).expect("sized");
-        gemm(F::one(), x.t(), y, F::one(), z);
+        let (ar, ai) = x.split_at(Axis(1), rows);
+        let (br, bi) = y.split_at(Axis(1), c);
+        let mut z = ArrayViewMut2::from_shape((rows, wb), block).expect("sized");
+        gemm(F::one(), ar.t(), y, F::one(), z.view_mut());
+        let (re, im) = z.split_at(Axis(1), c);
+        gemm(F::one(), ai.t(), bi, F::one(), re);
+        gemm(-F::one(), ai.t(), br, F::one(), im);
     }
 }
 
@@ -700,7 +709,7 @@ pub(crate) fn backward_over_input<F: Float>(
         .zip(x.axis_chunks_iter_mut(Axis(0), per))
         .map(|(dyp, mut xp)| {
             let mut wk = plan.work();
-            let mut acc = vec![F::zero(); bins * wa * wb];
+            let mut acc = vec![F::zero(); bins * rows * wb];
             let mmax = CHUNK.min(dyp.nrows());
             F::with_scratch(bins * mmax * wdy, bins * mmax * wx, |sdy, sx| {
                 for (dyc, mut xc) in dyp
@@ -744,27 +753,20 @@ fn finish_weight_grad<F: Float>(
 ) {
     let c = g.c;
     let bins = plan.bins();
-    let (wa, wb) = (2 * rows, 2 * c);
-    // conj(A) B = (Ar'Br + Ai'Bi) + i (Ar'Bi - Ai'Br), blockwise, summed over the threads'
-    // parts; kernel k = r * c + ch. Built frequency by frequency (each block read in
-    // order), then transposed (cache-blocked) to one spectrum per kernel.
+    // The threads' `[Re | Im]` blocks (see [`accumulate`]) summed frequency by frequency
+    // (each block read in order), kernel k = r * c + ch, then transposed (cache-blocked)
+    // to one spectrum per kernel.
     let nk = rows * c;
     let zero = C::new(F::zero(), F::zero());
     let mut by_freq = vec![zero; bins * nk];
     by_freq.par_chunks_mut(nk).enumerate().for_each(|(f, zs)| {
         for part in &sums {
-            let blk = &part[f * wa * wb..][..wa * wb];
-            let (top, bottom) = blk.split_at(rows * wb);
-            for ((t, b), zr) in top
-                .chunks_exact(wb)
-                .zip(bottom.chunks_exact(wb))
-                .zip(zs.chunks_exact_mut(c))
-            {
-                let (rr, ri) = t.split_at(c);
-                let (ir, ii) = b.split_at(c);
-                for ((((z, &rr), &ri), &ir), &ii) in zr.iter_mut().zip(rr).zip(ri).zip(ir).zip(ii) {
-                    z.re += rr + ii;
-                    z.im += ri - ir;
+            let blk = &part[f * 2 * nk..][..2 * nk];
+            for (row, zr) in blk.chunks_exact(2 * c).zip(zs.chunks_exact_mut(c)) {
+                let (re, im) = row.split_at(c);
+                for ((z, &re), &im) in zr.iter_mut().zip(re).zip(im) {
+                    z.re += re;
+                    z.im += im;
                 }
             }
         }
