@@ -132,7 +132,7 @@ pub fn bce_with_logits_grad<F: Float, D: Dimension>(
 #[inline]
 pub(crate) fn bce_elem<F: Float>(p: F, t: F) -> F {
     let floor = F::lit(-100.0);
-    -(t * p.ln().max(floor) + (F::one() - t) * (F::one() - p).ln().max(floor))
+    -(t * p.ln_lanes().max(floor) + (F::one() - t) * (F::one() - p).ln_lanes().max(floor))
 }
 
 /// Derivative of [`bce_elem`] in `p`, with PyTorch's guard on the denominator.

@@ -23,6 +23,24 @@ pub(crate) fn sum_map<F: Float>(a: &[F], f: impl Fn(F) -> F) -> F {
     acc.iter().fold(F::zero(), |s, &v| s + v)
 }
 
+/// `sum_i f(a[i], b[i])`.
+#[inline]
+pub(crate) fn sum_map2<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F) -> F {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [F::zero(); LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        acc[0] += f(x, y);
+    }
+    acc.iter().fold(F::zero(), |s, &v| s + v)
+}
+
 /// `(sum_i f(a[i], b[i]), sum_i g(a[i], b[i]))`, in one pass over both slices.
 #[inline]
 pub(crate) fn sum_map2_pair<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F, g: impl Fn(F, F) -> F) -> (F, F) {
@@ -79,6 +97,7 @@ mod tests {
                 "n = {n}"
             );
             let (s1, s2) = sum_map2_pair(&a, &b, |x, y| x * y, |x, y| x - y);
+            assert_eq!(sum_map2(&a, &b, |x, y| x * y), s1, "n = {n}");
             let d1: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let d2: f64 = a.iter().zip(&b).map(|(x, y)| x - y).sum();
             assert!((s1 - d1).abs() <= 1e-12 * d1.abs().max(1.0) && (s2 - d2).abs() <= 1e-12 * d2.abs().max(1.0));

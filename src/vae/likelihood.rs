@@ -1,9 +1,10 @@
 //! The decoder's likelihood p(x|z): log-likelihood of each image under each sample's
 //! decoded mean, `[b, n]`, and its backward.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, ArrayView3, Axis, Zip};
 
 use crate::loss::{bce_elem, bce_elem_grad, bce_logits_elem, sigmoid};
+use crate::nn::reduce::sum_map2;
 use crate::{Error, Float, Result};
 
 /// `0.5 * ln(2 pi)`.
@@ -62,27 +63,39 @@ fn check(x: &ArrayView2<impl Float>, mean: &ArrayView3<impl Float>, what: &str) 
 pub fn log_likelihood<F: Float>(like: Likelihood<F>, x: ArrayView2<F>, mean: ArrayView3<F>) -> Result<Array2<F>> {
     check(&x, &mean, "log_likelihood")?;
     let (b, n, d) = mean.dim();
-    let half = F::lit(0.5);
     let mut out = Array2::zeros((b, n));
-    for i in 0..b {
-        let xi = x.row(i);
-        for j in 0..n {
-            let m = mean.index_axis(Axis(0), i);
-            let m = m.row(j);
-            let sum = |f: &dyn Fn(F, F) -> F| Zip::from(&xi).and(&m).fold(F::zero(), |a, &x, &m| a + f(x, m));
-            out[[i, j]] = match like {
-                Likelihood::Gaussian { log_sig_x, normalised } => {
-                    let inv_2var = half * (-(log_sig_x + log_sig_x)).exp();
-                    let c = log_sig_x + if normalised { F::lit(HALF_LN_2PI) } else { F::zero() };
-                    -(sum(&|x, m| (x - m) * (x - m)) * inv_2var) - c * F::lit(d as f64)
-                }
-                Likelihood::SquaredError => -sum(&|x, m| (x - m) * (x - m)),
-                Likelihood::Bernoulli => -sum(&|x, p| bce_elem(p, x)),
-                Likelihood::BernoulliLogits => -sum(&|x, z| bce_logits_elem(z, x)),
-            };
+    // The match outside the loops, so that each per-pixel term is inlined into its own
+    // loop and vectorises (the BCE's logs included, through `Float::ln_lanes`).
+    let rows = |term: &dyn Fn(ArrayView1<F>, ArrayView1<F>) -> F, out: &mut Array2<F>| {
+        for ((xi, mi), mut oi) in x.outer_iter().zip(mean.outer_iter()).zip(out.outer_iter_mut()) {
+            for (m, o) in mi.outer_iter().zip(oi.iter_mut()) {
+                *o = term(xi, m);
+            }
         }
+    };
+    match like {
+        Likelihood::Gaussian { log_sig_x, normalised } => {
+            let inv_2var = F::lit(0.5) * (-(log_sig_x + log_sig_x)).exp();
+            let c = (log_sig_x + if normalised { F::lit(HALF_LN_2PI) } else { F::zero() }) * F::lit(d as f64);
+            rows(
+                &|x, m| -(row_sum(x, m, |x, m| (x - m) * (x - m)) * inv_2var) - c,
+                &mut out,
+            )
+        }
+        Likelihood::SquaredError => rows(&|x, m| -row_sum(x, m, |x, m| (x - m) * (x - m)), &mut out),
+        Likelihood::Bernoulli => rows(&|x, p| -row_sum(x, p, |x, p| bce_elem(p, x)), &mut out),
+        Likelihood::BernoulliLogits => rows(&|x, z| -row_sum(x, z, |x, z| bce_logits_elem(z, x)), &mut out),
     }
     Ok(out)
+}
+
+/// `sum_k f(x[k], m[k])`, in lane sums when both rows are contiguous.
+#[inline(always)]
+fn row_sum<F: Float>(x: ArrayView1<F>, m: ArrayView1<F>, f: impl Fn(F, F) -> F) -> F {
+    match (x.as_slice(), m.as_slice()) {
+        (Some(a), Some(b)) => sum_map2(a, b, f),
+        _ => Zip::from(&x).and(&m).fold(F::zero(), |acc, &x, &m| acc + f(x, m)),
+    }
 }
 
 /// Backward of [`log_likelihood`] with upstream `dll` `[b, n]`: the gradient with respect
