@@ -57,7 +57,8 @@ pub trait Float:
     /// Calls `f` with two scratch buffers of lengths `n1` and `n2`, reused across calls on
     /// the same thread (so the unfolding kernels do not allocate, and fault in, fresh
     /// pages on every call). Their contents on entry are unspecified: `f` must write
-    /// before it reads. Not re-entrant: `f` must not call it again.
+    /// before it reads. Re-entrant: a nested call (from `f`, or from a rayon task run on
+    /// this thread while `f` waits) gets buffers of its own.
     fn with_scratch<R>(n1: usize, n2: usize, f: impl FnOnce(&mut [Self], &mut [Self]) -> R) -> R;
 
     /// `C = alpha A B + beta C` on ndarray views of any strides, on the calling thread
@@ -163,17 +164,19 @@ macro_rules! impl_float {
                     static SCRATCH: std::cell::RefCell<(Vec<$t>, Vec<$t>)> =
                         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
                 }
-                SCRATCH.with(|cell| {
-                    let mut guard = cell.borrow_mut();
-                    let (a, b) = &mut *guard;
-                    if a.len() < n1 {
-                        a.resize(n1, 0.0);
-                    }
-                    if b.len() < n2 {
-                        b.resize(n2, 0.0);
-                    }
-                    f(&mut a[..n1], &mut b[..n2])
-                })
+                // The buffers are taken out of the cell while `f` runs, so that a nested
+                // call on this thread (rayon runs other tasks on a thread that waits inside
+                // `f`) finds the cell free and allocates its own.
+                let (mut a, mut b) = SCRATCH.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+                if a.len() < n1 {
+                    a.resize(n1, 0.0);
+                }
+                if b.len() < n2 {
+                    b.resize(n2, 0.0);
+                }
+                let r = f(&mut a[..n1], &mut b[..n2]);
+                SCRATCH.with(|cell| *cell.borrow_mut() = (a, b));
+                r
             }
 
             #[inline(always)]
@@ -236,6 +239,25 @@ impl_float!(f64, f64::exp, f64::ln);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call inside another's closure (as rayon's work stealing makes happen on a
+    /// thread that waits inside `f`) gets its own buffers instead of a RefCell panic.
+    #[test]
+    fn scratch_buffers_survive_nested_calls() {
+        let total = f32::with_scratch(3, 2, |a, b| {
+            a.fill(1.0);
+            b.fill(2.0);
+            let inner = f32::with_scratch(4, 1, |c, d| {
+                c.fill(3.0);
+                d.fill(4.0);
+                c.iter().sum::<f32>() + d[0]
+            });
+            a.iter().sum::<f32>() + b.iter().sum::<f32>() + inner
+        });
+        assert_eq!(total, 3.0 + 4.0 + 12.0 + 4.0);
+        // The outer buffers are kept for the next call.
+        f32::with_scratch(3, 2, |a, _| assert_eq!(a.len(), 3));
+    }
 
     /// Distance in units in the last place between two finite `f32` of the same sign.
     fn ulps(a: f32, b: f32) -> u32 {
