@@ -86,6 +86,11 @@ fn run() -> latent::Result<()> {
                 "auto",
                 "auto (the GPU if usable, else the CPU, saying why), cpu, or cuda (an error without a GPU)",
             ),
+            (
+                "tf32",
+                "off",
+                "on: GPU products in TF32 on the tensor cores (PyTorch's default for convolutions); off: true f32",
+            ),
             ("dataset", "mnist", "mnist or fashion"),
             (
                 "data-dir",
@@ -190,16 +195,11 @@ fn run() -> latent::Result<()> {
     let request: DeviceRequest = flags.get("device");
     let (device, device_line) = latent::device::select(request)?;
     eprintln!("{device_line}");
-    if !device.is_cpu() {
-        // The GPU kernels are not written yet (no GPU was available to verify them).
-        if request == DeviceRequest::Cuda {
-            return Err(Error::Device(
-                "--device cuda: this version has no GPU training path yet; use --device cpu".into(),
-            ));
-        }
-        eprintln!("device: CPU (this version has no GPU training path yet)");
-    }
-
+    let tf32 = match flags.raw("tf32").as_str() {
+        "on" => true,
+        "off" => false,
+        other => return Err(Error::InvalidArgument(format!("--tf32 {other}: expected on or off"))),
+    };
     latent::denormals::flush_denormals();
     latent::memory::keep_freed_memory();
     let t = Instant::now();
@@ -282,6 +282,7 @@ fn run() -> latent::Result<()> {
             first_epoch = meta.epoch;
             eprintln!("resumed from {resume} after epoch {first_epoch}");
         }
+        let mut stepper = Stepper::new(&device, request, tf32, model.as_mut(), cfg, &opt, &train)?;
         let mut last_good: Option<PathBuf> = None;
         let mut curve = Vec::new();
         let mut epoch_means = Vec::new();
@@ -292,23 +293,30 @@ fn run() -> latent::Result<()> {
             let check_step = CHECK_STEP.min(batches.len());
             let mut sum = 0.0;
             for (i, idx) in batches.iter().enumerate() {
-                train.gather_flat(idx, &mut xb);
-                let x4 = as_batch(xb.view());
-                let parts = vae::train_step(model.as_mut(), x4, &cfg, &mut opt, &mut rng).map_err(|e| {
-                    let kept = match &last_good {
-                        Some(p) => format!("; the last good checkpoint is {}", p.display()),
-                        None => String::new(),
-                    };
-                    Error::Numerical(format!("training stopped at epoch {}, batch {i}: {e}{kept}", epoch + 1))
-                })?;
-                let per_image = -parts.bound as f64;
+                let check_now = epoch == 0 && i + 1 == check_step;
+                let (bound, mu) = stepper
+                    .step(
+                        model.as_mut(),
+                        (&train, idx, &mut xb),
+                        &cfg,
+                        &mut opt,
+                        &mut rng,
+                        check_now,
+                    )
+                    .map_err(|e| {
+                        let kept = match &last_good {
+                            Some(p) => format!("; the last good checkpoint is {}", p.display()),
+                            None => String::new(),
+                        };
+                        Error::Numerical(format!("training stopped at epoch {}, batch {i}: {e}{kept}", epoch + 1))
+                    })?;
+                let per_image = -bound as f64;
                 sum += per_image;
                 curve.push((epoch as f64 + (i + 1) as f64 / batches.len() as f64, per_image));
                 bar.step(per_image);
                 // A resumed run has trained past the point where a collapse shows.
-                if epoch == 0 && i + 1 == check_step {
-                    let spread =
-                        vae::posterior_mean_variance(parts.posterior.mu.view())?.fold(0.0, |a: f64, &b| a.max(b));
+                if let Some(mu) = mu {
+                    let spread = vae::posterior_mean_variance(mu.view())?.fold(0.0, |a: f64, &b| a.max(b));
                     if spread < COLLAPSED_VARIANCE {
                         drop(bar);
                         if attempt == ATTEMPTS {
@@ -338,10 +346,12 @@ fn run() -> latent::Result<()> {
                     epoch: epoch + 1,
                     rng: rng.clone(),
                 };
+                stepper.download_into(model.as_mut(), &mut opt)?;
                 checkpoint::save_checkpoint(&ckpt_path, model.as_mut(), &opt, &meta)?;
                 last_good = Some(ckpt_path.clone());
             }
         }
+        stepper.download_into(model.as_mut(), &mut opt)?;
         break (curve, epoch_means, times, first_epoch);
     };
     let weights = out.join(format!("vae_{model_name}.safetensors"));
@@ -790,4 +800,94 @@ fn elbo_ascent(
         &series,
     )?;
     Ok(vec![ascent_path, phi_path])
+}
+
+/// Where the training steps run: the CPU model itself, or (with the `cuda` feature and a
+/// usable GPU) a [`latent::cuda::VaeTrainer`] holding a copy of it.
+enum Stepper {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Gpu(Box<latent::cuda::VaeTrainer>, latent::cuda::DeviceImages),
+}
+
+/// A batch: the training set, the batch's indices, and a buffer to gather them into.
+type Batch<'a> = (&'a Dataset, &'a [usize], &'a mut Array2<f32>);
+
+impl Stepper {
+    /// The GPU when `device` is one (the training images are copied up once); a model the
+    /// GPU cannot train falls back to the CPU with a line saying why, or is an error under
+    /// `--device cuda`.
+    #[allow(unused_variables)]
+    fn new(
+        device: &latent::device::Device,
+        request: DeviceRequest,
+        tf32: bool,
+        model: &mut dyn Vae<f32>,
+        cfg: LossConfig,
+        opt: &Adam<f32>,
+        train: &Dataset,
+    ) -> latent::Result<Self> {
+        #[cfg(feature = "cuda")]
+        if let latent::device::Device::Cuda(ctx) = device {
+            let made = latent::cuda::Gpu::new(ctx.clone()).and_then(|gpu| {
+                gpu.set_tf32(tf32)?;
+                let images = gpu.upload_images(train.flat())?;
+                let t = latent::cuda::VaeTrainer::new(std::sync::Arc::new(gpu), model, cfg, opt)?;
+                Ok((t, images))
+            });
+            return match made {
+                Ok((t, images)) => {
+                    let math = if tf32 { "TF32 tensor-core" } else { "float32" };
+                    eprintln!("training on the GPU ({math} products; evaluation on the CPU)");
+                    Ok(Stepper::Gpu(Box::new(t), images))
+                }
+                Err(e) if request == DeviceRequest::Auto => {
+                    eprintln!("device: CPU (the GPU cannot train this run: {e})");
+                    Ok(Stepper::Cpu)
+                }
+                Err(e) => Err(Error::Device(format!("--device cuda: {e}"))),
+            };
+        }
+        if tf32 {
+            eprintln!("--tf32 on applies to the GPU only; the CPU computes in f32");
+        }
+        Ok(Stepper::Cpu)
+    }
+
+    /// One training step on a batch, with fresh noise from `rng`; returns the bound per
+    /// image and, if `want_mu`, the posterior means `[b, K]`.
+    fn step(
+        &mut self,
+        model: &mut dyn Vae<f32>,
+        (train, idx, xb): Batch,
+        cfg: &LossConfig,
+        opt: &mut Adam<f32>,
+        rng: &mut Rng64,
+        want_mu: bool,
+    ) -> latent::Result<(f32, Option<Array2<f32>>)> {
+        match self {
+            Stepper::Cpu => {
+                train.gather_flat(idx, xb);
+                let parts = vae::train_step(model, as_batch(xb.view()), cfg, opt, rng)?;
+                Ok((parts.bound, want_mu.then_some(parts.posterior.mu)))
+            }
+            #[cfg(feature = "cuda")]
+            Stepper::Gpu(t, images) => {
+                let eps = vae::sample_noise(idx.len(), cfg.objective.samples(), model.latent_dim(), rng);
+                let stats = t.step_rows(images, idx, eps.view())?;
+                let mu = if want_mu { Some(t.posterior_mean()?) } else { None };
+                Ok((stats.bound, mu))
+            }
+        }
+    }
+
+    /// Brings the CPU model and optimizer up to date (a no-op on the CPU).
+    #[allow(unused_variables)]
+    fn download_into(&mut self, model: &mut dyn Vae<f32>, opt: &mut Adam<f32>) -> latent::Result<()> {
+        match self {
+            Stepper::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Stepper::Gpu(t, _) => t.download_into(model, opt),
+        }
+    }
 }

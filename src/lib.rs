@@ -19,6 +19,8 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod denormals;
 pub mod device;

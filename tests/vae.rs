@@ -422,3 +422,46 @@ fn posterior_gradient_through_a_frozen_decoder_matches_finite_differences() {
         }
     });
 }
+
+/// Each notebook model's `layout` (what the GPU trainer builds its layers from) accounts
+/// for every parameter, in the order `visit_params` visits them, with the shapes its
+/// layers expect; the VanillaVAE, which does not describe itself, says so with `None`.
+#[test]
+fn model_layouts_account_for_every_parameter_in_order() {
+    use latent::nn::LayerSpec;
+    use latent::vae::PosteriorForm;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let models: Vec<Box<dyn Vae<f32>>> = vec![
+        Box::new(ConvVae::cis522(20, &mut rng).unwrap()),
+        Box::new(DcganVae::coursera(32, &mut rng).unwrap()),
+        Box::new(StridedVae::new([1, 28, 28], 32, &mut rng).unwrap()),
+    ];
+    for mut m in models {
+        let layout = m.layout().expect("notebook models describe themselves");
+        let mut expected: Vec<Vec<usize>> = Vec::new();
+        if layout.learned_log_sig_x {
+            expected.push(vec![]);
+        }
+        expected.extend(layout.encoder.iter().flat_map(LayerSpec::param_shapes));
+        if let PosteriorForm::LinearHeads { features } = layout.posterior {
+            let head = LayerSpec::Linear {
+                in_features: features,
+                out_features: m.latent_dim(),
+                bias: true,
+            };
+            expected.extend(head.param_shapes());
+            expected.extend(head.param_shapes());
+        }
+        expected.extend(layout.decoder.iter().flat_map(LayerSpec::param_shapes));
+        let mut found = Vec::new();
+        m.visit_params(&mut |p| found.push(p.value.shape().to_vec()));
+        assert_eq!(expected, found, "{:?}", layout.posterior);
+        assert!(layout
+            .encoder
+            .iter()
+            .chain(&layout.decoder)
+            .all(|l| !matches!(l, LayerSpec::Opaque(_))));
+    }
+    let vanilla = VanillaVaeParams::default().build::<f32, _>(&mut rng).unwrap();
+    assert!(vanilla.layout().is_none());
+}

@@ -12,7 +12,7 @@ use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
     PixelBias, Sequential, Unflatten,
 };
-use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
+use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeLayout};
 use crate::{Error, Float, Result};
 
 /// The notebook's `ConvVAE` with its `state_dict` names (`log_sig_x`, `q_bias.bias`,
@@ -145,6 +145,15 @@ impl<F: Float> Vae<F> for ConvVae<F> {
         if let Some(g) = self.log_sig_x.grad.first_mut() {
             *g += dlog_sig_x;
         }
+    }
+
+    fn layout(&self) -> Option<VaeLayout> {
+        Some(VaeLayout {
+            learned_log_sig_x: true,
+            encoder: self.encoder.spec().flattened(),
+            posterior: PosteriorForm::Isotropic,
+            decoder: self.decoder.spec().flattened(),
+        })
     }
 
     fn recipe(&self) -> LossConfig {

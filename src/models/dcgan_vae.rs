@@ -12,7 +12,7 @@ use crate::nn::{
     Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Mode, Module,
     Param, Sequential, Unflatten,
 };
-use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
+use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeLayout};
 use crate::{Error, Float, Result};
 
 /// The lab's `VAE(z_dim, im_chan)` with its `state_dict` names (`encode.disc.0.0.weight`,
@@ -139,6 +139,15 @@ impl<F: Float> Vae<F> for DcganVae<F> {
 
     fn likelihood(&self) -> Likelihood<F> {
         Likelihood::Bernoulli
+    }
+
+    fn layout(&self) -> Option<VaeLayout> {
+        Some(VaeLayout {
+            learned_log_sig_x: false,
+            encoder: self.encoder.spec().flattened(),
+            posterior: PosteriorForm::MeanLogStd,
+            decoder: self.decoder.spec().flattened(),
+        })
     }
 
     fn recipe(&self) -> LossConfig {

@@ -13,7 +13,7 @@ use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
     Sequential, Unflatten,
 };
-use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
+use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeLayout};
 use crate::{Error, Float, Result};
 
 /// The notebook's `VAE(latent_dim)` with its `state_dict` names (`encoder.0.weight`,
@@ -110,6 +110,17 @@ impl<F: Float> Vae<F> for StridedVae<F> {
 
     fn likelihood(&self) -> Likelihood<F> {
         Likelihood::SquaredError
+    }
+
+    fn layout(&self) -> Option<VaeLayout> {
+        Some(VaeLayout {
+            learned_log_sig_x: false,
+            encoder: self.encoder.spec().flattened(),
+            posterior: PosteriorForm::LinearHeads {
+                features: self.heads.mu.in_features(),
+            },
+            decoder: self.decoder.spec().flattened(),
+        })
     }
 
     fn recipe(&self) -> LossConfig {

@@ -204,6 +204,10 @@ impl<F: Float> Module<F> for ActivationLayer<F> {
 }
 
 impl<F: Float> Layer<F> for ActivationLayer<F> {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::Activation(self.act)
+    }
+
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         if self.act.backward_uses_output() {
             let y = activation_forward(self.act, x.view());

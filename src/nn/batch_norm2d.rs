@@ -483,6 +483,15 @@ impl<F: Float> Module<F> for BatchNorm2d<F> {
 }
 
 impl<F: Float> Layer<F> for BatchNorm2d<F> {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::BatchNorm2d {
+            channels: self.weight.value.len(),
+            eps: self.eps.to_f64_lossless(),
+            momentum: self.momentum.to_f64_lossless(),
+            rectifier: self.rectifier,
+        }
+    }
+
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let x = to4(x, &self.weight.name)?;
         Ok(self.forward4(x, mode)?.into_dyn())

@@ -40,6 +40,12 @@ impl<F: Float> Module<F> for PixelBias<F> {
 }
 
 impl<F: Float> Layer<F> for PixelBias<F> {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::PixelBias {
+            shape: self.bias.value.shape().to_vec(),
+        }
+    }
+
     fn forward(&mut self, mut x: ArrayD<F>, _mode: Mode) -> Result<ArrayD<F>> {
         self.check(&x, "input")?;
         for mut xn in x.axis_iter_mut(Axis(0)) {

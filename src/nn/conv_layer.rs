@@ -20,6 +20,8 @@ use crate::{Error, Float, Result};
 pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
     /// The PyTorch class name, for messages.
     const NAME: &'static str;
+    /// Whether this is the transposed direction.
+    const TRANSPOSED: bool;
     /// The weight's shape for `in_ch -> out_ch` channels and a `kernel`.
     fn weight_shape(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> [usize; 4];
     /// The fan-in PyTorch's default initialisation uses (`size(1) * kh * kw`).
@@ -63,6 +65,7 @@ pub struct Transposed;
 
 impl ConvDirection for Direct {
     const NAME: &'static str = "Conv2d";
+    const TRANSPOSED: bool = false;
     fn weight_shape(i: usize, o: usize, k: (usize, usize)) -> [usize; 4] {
         [o, i, k.0, k.1]
     }
@@ -101,6 +104,7 @@ impl ConvDirection for Direct {
 
 impl ConvDirection for Transposed {
     const NAME: &'static str = "ConvTranspose2d";
+    const TRANSPOSED: bool = true;
     fn weight_shape(i: usize, o: usize, k: (usize, usize)) -> [usize; 4] {
         [i, o, k.0, k.1]
     }
@@ -250,6 +254,27 @@ impl<F: Float, D: ConvDirection> Module<F> for ConvLayer<F, D> {
 }
 
 impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
+    fn spec(&self) -> super::LayerSpec {
+        let s = self.weight.value.shape();
+        let kernel = (s[2], s[3]);
+        let opts = self.opts;
+        if D::TRANSPOSED {
+            super::LayerSpec::ConvTranspose2d {
+                in_ch: s[0],
+                out_ch: s[1],
+                kernel,
+                opts,
+            }
+        } else {
+            super::LayerSpec::Conv2d {
+                in_ch: s[1],
+                out_ch: s[0],
+                kernel,
+                opts,
+            }
+        }
+    }
+
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let x = to4(x, &self.weight.name)?;
         let y = self.infer(x.view())?;

@@ -147,6 +147,14 @@ impl<F: Float> Module<F> for Linear<F> {
 }
 
 impl<F: Float> Layer<F> for Linear<F> {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::Linear {
+            in_features: self.in_features(),
+            out_features: self.out_features(),
+            bias: self.bias.is_some(),
+        }
+    }
+
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let shape = x.shape().to_vec();
         let x2 = x.into_dimensionality::<Ix2>().map_err(|_| {

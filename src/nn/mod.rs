@@ -17,6 +17,7 @@ mod param;
 pub(crate) mod reduce;
 mod reshape;
 mod sequential;
+mod spec;
 mod spectral;
 mod winograd;
 
@@ -33,6 +34,7 @@ pub use linear::{linear_backward, linear_forward, Linear};
 pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
+pub use spec::LayerSpec;
 
 use ndarray::{Array4, ArrayD, ArrayViewMutD, Ix4};
 
@@ -93,6 +95,12 @@ pub trait Layer<F: Float>: Module<F> + Send {
 
     /// Given `dy`, accumulates parameter gradients and returns `dx` if `need_dx`.
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>>;
+
+    /// What the layer is, for backends that build the same model elsewhere (see
+    /// [`LayerSpec`]); a layer that does not override this is [`LayerSpec::Opaque`].
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Opaque(std::any::type_name::<Self>())
+    }
 }
 
 /// A dynamic array as NCHW, or an error naming the layer.

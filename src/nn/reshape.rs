@@ -35,6 +35,10 @@ impl<F: Float> Module<F> for Flatten {
 }
 
 impl<F: Float> Layer<F> for Flatten {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::Flatten
+    }
+
     fn forward(&mut self, x: ArrayD<F>, _mode: Mode) -> Result<ArrayD<F>> {
         let shape = x.shape().to_vec();
         let n = *shape
@@ -77,6 +81,12 @@ impl<F: Float> Module<F> for Unflatten {
 }
 
 impl<F: Float> Layer<F> for Unflatten {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::Unflatten {
+            shape: self.shape.clone(),
+        }
+    }
+
     fn forward(&mut self, x: ArrayD<F>, _mode: Mode) -> Result<ArrayD<F>> {
         let n = x.shape().first().copied().unwrap_or(0);
         let mut shape = vec![n];

@@ -55,6 +55,10 @@ impl<F: Float> Module<F> for Sequential<F> {
 }
 
 impl<F: Float> Layer<F> for Sequential<F> {
+    fn spec(&self) -> super::LayerSpec {
+        super::LayerSpec::Sequential(self.layers.iter().map(|l| l.spec()).collect())
+    }
+
     fn forward(&mut self, mut x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         for l in &mut self.layers {
             x = l.forward(x, mode)?;

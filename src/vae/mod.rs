@@ -14,6 +14,7 @@
 mod bound;
 mod collapse;
 mod kl;
+mod layout;
 mod likelihood;
 mod posterior;
 mod step;
@@ -23,6 +24,7 @@ pub use collapse::{active_units, posterior_mean_variance, ACTIVE_UNIT_THRESHOLD}
 pub use kl::{
     kl_diag, kl_diag_backward, kl_isotropic, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward,
 };
+pub use layout::{PosteriorForm, VaeLayout};
 pub use likelihood::{
     log_likelihood, log_likelihood_backward, log_p_x_gaussian, log_p_x_gaussian_backward, Likelihood, HALF_LN_2PI,
 };

@@ -44,6 +44,12 @@ pub trait Vae<F: Float>: Module<F> {
 
     /// The loss of the notebook the model comes from.
     fn recipe(&self) -> LossConfig;
+
+    /// The architecture as data, for backends that train the model elsewhere (the
+    /// `cuda` feature's trainer); `None` (the default) if the model does not describe itself.
+    fn layout(&self) -> Option<super::VaeLayout> {
+        None
+    }
 }
 
 /// How the KL term of the ELBO is computed.

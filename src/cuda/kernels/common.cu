@@ -1,0 +1,25 @@
+// Shared by every kernel below. Compiled once per run by NVRTC (see ../gpu.rs).
+// Activations live in CNHW order (channel, image, row, column): a convolution is then one
+// GEMM over the whole batch and a BatchNorm channel is one contiguous run.
+typedef long long i64;
+
+// Grid-stride loop over [0, n).
+#define FOR_EACH(t, n) for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < (n); t += (i64)gridDim.x * blockDim.x)
+
+// Sum of `v` over the block (blockDim.x a power of two, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+    __shared__ float sh[1024];
+    int t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// Neither NaN nor infinite (NaN fails every comparison).
+__device__ bool is_finite(float x) { return fabsf(x) <= 3.402823466e38f; }
