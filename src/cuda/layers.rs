@@ -79,6 +79,16 @@ impl Tensor {
         Ok(Tensor::new(copy, self.shape))
     }
 
+    /// A tensor of this shape to write over: this one's buffer when no one else holds
+    /// it (a backward writes dx over its kept input), else a fresh one. Its contents are
+    /// to be overwritten, not read.
+    fn reuse_or_alloc(self, gpu: &Gpu) -> Result<Tensor> {
+        if Arc::strong_count(&self.buf) == 1 {
+            return Ok(self);
+        }
+        Ok(Tensor::new(gpu.scratch(self.shape.len())?, self.shape))
+    }
+
     fn ptr(&self) -> u64 {
         self.buf.ptr()
     }
@@ -732,13 +742,7 @@ impl GpuLayer {
                 if !need_dx {
                     return Ok(None);
                 }
-                let shape = x.shape;
-                // dx over the kept input when no one else holds it.
-                let dx = if Arc::strong_count(&x.buf) == 1 {
-                    x
-                } else {
-                    Tensor::new(gpu.scratch(shape.len())?, shape)
-                };
+                let dx = x.reuse_or_alloc(gpu)?;
                 gpu.gemm(
                     (Op::N, Op::N),
                     (*in_ch, geom.col_cols(), geom.col_rows()),
@@ -832,12 +836,7 @@ impl GpuLayer {
                 if !need_dx {
                     return Ok(None);
                 }
-                let shape = x.shape;
-                let dx = if Arc::strong_count(&x.buf) == 1 {
-                    x
-                } else {
-                    Tensor::new(gpu.scratch(shape.len())?, shape)
-                };
+                let dx = x.reuse_or_alloc(gpu)?;
                 gpu.gemm(
                     (Op::N, Op::N),
                     (b, *in_f, *out_f),
