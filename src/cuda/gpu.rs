@@ -34,8 +34,13 @@ const KERNELS: &[&str] = &[
     "permute_batch_channel",
     "activation_forward",
     "activation_backward",
-    "batch_norm_forward",
-    "batch_norm_backward",
+    "bn_partial_stats",
+    "bn_finish_mean",
+    "bn_finish_var",
+    "bn_apply",
+    "bn_partial_grads",
+    "bn_finish_grads",
+    "bn_apply_grad",
     "posterior_forward",
     "log_likelihood",
     "log_likelihood_backward",
@@ -52,6 +57,17 @@ const KERNELS: &[&str] = &[
 
 /// Threads per block of the element-wise (grid-stride) kernels.
 const THREADS: u32 = 256;
+
+/// The kernels index with 32-bit integers (kernels/common.cu): every buffer is smaller
+/// than 2^31 elements.
+fn check_len(n: usize) -> Result<()> {
+    if n > i32::MAX as usize {
+        return Err(Error::Device(format!(
+            "a GPU buffer of {n} values, over the kernels' 2^31 (use a smaller batch)"
+        )));
+    }
+    Ok(())
+}
 
 pub(crate) fn device_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Device(format!("{what}: {e:?}"))
@@ -143,6 +159,30 @@ pub struct Gpu {
     flag_ptr: u64,
 }
 
+/// Keeps the memory a step frees in the device's pool instead of returning it at every
+/// synchronisation (the default threshold, 0, does that), so that the next step's
+/// stream-ordered allocations are reused, not mapped afresh.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep: u64 = u64::MAX;
+    // SAFETY: plain driver calls on this context's device, with valid out-pointers.
+    unsafe {
+        ctx.bind_to_thread().map_err(|e| device_err("bind context", e))?;
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(|e| device_err("default memory pool", e))?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut keep as *mut u64).cast(),
+        )
+        .result()
+        .map_err(|e| device_err("memory pool threshold", e))?;
+    }
+    Ok(())
+}
+
 /// NVRTC's name for a compute capability it can target, if known.
 fn arch_name(cc: (i32, i32)) -> Option<&'static str> {
     Some(match cc {
@@ -183,6 +223,7 @@ impl Gpu {
                 .map_err(|e| device_err(&format!("kernel {k}"), e))?;
             kernels.insert(k, f);
         }
+        keep_pool_memory(&ctx)?;
         let flag = stream.alloc_zeros::<u32>(1).map_err(|e| device_err("alloc", e))?;
         let flag_ptr = flag.device_ptr(&stream).0;
         Ok(Gpu {
@@ -213,6 +254,7 @@ impl Gpu {
 
     /// A zeroed buffer of `n` floats.
     pub fn zeros(&self, n: usize) -> Result<DeviceBuf> {
+        check_len(n)?;
         let slice = self
             .stream
             .alloc_zeros::<f32>(n.max(1))
@@ -222,6 +264,7 @@ impl Gpu {
 
     /// A buffer of `n` floats, contents undefined (each user writes it whole).
     pub(crate) fn scratch(&self, n: usize) -> Result<DeviceBuf> {
+        check_len(n)?;
         // SAFETY: every caller writes all `n` entries before reading any.
         let slice = unsafe { self.stream.alloc::<f32>(n.max(1)) }
             .map_err(|e| device_err(&format!("allocating {n} floats"), e))?;
@@ -297,6 +340,7 @@ impl Gpu {
 
     /// A copy of `host` in GPU memory.
     pub fn upload(&self, host: &[f32]) -> Result<DeviceBuf> {
+        check_len(host.len())?;
         let slice = self
             .stream
             .clone_htod(host)
@@ -355,6 +399,14 @@ impl Gpu {
 
     /// Launches kernel `name` on `grid` blocks of `block` threads.
     pub(crate) fn launch(&self, name: &str, grid: u32, block: u32, args: &[Arg]) -> Result<()> {
+        self.launch_2d(name, (grid, 1), block, args)
+    }
+
+    /// Launches kernel `name` on a `(x, y)` grid of blocks of `block` threads.
+    pub(crate) fn launch_2d(&self, name: &str, (gx, gy): (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        if gy > 65535 {
+            return Err(Error::Device(format!("{name}: {gy} rows of blocks, over CUDA's 65535")));
+        }
         let f = self
             .kernels
             .get(name)
@@ -369,7 +421,7 @@ impl Gpu {
             };
         }
         let cfg = LaunchConfig {
-            grid_dim: (grid.max(1), 1, 1),
+            grid_dim: (gx.max(1), gy.max(1), 1),
             block_dim: (block, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -148,11 +148,17 @@ impl Geom {
         }
         Ok(a)
     }
+    /// Blocks along one row of a 2-D launch over `n` values.
+    fn blocks(n: usize) -> u32 {
+        n.div_ceil(256).clamp(1, 1024) as u32
+    }
     fn im2col(&self, gpu: &Gpu, x: u64, col: u64) -> Result<()> {
-        gpu.launch_n("im2col", self.col_rows() * self.col_cols(), &self.args(x, col)?)
+        let grid = (Self::blocks(self.col_cols()), self.col_rows() as u32);
+        gpu.launch_2d("im2col", grid, 256, &self.args(x, col)?)
     }
     fn col2im(&self, gpu: &Gpu, col: u64, x: u64) -> Result<()> {
-        gpu.launch_n("col2im", self.image_len(), &self.args(col, x)?)
+        let grid = (Self::blocks(self.b * self.h * self.w), self.c as u32);
+        gpu.launch_2d("col2im", grid, 256, &self.args(col, x)?)
     }
 }
 
@@ -166,6 +172,13 @@ fn conv_t_out(n: usize, k: usize, s: usize, p: usize, d: usize, op: usize) -> Op
     ((n - 1) * s + d * (k - 1) + op + 1)
         .checked_sub(2 * p)
         .filter(|&v| v > 0)
+}
+
+/// Blocks per channel for BatchNorm's sums: enough for the whole batch norm to cover the
+/// GPU several times over (a DCGAN encoder layer has 16 channels), each block at least
+/// 4096 values.
+fn bn_slices(channels: usize, n: usize) -> usize {
+    (1024usize.div_ceil(channels.max(1))).clamp(1, (n / 4096).max(1))
 }
 
 /// Activation kind and slope as kernels/elementwise.cu numbers them.
@@ -539,23 +552,54 @@ impl GpuLayer {
                 let mean = gpu.scratch(c)?;
                 let inv_std = gpu.scratch(c)?;
                 let bufs = &store.buffers;
-                gpu.launch(
-                    "batch_norm_forward",
-                    c as u32,
-                    1024,
+                let slices = bn_slices(c, n);
+                let part = gpu.scratch(c * slices)?;
+                let (gamma, beta) = (p.at(wb.w), p.at(wb.b.expect("BatchNorm has a bias")));
+                let (cc, nn, ss) = (int(c)?, Arg::L(n as i64), int(slices)?);
+                let stats = |centre: u64| {
+                    gpu.launch(
+                        "bn_partial_stats",
+                        (c * slices) as u32,
+                        256,
+                        &[Arg::P(x.ptr()), Arg::P(part.ptr()), nn, ss, Arg::P(centre)],
+                    )
+                };
+                stats(0)?;
+                gpu.launch_n(
+                    "bn_finish_mean",
+                    c,
+                    &[Arg::P(part.ptr()), Arg::P(mean.ptr()), cc, ss, nn],
+                )?;
+                stats(mean.ptr())?;
+                gpu.launch_n(
+                    "bn_finish_var",
+                    c,
                     &[
-                        Arg::P(x.ptr()),
-                        Arg::P(y.ptr()),
-                        Arg::P(p.at(wb.w)),
-                        Arg::P(p.at(wb.b.expect("BatchNorm has a bias"))),
-                        Arg::P(bufs.at(*running)),
-                        Arg::P(bufs.at(*running + c)),
+                        Arg::P(part.ptr()),
                         Arg::P(mean.ptr()),
                         Arg::P(inv_std.ptr()),
-                        Arg::L(n as i64),
+                        Arg::P(bufs.at(*running)),
+                        Arg::P(bufs.at(*running + c)),
+                        cc,
+                        ss,
+                        nn,
                         Arg::F(*eps),
                         Arg::F(*momentum),
                         Arg::F((n as f64 / (n - 1) as f64) as f32),
+                    ],
+                )?;
+                gpu.launch_n(
+                    "bn_apply",
+                    c * n,
+                    &[
+                        Arg::P(x.ptr()),
+                        Arg::P(y.ptr()),
+                        Arg::P(gamma),
+                        Arg::P(beta),
+                        Arg::P(mean.ptr()),
+                        Arg::P(inv_std.ptr()),
+                        cc,
+                        nn,
                         Arg::I(rect.is_some() as i32),
                         Arg::F(rect.unwrap_or(0.0)),
                     ],
@@ -766,25 +810,64 @@ impl GpuLayer {
                     return Err(missing());
                 };
                 let dy = dy.into_unique(gpu)?;
+                let (c, n) = (*channels, b * h * w);
+                let slices = bn_slices(c, n);
+                let (part1, part2, sums) = (gpu.scratch(c * slices)?, gpu.scratch(c * slices)?, gpu.scratch(2 * c)?);
+                let (gamma, beta) = (p.at(wb.w), p.at(wb.b.expect("BatchNorm has a bias")));
+                let (cc, nn, ss) = (int(c)?, Arg::L(n as i64), int(slices)?);
+                let (r, slope) = (Arg::I(rect.is_some() as i32), Arg::F(rect.unwrap_or(0.0)));
                 gpu.launch(
-                    "batch_norm_backward",
-                    *channels as u32,
-                    1024,
+                    "bn_partial_grads",
+                    (c * slices) as u32,
+                    256,
                     &[
                         Arg::P(x.ptr()),
                         Arg::P(dy.ptr()),
-                        Arg::P(p.at(wb.w)),
-                        Arg::P(p.at(wb.b.expect("BatchNorm has a bias"))),
+                        Arg::P(gamma),
+                        Arg::P(beta),
                         Arg::P(mean.ptr()),
+                        Arg::P(inv_std.ptr()),
+                        Arg::P(part1.ptr()),
+                        Arg::P(part2.ptr()),
+                        nn,
+                        ss,
+                        r,
+                        slope,
+                    ],
+                )?;
+                gpu.launch_n(
+                    "bn_finish_grads",
+                    c,
+                    &[
+                        Arg::P(part1.ptr()),
+                        Arg::P(part2.ptr()),
                         Arg::P(inv_std.ptr()),
                         Arg::P(g.at(wb.w)),
                         Arg::P(g.at(wb.b.expect("BatchNorm has a bias"))),
-                        Arg::L((b * h * w) as i64),
-                        Arg::I(rect.is_some() as i32),
-                        Arg::F(rect.unwrap_or(0.0)),
-                        Arg::I(need_dx as i32),
+                        Arg::P(sums.ptr()),
+                        cc,
+                        ss,
                     ],
                 )?;
+                if need_dx {
+                    gpu.launch_n(
+                        "bn_apply_grad",
+                        c * n,
+                        &[
+                            Arg::P(x.ptr()),
+                            Arg::P(dy.ptr()),
+                            Arg::P(gamma),
+                            Arg::P(beta),
+                            Arg::P(mean.ptr()),
+                            Arg::P(inv_std.ptr()),
+                            Arg::P(sums.ptr()),
+                            cc,
+                            nn,
+                            r,
+                            slope,
+                        ],
+                    )?;
+                }
                 Ok(need_dx.then_some(dy))
             }
             Kind::Activation { code, kept } => {

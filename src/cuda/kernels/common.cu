@@ -3,8 +3,12 @@
 // GEMM over the whole batch and a BatchNorm channel is one contiguous run.
 typedef long long i64;
 
+// Every buffer holds fewer than 2^31 elements (the host checks), so indices are 32-bit:
+// 64-bit division is emulated on the GPU and cost more than the memory traffic.
+typedef unsigned int u32;
+
 // Grid-stride loop over [0, n).
-#define FOR_EACH(t, n) for (i64 t = blockIdx.x * (i64)blockDim.x + threadIdx.x; t < (n); t += (i64)gridDim.x * blockDim.x)
+#define FOR_EACH(t, n) for (u32 t = blockIdx.x * blockDim.x + threadIdx.x; t < (u32)(n); t += gridDim.x * blockDim.x)
 
 // Sum of `v` over the block (blockDim.x a power of two, at most 1024); every thread gets it.
 __device__ float block_sum(float v) {

@@ -2,19 +2,19 @@
 
 // y[r, i] += bias[r] for a [rows, n] matrix (a conv's channel bias in CNHW).
 extern "C" __global__ void add_row_bias(float* y, const float* bias, int rows, i64 n) {
-    FOR_EACH(t, (i64)rows * n) y[t] += bias[t / n];
+    FOR_EACH(t, (u32)rows * (u32)n) y[t] += bias[t / (u32)n];
 }
 
 // y[r, j] += bias[j] for a [rows, cols] matrix (a Linear layer's bias).
 extern "C" __global__ void add_col_bias(float* y, const float* bias, int rows, int cols) {
-    FOR_EACH(t, (i64)rows * cols) y[t] += bias[t % cols];
+    FOR_EACH(t, (u32)rows * cols) y[t] += bias[t % (u32)cols];
 }
 
 // out[r] = sum_i y[r, i], one block per row (a conv's bias gradient in CNHW).
 extern "C" __global__ void row_sums(const float* y, float* out, i64 n) {
-    const float* yr = y + blockIdx.x * n;
+    const float* yr = y + blockIdx.x * (u32)n;
     float s = 0.0f;
-    for (i64 i = threadIdx.x; i < n; i += blockDim.x) s += yr[i];
+    for (u32 i = threadIdx.x; i < (u32)n; i += blockDim.x) s += yr[i];
     s = block_sum(s);
     if (threadIdx.x == 0) out[blockIdx.x] = s;
 }
@@ -23,44 +23,47 @@ extern "C" __global__ void row_sums(const float* y, float* out, i64 n) {
 extern "C" __global__ void col_sums(const float* y, float* out, int rows, int cols) {
     FOR_EACH(j, cols) {
         float s = 0.0f;
-        for (int r = 0; r < rows; r++) s += y[(i64)r * cols + j];
+        for (int r = 0; r < rows; r++) s += y[(u32)r * cols + j];
         out[j] = s;
     }
 }
 
 // The per-pixel bias on x [C, B, HW]: x[c, b, p] += bias[c, p].
 extern "C" __global__ void add_pixel_bias(float* x, const float* bias, int C, int B, i64 hw) {
-    FOR_EACH(t, (i64)C * B * hw) {
-        i64 p = t % hw;
-        i64 c = t / (hw * B);
-        x[t] += bias[c * hw + p];
+    u32 n = (u32)hw;
+    FOR_EACH(t, (u32)C * B * n) {
+        u32 p = t % n;
+        u32 c = t / (n * B);
+        x[t] += bias[c * n + p];
     }
 }
 
 // Its gradient: dbias[c, p] = sum_b dy[c, b, p].
 extern "C" __global__ void pixel_bias_grad(const float* dy, float* dbias, int C, int B, i64 hw) {
-    FOR_EACH(t, (i64)C * hw) {
-        i64 p = t % hw;
-        i64 c = t / hw;
+    u32 n = (u32)hw;
+    FOR_EACH(t, (u32)C * n) {
+        u32 p = t % n;
+        u32 c = t / n;
         float s = 0.0f;
-        for (int b = 0; b < B; b++) s += dy[(c * B + b) * hw + p];
+        for (int b = 0; b < B; b++) s += dy[(c * B + b) * n + p];
         dbias[t] = s;
     }
 }
 
 // dst [C, B, hw] from src [B, C, hw] (NCHW to CNHW), and back with `to_nchw` set.
 extern "C" __global__ void permute_batch_channel(const float* src, float* dst, int B, int C, i64 hw, int to_nchw) {
-    FOR_EACH(t, (i64)B * C * hw) {
-        i64 p = t % hw;
-        i64 q = t / hw;
+    u32 n = (u32)hw;
+    FOR_EACH(t, (u32)B * C * n) {
+        u32 p = t % n;
+        u32 q = t / n;
         if (to_nchw) {
             // t indexes dst [B, C, hw]; src is [C, B, hw].
-            i64 c = q % C, b = q / C;
-            dst[t] = src[(c * B + b) * hw + p];
+            u32 c = q % C, b = q / C;
+            dst[t] = src[(c * B + b) * n + p];
         } else {
             // t indexes dst [C, B, hw]; src is [B, C, hw].
-            i64 b = q % B, c = q / B;
-            dst[t] = src[(b * C + c) * hw + p];
+            u32 b = q % B, c = q / B;
+            dst[t] = src[(b * C + c) * n + p];
         }
     }
 }
@@ -101,8 +104,8 @@ extern "C" __global__ void add_into(float* y, const float* x, i64 n) {
 
 // dst[r, :] = src[idx[r], :] for r < rows (a batch gathered from images kept on the GPU).
 extern "C" __global__ void gather_rows(const float* src, const unsigned int* idx, float* dst, int rows, int cols) {
-    FOR_EACH(t, (i64)rows * cols) {
-        i64 r = t / cols, j = t % cols;
-        dst[t] = src[(i64)idx[r] * cols + j];
+    FOR_EACH(t, (u32)rows * cols) {
+        u32 r = t / cols, j = t % cols;
+        dst[t] = src[idx[r] * (u32)cols + j];
     }
 }
