@@ -10,6 +10,35 @@
 //! batch and each BatchNorm channel one contiguous run; only Flatten/Unflatten reorder.
 //! The GPU runs train mode; evaluation runs on the CPU model after
 //! [`VaeTrainer::download_into`].
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use latent::cuda::{Gpu, VaeTrainer};
+//! use latent::device::{select, Device, DeviceRequest};
+//! use latent::models::DcganVae;
+//! use latent::optim::{Adam, AdamConfig};
+//! use latent::vae::{sample_noise, Vae};
+//! use ndarray::Array2;
+//! use rand::SeedableRng;
+//!
+//! # fn main() -> latent::Result<()> {
+//! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+//! let mut model = DcganVae::<f32>::coursera(32, &mut rng)?;
+//! let Device::Cuda(ctx) = select(DeviceRequest::Cuda)?.0 else { unreachable!() };
+//! let gpu = Arc::new(Gpu::new(ctx)?);
+//! let images = Array2::<f32>::zeros((4096, 784)); // rows of pixels in [0, 1]
+//! let on_gpu = gpu.upload_images(images.view())?;
+//! let mut opt = Adam::new(AdamConfig::new(2e-3));
+//! let cfg = model.recipe();
+//! let mut trainer = VaeTrainer::new(gpu, &mut model, cfg, &opt)?;
+//! let batch: Vec<usize> = (0..1024).collect();
+//! let eps = sample_noise(batch.len(), 1, model.latent_dim(), &mut rng);
+//! let stats = trainer.step_rows(&on_gpu, &batch, eps.view())?;
+//! println!("loss per image {}", -stats.bound);
+//! trainer.download_into(&mut model, &mut opt)?; // the CPU model is now the trained one
+//! # Ok(())
+//! # }
+//! ```
 
 mod gpu;
 mod layers;
