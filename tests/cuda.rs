@@ -60,7 +60,7 @@ fn random(shape: &[usize], rng: &mut Rng64) -> ArrayD<f32> {
     ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(-1.0f32..1.0))
 }
 
-fn grads(m: &mut impl Module<f32>) -> Vec<ArrayD<f32>> {
+fn grads(m: &mut (impl Module<f32> + ?Sized)) -> Vec<ArrayD<f32>> {
     let mut g = Vec::new();
     m.visit_params(&mut |p| g.push(p.grad.clone()));
     g
@@ -254,7 +254,7 @@ fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig
         v
     };
     let gpu_grads = trainer.grads().unwrap();
-    let cpu_grads = grads_dyn(cpu.as_mut());
+    let cpu_grads = grads(cpu.as_mut());
     let norm = |a: &ArrayD<f32>| a.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
     let total = cpu_grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
     for ((n, g), c) in names.iter().zip(&gpu_grads).zip(&cpu_grads) {
@@ -287,12 +287,6 @@ fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig
     for (i, (g, c)) in gb.iter().zip(&cb).enumerate() {
         check(&format!("{name} buffer {i}"), g, c, tol);
     }
-}
-
-fn grads_dyn(m: &mut dyn Vae<f32>) -> Vec<ArrayD<f32>> {
-    let mut g = Vec::new();
-    m.visit_params(&mut |p| g.push(p.grad.clone()));
-    g
 }
 
 /// A gradient this small against the whole gradient is rounding noise around an exact zero.

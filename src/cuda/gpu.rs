@@ -139,6 +139,13 @@ pub(crate) enum Arg {
     F(f32),
 }
 
+/// `v` as an `int` kernel argument, or an error past 2^31.
+pub(crate) fn int(v: usize) -> Result<Arg> {
+    i32::try_from(v)
+        .map(Arg::I)
+        .map_err(|_| Error::Device(format!("size {v} over 2^31")))
+}
+
 /// Whether a GEMM operand is used as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {

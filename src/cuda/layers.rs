@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::gpu::{Arg, DeviceBuf, Gpu, Op};
+use super::gpu::{int, Arg, DeviceBuf, Gpu, Op};
 use super::store::{ParamStore, SlotCursor};
 use crate::nn::{Activation, ConvOptions, LayerSpec};
 use crate::{Error, Result};
@@ -92,13 +92,6 @@ impl Tensor {
     fn ptr(&self) -> u64 {
         self.buf.ptr()
     }
-}
-
-/// `dims` as an `int` kernel argument.
-pub(crate) fn int(v: usize) -> Result<Arg> {
-    i32::try_from(v)
-        .map(Arg::I)
-        .map_err(|_| Error::Device(format!("size {v} over 2^31")))
 }
 
 /// The two sides of an im2col: images `[c, b, h, w]`, columns `[c kh kw, b oh ow]`.
@@ -696,7 +689,7 @@ impl GpuLayer {
     }
 
     fn backward(&mut self, gpu: &Gpu, store: &ParamStore, dy: Tensor, need_dx: bool) -> Result<Option<Tensor>> {
-        let name = self.name.clone();
+        let name = &self.name;
         let missing = || Error::Device(format!("GPU layer {name}: backward before forward"));
         let p = &store.params;
         let g = &store.grads;

@@ -29,6 +29,12 @@ impl Slot {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Its values out of the flat buffer `flat` (a download of the whole store).
+    pub fn array(&self, flat: &[f32]) -> ArrayD<f32> {
+        ArrayD::from_shape_vec(self.shape.clone(), flat[self.offset..self.offset + self.len()].to_vec())
+            .expect("a slot's shape matches its length")
+    }
 }
 
 /// See the module docs.
@@ -95,9 +101,7 @@ impl ParamStore {
         model.visit_params(&mut |param| {
             match self.param_slots.get(i) {
                 Some(s) if s.shape == param.value.shape() => {
-                    let v = ArrayD::from_shape_vec(s.shape.clone(), p[s.offset..s.offset + s.len()].to_vec())
-                        .expect("slot shape");
-                    param.value = v;
+                    param.value = s.array(&p);
                 }
                 _ => {
                     err.get_or_insert_with(|| Error::Device(format!("parameter {} has no GPU copy", param.name)));
@@ -125,11 +129,7 @@ impl ParamStore {
     /// The gradients, one array per parameter in visiting order.
     pub fn download_grads(&self, gpu: &Gpu) -> Result<Vec<ArrayD<f32>>> {
         let g = gpu.download(&self.grads, self.n_params)?;
-        Ok(self
-            .param_slots
-            .iter()
-            .map(|s| ArrayD::from_shape_vec(s.shape.clone(), g[s.offset..s.offset + s.len()].to_vec()).expect("slot"))
-            .collect())
+        Ok(self.param_slots.iter().map(|s| s.array(&g)).collect())
     }
 }
 

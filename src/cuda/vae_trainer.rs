@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayD, ArrayView3};
 
+use super::gpu::int;
 use super::gpu::{Arg, DeviceBuf, DeviceImages, Gpu};
-use super::layers::{int, GpuChain, Shape, Tensor};
+use super::layers::{GpuChain, Shape, Tensor};
 use super::store::{ParamStore, SlotCursor};
 use crate::loss::Reduction;
 use crate::nn::LayerSpec;
@@ -244,14 +245,10 @@ impl VaeTrainer {
             }
             _ => unreachable!("heads exist exactly for LinearHeads"),
         };
-        let expect_cols = match self.posterior {
-            PosteriorForm::Isotropic => k + 1,
-            PosteriorForm::MeanLogStd => 2 * k,
-            PosteriorForm::LinearHeads { .. } => k,
-        };
-        if mu_t.shape != (Shape::Rows { b, f: expect_cols }) {
+        // mu's row stride is the encoder's (or mu head's) output width.
+        if mu_t.shape != (Shape::Rows { b, f: mu_rs }) {
             return Err(Error::Device(format!(
-                "the encoder gave {:?}, the posterior needs [{b}, {expect_cols}]",
+                "the encoder gave {:?}, the posterior needs [{b}, {mu_rs}]",
                 mu_t.shape
             )));
         }
@@ -499,14 +496,11 @@ impl VaeTrainer {
         let n = self.store.num_params();
         let m = self.gpu.download(&self.m, n)?;
         let v = self.gpu.download(&self.v, n)?;
-        let arr = |flat: &[f32], s: &super::store::Slot| {
-            ArrayD::from_shape_vec(s.shape.clone(), flat[s.offset..s.offset + s.len()].to_vec()).expect("slot")
-        };
         let moments = self
             .store
             .param_slots
             .iter()
-            .map(|s| (arr(&m, s), arr(&v, s)))
+            .map(|s| (s.array(&m), s.array(&v)))
             .collect();
         opt.set_state(self.step, moments);
         Ok(())
