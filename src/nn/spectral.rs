@@ -136,6 +136,9 @@ struct PlaneWork<F> {
     /// Half-plane spectra of the two planes of a pair, `bins` each.
     sa: Vec<C<F>>,
     sb: Vec<C<F>>,
+    /// The joint transforms of every pair of an image's channels, `H W` each, so that
+    /// an image's spectra are separated (and filled back) a frequency at a time.
+    planes: Vec<C<F>>,
 }
 
 impl<F: Float> Plan<F> {
@@ -181,6 +184,7 @@ impl<F: Float> Plan<F> {
             scratch: vec![zero; self.scratch],
             sa: vec![zero; self.bins()],
             sb: vec![zero; self.bins()],
+            planes: Vec::new(),
         }
     }
 
@@ -197,12 +201,25 @@ impl<F: Float> Plan<F> {
 
     /// The 2-D transform of `a + ib` (placed as `at`) into `wk.zt`, column-major.
     fn transform_pair(&self, a: &[F], b: Option<&[F]>, at: Placement, wk: &mut PlaneWork<F>) {
+        self.transform_pair_into(a, b, at, &mut wk.z, &mut wk.zt, &mut wk.scratch);
+    }
+
+    /// [`Plan::transform_pair`] into `zt`, with `z` and `scratch` for work space.
+    fn transform_pair_into(
+        &self,
+        a: &[F],
+        b: Option<&[F]>,
+        at: Placement,
+        z: &mut [C<F>],
+        zt: &mut [C<F>],
+        scratch: &mut [C<F>],
+    ) {
         let (hh, ww) = (self.hh, self.ww);
         let (ph, pw) = at.dims;
         let zero = C::new(F::zero(), F::zero());
         if at.offset == (0, 0) && at.step == (1, 1) {
             // An image at the top-left: rows copied straight, the rest zeroed.
-            for (i, zr) in wk.z.chunks_exact_mut(ww).enumerate() {
+            for (i, zr) in z.chunks_exact_mut(ww).enumerate() {
                 if i >= ph {
                     zr.fill(zero);
                     continue;
@@ -223,9 +240,9 @@ impl<F: Float> Plan<F> {
                 zr[pw..].fill(zero);
             }
         } else {
-            wk.z.fill(zero);
+            z.fill(zero);
             for i in 0..ph {
-                let zr = &mut wk.z[((at.offset.0 + i * at.step.0) % hh) * ww..][..ww];
+                let zr = &mut z[((at.offset.0 + i * at.step.0) % hh) * ww..][..ww];
                 let ar = &a[i * pw..][..pw];
                 let br = b.map(|b| &b[i * pw..][..pw]);
                 for j in 0..pw {
@@ -238,12 +255,11 @@ impl<F: Float> Plan<F> {
         let span = (ph - 1) * at.step.0 + 1;
         for (r0, r1) in cyclic_runs(at.offset.0, span, hh) {
             if r1 > r0 {
-                self.row_fwd
-                    .process_with_scratch(&mut wk.z[r0 * ww..r1 * ww], &mut wk.scratch);
+                self.row_fwd.process_with_scratch(&mut z[r0 * ww..r1 * ww], scratch);
             }
         }
-        transpose::transpose(&wk.z, &mut wk.zt, ww, hh);
-        self.col_fwd.process_with_scratch(&mut wk.zt, &mut wk.scratch);
+        transpose::transpose(z, zt, ww, hh);
+        self.col_fwd.process_with_scratch(zt, scratch);
     }
 
     /// Calls `put(f, A(f), B(f))` for every kept frequency of the pair whose joint
@@ -293,12 +309,18 @@ impl<F: Float> Plan<F> {
                 }
             }
         }
-        self.col_inv.process_with_scratch(&mut wk.zt, &mut wk.scratch);
-        transpose::transpose(&wk.zt, &mut wk.z, hh, ww);
+        self.finish_inverse(rows, &mut wk.z, &mut wk.zt, &mut wk.scratch);
+    }
+
+    /// The inverse transform of the full spectrum `zt` (column-major) into `z`, its rows
+    /// transformed only over the cyclic run `rows`; `zt` is overwritten.
+    fn finish_inverse(&self, rows: (usize, usize), z: &mut [C<F>], zt: &mut [C<F>], scratch: &mut [C<F>]) {
+        let (hh, ww) = (self.hh, self.ww);
+        self.col_inv.process_with_scratch(zt, scratch);
+        transpose::transpose(zt, z, hh, ww);
         for (r0, r1) in cyclic_runs(rows.0, rows.1, hh) {
             if r1 > r0 {
-                self.row_inv
-                    .process_with_scratch(&mut wk.z[r0 * ww..r1 * ww], &mut wk.scratch);
+                self.row_inv.process_with_scratch(&mut z[r0 * ww..r1 * ww], scratch);
             }
         }
     }
@@ -320,23 +342,39 @@ impl<F: Float> Plan<F> {
     /// parts. Frequency `f` of a chunk is then the matrix at `f * 2 nc` with row stride
     /// `bins * 2 nc`, ready for a GEMM without any transposition.
     fn transform_image(&self, x: &[F], nc: usize, at: Placement, spec: &mut [F], j: usize, wk: &mut PlaneWork<F>) {
+        let (hh, ww, n) = (self.hh, self.ww, self.hh * self.ww);
         let plane = at.dims.0 * at.dims.1;
         let width = 2 * nc;
         let bins = self.bins();
         let image = &mut spec[j * bins * width..][..bins * width];
-        for ch in (0..nc).step_by(2) {
-            let paired = ch + 1 < nc;
-            let b = paired.then(|| &x[(ch + 1) * plane..][..plane]);
-            self.transform_pair(&x[ch * plane..][..plane], b, at, wk);
-            self.separate(&wk.zt, |f, a, b| {
-                let row = &mut image[f * width..][..width];
-                row[ch] = a.re;
-                row[nc + ch] = a.im;
-                if paired {
-                    row[ch + 1] = b.re;
-                    row[nc + ch + 1] = b.im;
+        let PlaneWork { z, scratch, planes, .. } = wk;
+        let planes = pair_planes(planes, nc, n);
+        for (p, zt) in planes.chunks_exact_mut(n).enumerate() {
+            let ch = 2 * p;
+            let b = (ch + 1 < nc).then(|| &x[(ch + 1) * plane..][..plane]);
+            self.transform_pair_into(&x[ch * plane..][..plane], b, at, z, zt, scratch);
+        }
+        // Separated a frequency at a time, so that each row of the image's block is
+        // written whole (a pair at a time, the writes were 2 nc values apart).
+        let half = F::lit(0.5);
+        for kx in 0..self.half {
+            let mx = if kx == 0 { 0 } else { ww - kx };
+            for ky in 0..hh {
+                let my = if ky == 0 { 0 } else { hh - ky };
+                let (at_f, at_m) = (kx * hh + ky, mx * hh + my);
+                let (re, im) = image[at_f * width..][..width].split_at_mut(nc);
+                for (p, zt) in planes.chunks_exact(n).enumerate() {
+                    let (z, zm) = (zt[at_f], zt[at_m].conj());
+                    let (s, d) = (z + zm, z - zm);
+                    // A = (Z(f) + conj Z(-f)) / 2, B = (Z(f) - conj Z(-f)) / 2i.
+                    re[2 * p] = s.re * half;
+                    im[2 * p] = s.im * half;
+                    if 2 * p + 1 < nc {
+                        re[2 * p + 1] = d.im * half;
+                        im[2 * p + 1] = -d.re * half;
+                    }
                 }
-            });
+            }
         }
     }
 
@@ -351,30 +389,48 @@ impl<F: Float> Plan<F> {
         out: &mut [F],
         wk: &mut PlaneWork<F>,
     ) {
+        let (hh, ww, n) = (self.hh, self.ww, self.hh * self.ww);
         let plane = dims.0 * dims.1;
         let width = 2 * nc;
         let bins = self.bins();
         let image = &spec[j * bins * width..][..bins * width];
-        let zero = C::new(F::zero(), F::zero());
-        for ch in (0..nc).step_by(2) {
-            let paired = ch + 1 < nc;
-            self.inverse_pair((0, dims.0), wk, |f| {
-                let row = &image[f * width..][..width];
-                let b = if paired {
-                    C::new(row[ch + 1], row[nc + ch + 1])
-                } else {
-                    zero
-                };
-                (C::new(row[ch], row[nc + ch]), b)
-            });
+        let PlaneWork { z, scratch, planes, .. } = wk;
+        let planes = pair_planes(planes, nc, n);
+        // Each pair's full spectrum Z = A + iB, filled a frequency at a time (each row of
+        // the image's block read whole): the kept half directly, the other half from
+        // A(-f) = conj A(f), where Z(-f) = conj A(f) + i conj B(f).
+        for kx in 0..self.half {
+            let mirrored = kx > 0 && ww - kx >= self.half;
+            for ky in 0..hh {
+                let at_f = kx * hh + ky;
+                let at_m = (ww - kx) * hh + if ky == 0 { 0 } else { hh - ky };
+                let (re, im) = image[at_f * width..][..width].split_at(nc);
+                for (p, zt) in planes.chunks_exact_mut(n).enumerate() {
+                    let ch = 2 * p;
+                    let a = C::new(re[ch], im[ch]);
+                    let b = if ch + 1 < nc {
+                        C::new(re[ch + 1], im[ch + 1])
+                    } else {
+                        C::new(F::zero(), F::zero())
+                    };
+                    zt[at_f] = C::new(a.re - b.im, a.im + b.re);
+                    if mirrored {
+                        zt[at_m] = C::new(a.re + b.im, b.re - a.im);
+                    }
+                }
+            }
+        }
+        for (p, zt) in planes.chunks_exact_mut(n).enumerate() {
+            let ch = 2 * p;
+            self.finish_inverse((0, dims.0), z, zt, scratch);
             // Planes at the top-left: rows read straight.
             let (lo, hi) = out[ch * plane..].split_at_mut(plane);
-            for (i, zr) in wk.z.chunks_exact(self.ww).take(dims.0).enumerate() {
+            for (i, zr) in z.chunks_exact(ww).take(dims.0).enumerate() {
                 let zr = &zr[..dims.1];
                 for (o, z) in lo[i * dims.1..][..dims.1].iter_mut().zip(zr) {
                     *o = z.re;
                 }
-                if paired {
+                if ch + 1 < nc {
                     for (o, z) in hi[i * dims.1..][..dims.1].iter_mut().zip(zr) {
                         *o = z.im;
                     }
@@ -489,6 +545,16 @@ fn kernel_blocks<F: Float>(
 }
 
 /// Images per thread: the batch split into one contiguous run per worker.
+/// `planes` grown to hold the joint transforms of an image's `nc` channels taken in pairs
+/// (`n` values each), and that many of them.
+fn pair_planes<F: Float>(planes: &mut Vec<C<F>>, nc: usize, n: usize) -> &mut [C<F>] {
+    let len = nc.div_ceil(2) * n;
+    if planes.len() < len {
+        planes.resize(len, C::new(F::zero(), F::zero()));
+    }
+    &mut planes[..len]
+}
+
 fn per_thread(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
