@@ -267,23 +267,19 @@ impl<F: Float> Plan<F> {
     /// `A = (Z(f) + conj Z(-f)) / 2` and `B = (Z(f) - conj Z(-f)) / 2i`.
     #[inline(always)]
     fn separate(&self, zt: &[C<F>], mut put: impl FnMut(usize, C<F>, C<F>)) {
-        let (hh, ww) = (self.hh, self.ww);
-        let half = F::lit(0.5);
         for kx in 0..self.half {
-            let mx = if kx == 0 { 0 } else { ww - kx };
-            let col = &zt[kx * hh..][..hh];
-            let mirror = &zt[mx * hh..][..hh];
-            for (ky, &z) in col.iter().enumerate() {
-                let my = if ky == 0 { 0 } else { hh - ky };
-                let zm = mirror[my].conj();
-                let (s, d) = (z + zm, z - zm);
-                put(
-                    kx * hh + ky,
-                    C::new(s.re * half, s.im * half),
-                    C::new(d.im * half, -d.re * half),
-                );
+            for ky in 0..self.hh {
+                let f = kx * self.hh + ky;
+                let (a, b) = split_pair(zt[f], zt[self.mirror_of(kx, ky)]);
+                put(f, a, b);
             }
         }
+    }
+
+    /// Where frequency `-f` sits in a column-major plane, for `f = (kx, ky)`.
+    #[inline(always)]
+    fn mirror_of(&self, kx: usize, ky: usize) -> usize {
+        ((self.ww - kx) % self.ww) * self.hh + (self.hh - ky) % self.hh
     }
 
     /// The inverse of [`Plan::forward_pair`] (unnormalised): from the half-plane spectra
@@ -291,22 +287,18 @@ impl<F: Float> Plan<F> {
     /// transformed only over the cyclic run `rows` that the caller reads.
     #[inline(always)]
     fn inverse_pair(&self, rows: (usize, usize), wk: &mut PlaneWork<F>, get: impl Fn(usize) -> (C<F>, C<F>)) {
-        let (hh, ww) = (self.hh, self.ww);
-        for kx in 0..ww {
+        let hh = self.hh;
+        for kx in 0..self.ww {
             let col = &mut wk.zt[kx * hh..][..hh];
-            if kx < self.half {
-                for (ky, z) in col.iter_mut().enumerate() {
+            for (ky, z) in col.iter_mut().enumerate() {
+                *z = if kx < self.half {
                     let (a, b) = get(kx * hh + ky);
-                    *z = C::new(a.re - b.im, a.im + b.re);
-                }
-            } else {
-                // The redundant half: A(f) = conj A(-f), so Z(f) = conj A(-f) + i conj B(-f).
-                let mx = ww - kx;
-                for (ky, z) in col.iter_mut().enumerate() {
-                    let my = if ky == 0 { 0 } else { hh - ky };
-                    let (a, b) = get(mx * hh + my);
-                    *z = C::new(a.re + b.im, b.re - a.im);
-                }
+                    join_pair(a, b)
+                } else {
+                    // The redundant half, from the kept frequency -f.
+                    let (a, b) = get(self.mirror_of(kx, ky));
+                    join_mirror(a, b)
+                };
             }
         }
         self.finish_inverse(rows, &mut wk.z, &mut wk.zt, &mut wk.scratch);
@@ -342,7 +334,7 @@ impl<F: Float> Plan<F> {
     /// parts. Frequency `f` of a chunk is then the matrix at `f * 2 nc` with row stride
     /// `bins * 2 nc`, ready for a GEMM without any transposition.
     fn transform_image(&self, x: &[F], nc: usize, at: Placement, spec: &mut [F], j: usize, wk: &mut PlaneWork<F>) {
-        let (hh, ww, n) = (self.hh, self.ww, self.hh * self.ww);
+        let (hh, n) = (self.hh, self.hh * self.ww);
         let plane = at.dims.0 * at.dims.1;
         let width = 2 * nc;
         let bins = self.bins();
@@ -356,22 +348,15 @@ impl<F: Float> Plan<F> {
         }
         // Separated a frequency at a time, so that each row of the image's block is
         // written whole (a pair at a time, the writes were 2 nc values apart).
-        let half = F::lit(0.5);
         for kx in 0..self.half {
-            let mx = if kx == 0 { 0 } else { ww - kx };
             for ky in 0..hh {
-                let my = if ky == 0 { 0 } else { hh - ky };
-                let (at_f, at_m) = (kx * hh + ky, mx * hh + my);
+                let (at_f, at_m) = (kx * hh + ky, self.mirror_of(kx, ky));
                 let (re, im) = image[at_f * width..][..width].split_at_mut(nc);
                 for (p, zt) in planes.chunks_exact(n).enumerate() {
-                    let (z, zm) = (zt[at_f], zt[at_m].conj());
-                    let (s, d) = (z + zm, z - zm);
-                    // A = (Z(f) + conj Z(-f)) / 2, B = (Z(f) - conj Z(-f)) / 2i.
-                    re[2 * p] = s.re * half;
-                    im[2 * p] = s.im * half;
+                    let (a, b) = split_pair(zt[at_f], zt[at_m]);
+                    (re[2 * p], im[2 * p]) = (a.re, a.im);
                     if 2 * p + 1 < nc {
-                        re[2 * p + 1] = d.im * half;
-                        im[2 * p + 1] = -d.re * half;
+                        (re[2 * p + 1], im[2 * p + 1]) = (b.re, b.im);
                     }
                 }
             }
@@ -402,8 +387,7 @@ impl<F: Float> Plan<F> {
         for kx in 0..self.half {
             let mirrored = kx > 0 && ww - kx >= self.half;
             for ky in 0..hh {
-                let at_f = kx * hh + ky;
-                let at_m = (ww - kx) * hh + if ky == 0 { 0 } else { hh - ky };
+                let (at_f, at_m) = (kx * hh + ky, self.mirror_of(kx, ky));
                 let (re, im) = image[at_f * width..][..width].split_at(nc);
                 for (p, zt) in planes.chunks_exact_mut(n).enumerate() {
                     let ch = 2 * p;
@@ -413,9 +397,9 @@ impl<F: Float> Plan<F> {
                     } else {
                         C::new(F::zero(), F::zero())
                     };
-                    zt[at_f] = C::new(a.re - b.im, a.im + b.re);
+                    zt[at_f] = join_pair(a, b);
                     if mirrored {
-                        zt[at_m] = C::new(a.re + b.im, b.re - a.im);
+                        zt[at_m] = join_mirror(a, b);
                     }
                 }
             }
@@ -544,7 +528,29 @@ fn kernel_blocks<F: Float>(
         .collect()
 }
 
-/// Images per thread: the batch split into one contiguous run per worker.
+/// The spectra `(A(f), B(f))` of two real planes from their joint transform `Z = A + iB`
+/// at `f` and at `-f`: both are Hermitian, so `A = (Z(f) + conj Z(-f)) / 2` and
+/// `B = (Z(f) - conj Z(-f)) / 2i`.
+#[inline(always)]
+fn split_pair<F: Float>(z: C<F>, z_mirror: C<F>) -> (C<F>, C<F>) {
+    let half = F::lit(0.5);
+    let zm = z_mirror.conj();
+    let (s, d) = (z + zm, z - zm);
+    (C::new(s.re * half, s.im * half), C::new(d.im * half, -d.re * half))
+}
+
+/// `Z(f) = A(f) + i B(f)`, the inverse of [`split_pair`].
+#[inline(always)]
+fn join_pair<F: Float>(a: C<F>, b: C<F>) -> C<F> {
+    C::new(a.re - b.im, a.im + b.re)
+}
+
+/// `Z(-f) = conj A(f) + i conj B(f)`: the redundant half of the joint spectrum.
+#[inline(always)]
+fn join_mirror<F: Float>(a: C<F>, b: C<F>) -> C<F> {
+    C::new(a.re + b.im, b.re - a.im)
+}
+
 /// `planes` grown to hold the joint transforms of an image's `nc` channels taken in pairs
 /// (`n` values each), and that many of them.
 fn pair_planes<F: Float>(planes: &mut Vec<C<F>>, nc: usize, n: usize) -> &mut [C<F>] {
@@ -555,6 +561,7 @@ fn pair_planes<F: Float>(planes: &mut Vec<C<F>>, nc: usize, n: usize) -> &mut [C
     &mut planes[..len]
 }
 
+/// Images per thread: the batch split into one contiguous run per worker.
 fn per_thread(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads().max(1)).max(1)
 }
