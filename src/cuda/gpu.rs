@@ -141,9 +141,12 @@ pub(crate) enum Arg {
 
 /// `v` as an `int` kernel argument, or an error past 2^31.
 pub(crate) fn int(v: usize) -> Result<Arg> {
-    i32::try_from(v)
-        .map(Arg::I)
-        .map_err(|_| Error::Device(format!("size {v} over 2^31")))
+    to_i32(v).map(Arg::I)
+}
+
+/// `v` as an `i32` (a kernel's or cuBLAS's size), or an error past 2^31.
+fn to_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Device(format!("size {v} over 2^31")))
 }
 
 /// Whether a GEMM operand is used as stored or transposed.
@@ -329,8 +332,6 @@ impl Gpu {
             .map_err(|e| device_err("copy to the GPU", e))?;
         let ip = ib.device_ptr(&self.stream).0;
         let out = self.scratch(idx.len() * images.cols)?;
-        let rows = i32::try_from(idx.len()).map_err(|_| Error::Device("batch over 2^31".into()))?;
-        let cols = i32::try_from(images.cols).map_err(|_| Error::Device("row over 2^31".into()))?;
         self.launch_n(
             "gather_rows",
             idx.len() * images.cols,
@@ -338,8 +339,8 @@ impl Gpu {
                 Arg::P(images.buf.ptr()),
                 Arg::P(ip),
                 Arg::P(out.ptr()),
-                Arg::I(rows),
-                Arg::I(cols),
+                int(idx.len())?,
+                int(images.cols)?,
             ],
         )?;
         Ok(out)
@@ -465,24 +466,23 @@ impl Gpu {
         };
         let lda = if tb == Op::T { k } else { n };
         let ldb = if ta == Op::T { m } else { k };
-        let dim = |v: usize| i32::try_from(v).map_err(|_| Error::Device(format!("GEMM size {v} over 2^31")));
         // SAFETY: the addresses are of live buffers holding the dense matrices above.
         unsafe {
             cudarc::cublas::result::sgemm(
                 *self.blas.handle(),
                 op(tb),
                 op(ta),
-                dim(n)?,
-                dim(m)?,
-                dim(k)?,
+                to_i32(n)?,
+                to_i32(m)?,
+                to_i32(k)?,
                 &alpha,
                 b as *const f32,
-                dim(lda.max(1))?,
+                to_i32(lda.max(1))?,
                 a as *const f32,
-                dim(ldb.max(1))?,
+                to_i32(ldb.max(1))?,
                 &beta,
                 c as *mut f32,
-                dim(n.max(1))?,
+                to_i32(n.max(1))?,
             )
         }
         .map_err(|e| device_err("cuBLAS sgemm", e))

@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use super::gpu::{int, Arg, DeviceBuf, Gpu, Op};
 use super::store::{ParamStore, SlotCursor};
-use crate::nn::{Activation, ConvOptions, LayerSpec};
+use crate::nn::im2col::ConvGeom;
+use crate::nn::{conv2d_geom, conv_transpose2d_geom, Activation, ConvOptions, LayerSpec};
 use crate::{Error, Result};
 
 /// A tensor's shape on the GPU.
@@ -94,48 +95,47 @@ impl Tensor {
     }
 }
 
-/// The two sides of an im2col: images `[c, b, h, w]`, columns `[c kh kw, b oh ow]`.
+/// The two sides of an im2col over a batch of `b` images: images `[c, b, h, w]`, columns
+/// `[c kh kw, b oh ow]`, with one image's sizes from the CPU's own geometry
+/// ([`ConvGeom`], which also checks them).
 #[derive(Debug, Clone, Copy)]
 struct Geom {
-    c: usize,
+    conv: ConvGeom,
     b: usize,
-    h: usize,
-    w: usize,
-    kh: usize,
-    kw: usize,
-    oh: usize,
-    ow: usize,
-    opts: ConvOptions,
 }
 
 impl Geom {
     fn col_rows(&self) -> usize {
-        self.c * self.kh * self.kw
+        self.conv.col_rows()
     }
     fn col_cols(&self) -> usize {
-        self.b * self.oh * self.ow
+        self.b * self.conv.col_cols()
+    }
+    /// Values per channel on the image side.
+    fn per_channel(&self) -> usize {
+        self.b * self.conv.h * self.conv.w
     }
     fn image_len(&self) -> usize {
-        self.c * self.b * self.h * self.w
+        self.conv.c * self.per_channel()
     }
     fn args(&self, from: u64, to: u64) -> Result<Vec<Arg>> {
-        let o = &self.opts;
+        let g = &self.conv;
         let mut a = vec![Arg::P(from), Arg::P(to)];
         for v in [
-            self.c,
+            g.c,
             self.b,
-            self.h,
-            self.w,
-            self.kh,
-            self.kw,
-            self.oh,
-            self.ow,
-            o.stride.0,
-            o.stride.1,
-            o.padding.0,
-            o.padding.1,
-            o.dilation.0,
-            o.dilation.1,
+            g.h,
+            g.w,
+            g.kernel.0,
+            g.kernel.1,
+            g.oh,
+            g.ow,
+            g.stride.0,
+            g.stride.1,
+            g.padding.0,
+            g.padding.1,
+            g.dilation.0,
+            g.dilation.1,
         ] {
             a.push(int(v)?);
         }
@@ -150,21 +150,28 @@ impl Geom {
         gpu.launch_2d("im2col", grid, 256, &self.args(x, col)?)
     }
     fn col2im(&self, gpu: &Gpu, col: u64, x: u64) -> Result<()> {
-        let grid = (Self::blocks(self.b * self.h * self.w), self.c as u32);
+        let grid = (Self::blocks(self.per_channel()), self.conv.c as u32);
         gpu.launch_2d("col2im", grid, 256, &self.args(col, x)?)
     }
 }
 
-/// Output side of a convolution over `n` (PyTorch's formula), if positive.
-fn conv_out(n: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
-    (n + 2 * p).checked_sub(d * (k - 1) + 1).map(|r| r / s + 1)
+/// `y[c, i] += bias[c]` over `channels` rows of `per` values: a convolution's bias in CNHW.
+fn add_channel_bias(gpu: &Gpu, y: u64, bias: u64, channels: usize, per: usize) -> Result<()> {
+    gpu.launch_n(
+        "add_row_bias",
+        channels * per,
+        &[Arg::P(y), Arg::P(bias), int(channels)?, Arg::L(per as i64)],
+    )
 }
 
-/// Output side of a transposed convolution over `n`, if positive.
-fn conv_t_out(n: usize, k: usize, s: usize, p: usize, d: usize, op: usize) -> Option<usize> {
-    ((n - 1) * s + d * (k - 1) + op + 1)
-        .checked_sub(2 * p)
-        .filter(|&v| v > 0)
+/// `out[c] = sum_i dy[c, i]` over `channels` rows of `per` values: that bias's gradient.
+fn channel_sums(gpu: &Gpu, dy: u64, out: u64, channels: usize, per: usize) -> Result<()> {
+    gpu.launch(
+        "row_sums",
+        channels as u32,
+        256,
+        &[Arg::P(dy), Arg::P(out), Arg::L(per as i64)],
+    )
 }
 
 /// Blocks per channel for BatchNorm's sums: enough for the whole batch norm to cover the
@@ -213,7 +220,8 @@ enum Kind {
         eps: f32,
         momentum: f32,
         rect: Option<f32>,
-        p: WeightBias,
+        /// Offsets of `weight` (gamma) and `bias` (beta).
+        affine: (usize, usize),
         running: usize,
         kept: Option<(Tensor, DeviceBuf, DeviceBuf)>,
     },
@@ -304,7 +312,8 @@ impl GpuChain {
                     momentum,
                     rectifier,
                 } => {
-                    let p = wb(vec![channels], Some(vec![channels]))?;
+                    let gamma = params.take(&[channels], &format!("layer {i} weight"))?;
+                    let beta = params.take(&[channels], &format!("layer {i} bias"))?;
                     let running = buffers.take(&[channels], &format!("layer {i} running mean"))?;
                     let rv = buffers.take(&[channels], &format!("layer {i} running var"))?;
                     if rv != running + channels {
@@ -322,7 +331,7 @@ impl GpuChain {
                         eps: eps as f32,
                         momentum: momentum as f32,
                         rect,
-                        p,
+                        affine: (gamma, beta),
                         running,
                         kept: None,
                     }
@@ -405,24 +414,12 @@ impl GpuLayer {
                 let Shape::Maps { c, b, h, w } = x.shape else {
                     return Err(wrong_input(name, "maps", x.shape));
                 };
-                let o = *opts;
-                let (oh, ow) = match (
-                    conv_out(h, kernel.0, o.stride.0, o.padding.0, o.dilation.0),
-                    conv_out(w, kernel.1, o.stride.1, o.padding.1, o.dilation.1),
-                ) {
-                    (Some(a), Some(bb)) if c == *in_ch => (a, bb),
-                    _ => return Err(wrong_input(name, &format!("{in_ch} channels, large enough"), x.shape)),
-                };
+                if c != *in_ch {
+                    return Err(wrong_input(name, &format!("{in_ch} channels"), x.shape));
+                }
                 let g = Geom {
-                    c,
+                    conv: conv2d_geom(&[b, c, h, w], &[*out_ch, c, kernel.0, kernel.1], opts)?,
                     b,
-                    h,
-                    w,
-                    kh: kernel.0,
-                    kw: kernel.1,
-                    oh,
-                    ow,
-                    opts: o,
                 };
                 let col = gpu.scratch(g.col_rows() * g.col_cols())?;
                 g.im2col(gpu, x.ptr(), col.ptr())?;
@@ -437,16 +434,7 @@ impl GpuLayer {
                     y.ptr(),
                 )?;
                 if let Some(bo) = wb.b {
-                    gpu.launch_n(
-                        "add_row_bias",
-                        *out_ch * g.col_cols(),
-                        &[
-                            Arg::P(y.ptr()),
-                            Arg::P(p.at(bo)),
-                            int(*out_ch)?,
-                            Arg::L(g.col_cols() as i64),
-                        ],
-                    )?;
+                    add_channel_bias(gpu, y.ptr(), p.at(bo), *out_ch, g.col_cols())?;
                 }
                 *kept = Some((col, g));
                 Ok(Tensor::new(
@@ -454,8 +442,8 @@ impl GpuLayer {
                     Shape::Maps {
                         c: *out_ch,
                         b,
-                        h: oh,
-                        w: ow,
+                        h: g.conv.oh,
+                        w: g.conv.ow,
                     },
                 ))
             }
@@ -470,26 +458,15 @@ impl GpuLayer {
                 let Shape::Maps { c, b, h, w } = x.shape else {
                     return Err(wrong_input(name, "maps", x.shape));
                 };
-                let o = *opts;
-                let (ho, wo) = match (
-                    conv_t_out(h, kernel.0, o.stride.0, o.padding.0, o.dilation.0, o.output_padding.0),
-                    conv_t_out(w, kernel.1, o.stride.1, o.padding.1, o.dilation.1, o.output_padding.1),
-                ) {
-                    (Some(a), Some(bb)) if c == *in_ch && h > 0 && w > 0 => (a, bb),
-                    _ => return Err(wrong_input(name, &format!("{in_ch} channels"), x.shape)),
-                };
+                if c != *in_ch || h == 0 || w == 0 {
+                    return Err(wrong_input(name, &format!("{in_ch} channels"), x.shape));
+                }
                 // The output is the image side of the im2col, the input its column side.
                 let g = Geom {
-                    c: *out_ch,
+                    conv: conv_transpose2d_geom(&[b, c, h, w], &[c, *out_ch, kernel.0, kernel.1], opts)?,
                     b,
-                    h: ho,
-                    w: wo,
-                    kh: kernel.0,
-                    kw: kernel.1,
-                    oh: h,
-                    ow: w,
-                    opts: o,
                 };
+                let (ho, wo) = (g.conv.h, g.conv.w);
                 let col = gpu.scratch(g.col_rows() * g.col_cols())?;
                 gpu.gemm(
                     (Op::T, Op::N),
@@ -503,12 +480,7 @@ impl GpuLayer {
                 let y = gpu.scratch(g.image_len())?;
                 g.col2im(gpu, col.ptr(), y.ptr())?;
                 if let Some(bo) = wb.b {
-                    let per = b * ho * wo;
-                    gpu.launch_n(
-                        "add_row_bias",
-                        g.image_len(),
-                        &[Arg::P(y.ptr()), Arg::P(p.at(bo)), int(*out_ch)?, Arg::L(per as i64)],
-                    )?;
+                    add_channel_bias(gpu, y.ptr(), p.at(bo), *out_ch, g.per_channel())?;
                 }
                 *kept = Some((x, g));
                 Ok(Tensor::new(
@@ -526,7 +498,7 @@ impl GpuLayer {
                 eps,
                 momentum,
                 rect,
-                p: wb,
+                affine,
                 running,
                 kept,
             } => {
@@ -547,7 +519,7 @@ impl GpuLayer {
                 let bufs = &store.buffers;
                 let slices = bn_slices(c, n);
                 let part = gpu.scratch(c * slices)?;
-                let (gamma, beta) = (p.at(wb.w), p.at(wb.b.expect("BatchNorm has a bias")));
+                let (gamma, beta) = (p.at(affine.0), p.at(affine.1));
                 let (cc, nn, ss) = (int(c)?, Arg::L(n as i64), int(slices)?);
                 let stats = |centre: u64| {
                     gpu.launch(
@@ -666,7 +638,7 @@ impl GpuLayer {
                     Shape::Rows { .. } => x,
                     Shape::Maps { c, b, h, w } => {
                         let rows = Shape::Rows { b, f: c * h * w };
-                        permute(gpu, x, rows, true)?
+                        permute(gpu, x, rows)?
                     }
                 };
                 Ok(out)
@@ -679,7 +651,7 @@ impl GpuLayer {
                     return Err(wrong_input(name, &format!("rows of {shape:?}"), x.shape));
                 }
                 let out = match shape[..] {
-                    [c, h, w] => permute(gpu, x, Shape::Maps { c, b, h, w }, false)?,
+                    [c, h, w] => permute(gpu, x, Shape::Maps { c, b, h, w })?,
                     _ => x,
                 };
                 *kept = Some(Shape::Rows { b, f });
@@ -704,12 +676,7 @@ impl GpuLayer {
                 let (col, geom) = kept.take().ok_or_else(missing)?;
                 let ncols = geom.col_cols();
                 if let Some(bo) = wb.b {
-                    gpu.launch(
-                        "row_sums",
-                        *out_ch as u32,
-                        256,
-                        &[Arg::P(dy.ptr()), Arg::P(g.at(bo)), Arg::L(ncols as i64)],
-                    )?;
+                    channel_sums(gpu, dy.ptr(), g.at(bo), *out_ch, ncols)?;
                 }
                 gpu.gemm(
                     (Op::N, Op::T),
@@ -740,8 +707,8 @@ impl GpuLayer {
                     Shape::Maps {
                         c: *in_ch,
                         b: geom.b,
-                        h: geom.h,
-                        w: geom.w,
+                        h: geom.conv.h,
+                        w: geom.conv.w,
                     },
                 )))
             }
@@ -756,16 +723,7 @@ impl GpuLayer {
                 let dcol = gpu.scratch(geom.col_rows() * geom.col_cols())?;
                 geom.im2col(gpu, dy.ptr(), dcol.ptr())?;
                 if let Some(bo) = wb.b {
-                    gpu.launch(
-                        "row_sums",
-                        *out_ch as u32,
-                        256,
-                        &[
-                            Arg::P(dy.ptr()),
-                            Arg::P(g.at(bo)),
-                            Arg::L((geom.b * geom.h * geom.w) as i64),
-                        ],
-                    )?;
+                    channel_sums(gpu, dy.ptr(), g.at(bo), *out_ch, geom.per_channel())?;
                 }
                 gpu.gemm(
                     (Op::N, Op::T),
@@ -794,7 +752,7 @@ impl GpuLayer {
             Kind::BatchNorm2d {
                 channels,
                 rect,
-                p: wb,
+                affine,
                 kept,
                 ..
             } => {
@@ -806,7 +764,7 @@ impl GpuLayer {
                 let (c, n) = (*channels, b * h * w);
                 let slices = bn_slices(c, n);
                 let (part1, part2, sums) = (gpu.scratch(c * slices)?, gpu.scratch(c * slices)?, gpu.scratch(2 * c)?);
-                let (gamma, beta) = (p.at(wb.w), p.at(wb.b.expect("BatchNorm has a bias")));
+                let (gamma, beta) = (p.at(affine.0), p.at(affine.1));
                 let (cc, nn, ss) = (int(c)?, Arg::L(n as i64), int(slices)?);
                 let (r, slope) = (Arg::I(rect.is_some() as i32), Arg::F(rect.unwrap_or(0.0)));
                 gpu.launch(
@@ -835,8 +793,8 @@ impl GpuLayer {
                         Arg::P(part1.ptr()),
                         Arg::P(part2.ptr()),
                         Arg::P(inv_std.ptr()),
-                        Arg::P(g.at(wb.w)),
-                        Arg::P(g.at(wb.b.expect("BatchNorm has a bias"))),
+                        Arg::P(g.at(affine.0)),
+                        Arg::P(g.at(affine.1)),
                         Arg::P(sums.ptr()),
                         cc,
                         ss,
@@ -944,7 +902,7 @@ impl GpuLayer {
                 }
                 match input {
                     Shape::Rows { .. } => Ok(Some(dy)),
-                    maps => Ok(Some(permute(gpu, dy, maps, false)?)),
+                    maps => Ok(Some(permute(gpu, dy, maps)?)),
                 }
             }
             Kind::Unflatten { kept, .. } => {
@@ -957,16 +915,17 @@ impl GpuLayer {
                         buf: dy.buf,
                         shape: input,
                     })),
-                    _ => Ok(Some(permute(gpu, dy, input, true)?)),
+                    _ => Ok(Some(permute(gpu, dy, input)?)),
                 }
             }
         }
     }
 }
 
-/// `x` in `to`'s layout: maps `[c, b, h, w]` to rows `[b, c h w]` (`to_rows`) or back.
+/// `x` in `to`'s layout: maps `[c, b, h, w]` to rows `[b, c h w]`, or back.
 /// With one channel the two orders agree and the buffer is passed on as it is.
-pub(crate) fn permute(gpu: &Gpu, x: Tensor, to: Shape, to_rows: bool) -> Result<Tensor> {
+pub(crate) fn permute(gpu: &Gpu, x: Tensor, to: Shape) -> Result<Tensor> {
+    let to_rows = matches!(to, Shape::Rows { .. });
     let (c, b, hw) = match (x.shape, to) {
         (Shape::Maps { c, b, h, w }, Shape::Rows { .. }) | (Shape::Rows { .. }, Shape::Maps { c, b, h, w }) => {
             (c, b, h * w)
@@ -990,4 +949,51 @@ pub(crate) fn permute(gpu: &Gpu, x: Tensor, to: Shape, to_rows: bool) -> Result<
         ],
     )?;
     Ok(Tensor::new(y, to))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GPU's im2col sizes come from the CPU's geometry; held here (no device needed)
+    /// to PyTorch's output formulas, `(n + 2p - d (k - 1) - 1) / s + 1` and
+    /// `(n - 1) s - 2p + d (k - 1) + output_padding + 1`, over strides, paddings,
+    /// dilations and output paddings.
+    #[test]
+    fn convolution_sizes_follow_pytorch() {
+        for (n, k, s, p, d, op) in [
+            (28, 5, 1, 0, 1, 0),
+            (28, 4, 2, 1, 1, 0),
+            (13, 4, 2, 0, 1, 0),
+            (7, 3, 2, 1, 1, 1),
+            (9, 3, 1, 2, 2, 1),
+            (1, 3, 2, 1, 1, 0),
+        ] {
+            let opts = ConvOptions {
+                stride: (s, s),
+                padding: (p, p),
+                dilation: (d, d),
+                output_padding: (op, op),
+                ..ConvOptions::default()
+            };
+            let direct = Geom {
+                conv: conv2d_geom(&[3, 2, n, n + 1], &[4, 2, k, k], &opts).unwrap(),
+                b: 3,
+            };
+            let out = |n: usize| (n + 2 * p - d * (k - 1) - 1) / s + 1;
+            assert_eq!((direct.conv.oh, direct.conv.ow), (out(n), out(n + 1)));
+            assert_eq!(
+                (direct.col_rows(), direct.col_cols()),
+                (2 * k * k, 3 * out(n) * out(n + 1))
+            );
+            let transposed = Geom {
+                conv: conv_transpose2d_geom(&[3, 2, n, n + 1], &[2, 4, k, k], &opts).unwrap(),
+                b: 3,
+            };
+            let out_t = |n: usize| (n - 1) * s + d * (k - 1) + op + 1 - 2 * p;
+            let g = transposed.conv;
+            assert_eq!((g.c, g.h, g.w, g.oh, g.ow), (4, out_t(n), out_t(n + 1), n, n + 1));
+            assert_eq!(transposed.image_len(), 4 * 3 * out_t(n) * out_t(n + 1));
+        }
+    }
 }

@@ -33,7 +33,7 @@ pub(crate) fn upload_nd(gpu: &Gpu, x: ArrayViewD<f32>) -> Result<Tensor> {
     );
     match x.shape() {
         [_, _] => Ok(rows),
-        &[b, c, h, w] => permute(gpu, rows, Shape::Maps { c, b, h, w }, false),
+        &[b, c, h, w] => permute(gpu, rows, Shape::Maps { c, b, h, w }),
         other => Err(Error::shape("GPU input", "[b, f] or [b, c, h, w]", other)),
     }
 }
@@ -46,7 +46,7 @@ pub(crate) fn download_nd(gpu: &Gpu, t: Tensor) -> Result<ArrayD<f32>> {
     };
     let rows = match t.shape {
         Shape::Rows { .. } => t,
-        Shape::Maps { c, b, h, w } => permute(gpu, t, Shape::Rows { b, f: c * h * w }, true)?,
+        Shape::Maps { c, b, h, w } => permute(gpu, t, Shape::Rows { b, f: c * h * w })?,
     };
     let v = gpu.download(&rows.buf, rows.shape.len())?;
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("sizes agree"))

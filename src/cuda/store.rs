@@ -2,7 +2,7 @@
 //! on the GPU, each kind in one flat buffer in the order the model visits them, so that
 //! Adam is one launch and a copy back to the CPU model is one download per kind.
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 use super::gpu::{DeviceBuf, Gpu};
 use crate::nn::Module;
@@ -30,10 +30,15 @@ impl Slot {
         self.len() == 0
     }
 
-    /// Its values out of the flat buffer `flat` (a download of the whole store).
-    pub fn array(&self, flat: &[f32]) -> ArrayD<f32> {
-        ArrayD::from_shape_vec(self.shape.clone(), flat[self.offset..self.offset + self.len()].to_vec())
+    /// Its values in the flat buffer `flat` (a download of the whole store).
+    pub fn view<'a>(&self, flat: &'a [f32]) -> ArrayViewD<'a, f32> {
+        ArrayViewD::from_shape(self.shape.clone(), &flat[self.offset..self.offset + self.len()])
             .expect("a slot's shape matches its length")
+    }
+
+    /// [`Slot::view`], copied.
+    pub fn array(&self, flat: &[f32]) -> ArrayD<f32> {
+        self.view(flat).to_owned()
     }
 }
 
@@ -112,11 +117,7 @@ impl ParamStore {
         let mut j = 0;
         model.visit_buffers(&mut |name, mut v| {
             match self.buffer_slots.get(j) {
-                Some(s) if s.shape == v.shape() => {
-                    for (dst, &src) in v.iter_mut().zip(&b[s.offset..s.offset + s.len()]) {
-                        *dst = src;
-                    }
-                }
+                Some(s) if s.shape == v.shape() => v.assign(&s.view(&b)),
                 _ => {
                     err.get_or_insert_with(|| Error::Device(format!("buffer {name} has no GPU copy")));
                 }

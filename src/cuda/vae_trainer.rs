@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use ndarray::{Array2, ArrayD, ArrayView3};
 
-use super::gpu::int;
-use super::gpu::{Arg, DeviceBuf, DeviceImages, Gpu};
+use super::gpu::{int, Arg, DeviceBuf, DeviceImages, Gpu};
 use super::layers::{GpuChain, Shape, Tensor};
 use super::store::{ParamStore, SlotCursor};
 use crate::loss::Reduction;
@@ -189,7 +188,7 @@ impl VaeTrainer {
     /// `[b, n, K]`, then an Adam update. A non-finite loss or gradient is an error that
     /// names it, and then nothing is updated.
     pub fn step(&mut self, x: &[f32], eps: ArrayView3<f32>) -> Result<StepStats> {
-        let d: usize = self.image.iter().product();
+        let d = self.image_len();
         self.check_batch(x.len() / d.max(1), x.len() % d.max(1) == 0, eps)?;
         if x.iter().any(|v| !v.is_finite()) {
             return Err(Error::NonFinite("VAE input images".into()));
@@ -202,14 +201,19 @@ impl VaeTrainer {
     /// [`VaeTrainer::step`] on rows `idx` of `images` (kept on the GPU): only the indices
     /// and the noise go up.
     pub fn step_rows(&mut self, images: &DeviceImages, idx: &[usize], eps: ArrayView3<f32>) -> Result<StepStats> {
-        let d: usize = self.image.iter().product();
+        let d = self.image_len();
         self.check_batch(idx.len(), images.dim() == d, eps)?;
         let x_rows = Tensor::new(self.gpu.gather(images, idx)?, Shape::Rows { b: idx.len(), f: d });
         self.step_on(x_rows, eps)
     }
 
+    /// Pixels per image.
+    fn image_len(&self) -> usize {
+        self.image.iter().product()
+    }
+
     fn check_batch(&self, b_images: usize, whole_images: bool, eps: ArrayView3<f32>) -> Result<()> {
-        let d: usize = self.image.iter().product();
+        let d = self.image_len();
         let (b, n, k) = eps.dim();
         if b == 0 || b != b_images || !whole_images || k != self.latent || n != self.cfg.objective.samples() {
             return Err(Error::shape(
@@ -227,7 +231,7 @@ impl VaeTrainer {
 
     fn step_on(&mut self, x_rows: Tensor, eps: ArrayView3<f32>) -> Result<StepStats> {
         let gpu = self.gpu.clone();
-        let d: usize = self.image.iter().product();
+        let d = self.image_len();
         let (b, n, k) = eps.dim();
         let (objective, beta) = objective_code(&self.cfg)?;
         let bn = b * n;

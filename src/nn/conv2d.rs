@@ -78,7 +78,7 @@ fn check_x<F>(what: &str, x: &ArrayView4<F>, channels: usize) -> Result<()> {
 }
 
 /// Geometry of a Conv2d with weight `[o, c, kh, kw]` on input `x` `[n, c, h, w]`.
-fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
+pub(crate) fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
     ConvGeom::new(
         x[1],
         (x[2], x[3]),

@@ -10,7 +10,7 @@ use crate::{Error, Float, Result};
 
 /// The geometry of the convolution this one transposes: unfolding the *output* image
 /// `[c_out, h_out, w_out]` with `h_out = (h - 1) s - 2p + d (k - 1) + output_padding + 1`.
-fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
+pub(crate) fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
     if x[1] != w[0] {
         return Err(Error::shape(
             "conv_transpose2d input",

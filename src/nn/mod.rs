@@ -35,6 +35,8 @@ pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
 pub use spec::LayerSpec;
+#[cfg(feature = "cuda")]
+pub(crate) use {conv2d::geom as conv2d_geom, conv_transpose2d::geom as conv_transpose2d_geom};
 
 use ndarray::{Array4, ArrayD, ArrayViewMutD, Ix4};
 
