@@ -767,24 +767,24 @@ impl GpuLayer {
                 let (gamma, beta) = (p.at(affine.0), p.at(affine.1));
                 let (cc, nn, ss) = (int(c)?, Arg::L(n as i64), int(slices)?);
                 let (r, slope) = (Arg::I(rect.is_some() as i32), Arg::F(rect.unwrap_or(0.0)));
+                // What both gradient kernels read first: the input, dy and the statistics.
+                let inputs = [
+                    Arg::P(x.ptr()),
+                    Arg::P(dy.ptr()),
+                    Arg::P(gamma),
+                    Arg::P(beta),
+                    Arg::P(mean.ptr()),
+                    Arg::P(inv_std.ptr()),
+                ];
                 gpu.launch(
                     "bn_partial_grads",
                     (c * slices) as u32,
                     256,
                     &[
-                        Arg::P(x.ptr()),
-                        Arg::P(dy.ptr()),
-                        Arg::P(gamma),
-                        Arg::P(beta),
-                        Arg::P(mean.ptr()),
-                        Arg::P(inv_std.ptr()),
-                        Arg::P(part1.ptr()),
-                        Arg::P(part2.ptr()),
-                        nn,
-                        ss,
-                        r,
-                        slope,
-                    ],
+                        &inputs[..],
+                        &[Arg::P(part1.ptr()), Arg::P(part2.ptr()), nn, ss, r, slope],
+                    ]
+                    .concat(),
                 )?;
                 gpu.launch_n(
                     "bn_finish_grads",
@@ -804,19 +804,7 @@ impl GpuLayer {
                     gpu.launch_n(
                         "bn_apply_grad",
                         c * n,
-                        &[
-                            Arg::P(x.ptr()),
-                            Arg::P(dy.ptr()),
-                            Arg::P(gamma),
-                            Arg::P(beta),
-                            Arg::P(mean.ptr()),
-                            Arg::P(inv_std.ptr()),
-                            Arg::P(sums.ptr()),
-                            cc,
-                            nn,
-                            r,
-                            slope,
-                        ],
+                        &[&inputs[..], &[Arg::P(sums.ptr()), cc, nn, r, slope]].concat(),
                     )?;
                 }
                 Ok(need_dx.then_some(dy))
