@@ -2,6 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
+use crate::nn::param::PAR_CHUNK;
 use crate::nn::{Module, Param};
 use crate::{Error, Float, Result};
 
@@ -38,9 +39,6 @@ impl<F: Float> AdamConfig<F> {
         self
     }
 }
-
-/// Entries per task when a parameter's update is split over threads.
-const ADAM_CHUNK: usize = 4096;
 
 /// One Adam update of `p` in place, at step `t` (1-based), as `torch.optim.Adam`
 /// (single-tensor path): `g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -81,12 +79,12 @@ pub fn adam_update<F: Float>(
     // independent of the others, so the result is the same to the bit).
     match (p.as_slice_mut(), g.as_slice(), m.as_slice_mut(), v.as_slice_mut()) {
         (Some(p), Some(g), Some(m), Some(v)) if p.len() == g.len() && p.len() == m.len() && p.len() == v.len() => {
-            if p.len() >= 2 * ADAM_CHUNK && rayon::current_num_threads() > 1 {
+            if p.len() >= 2 * PAR_CHUNK && rayon::current_num_threads() > 1 {
                 use rayon::prelude::*;
-                p.par_chunks_mut(ADAM_CHUNK)
-                    .zip(g.par_chunks(ADAM_CHUNK))
-                    .zip(m.par_chunks_mut(ADAM_CHUNK))
-                    .zip(v.par_chunks_mut(ADAM_CHUNK))
+                p.par_chunks_mut(PAR_CHUNK)
+                    .zip(g.par_chunks(PAR_CHUNK))
+                    .zip(m.par_chunks_mut(PAR_CHUNK))
+                    .zip(v.par_chunks_mut(PAR_CHUNK))
                     .for_each(|(((p, g), m), v)| run(p, g, m, v));
             } else {
                 run(p, g, m, v);
@@ -102,8 +100,13 @@ pub fn adam_update<F: Float>(
 
 /// Whether every entry of `a` is finite (over the slice when contiguous, which vectorises).
 fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
+    let finite = |s: &[F]| s.iter().fold(true, |ok, x| ok & x.is_finite());
     match a.as_slice_memory_order() {
-        Some(s) => s.iter().fold(true, |ok, x| ok & x.is_finite()),
+        Some(s) if s.len() >= 2 * PAR_CHUNK && rayon::current_num_threads() > 1 => {
+            use rayon::prelude::*;
+            s.par_chunks(PAR_CHUNK).all(finite)
+        }
+        Some(s) => finite(s),
         None => a.iter().all(|x| x.is_finite()),
     }
 }

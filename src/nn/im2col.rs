@@ -7,9 +7,12 @@
 //! the pixel it came from. Conv2d's forward is im2col then GEMM; its input gradient is GEMM
 //! then col2im; ConvTranspose2d is the same pair run the other way.
 
+use std::ops::Range;
+
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
+use super::single_image;
 use crate::gemm::{gemm, gemm_par};
 use crate::{Error, Float, Result};
 
@@ -121,28 +124,35 @@ pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
 /// [`im2col`] into a wider matrix: row `r` of this image's block starts at `cols[r * ld]`
 /// (`ld >= col_cols`), so that several images can sit side by side in one column matrix.
 pub fn im2col_ld<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
+    im2col_rows(x, g, 0..g.oh, cols, ld);
+}
+
+/// [`im2col_ld`] for the output rows `oys` alone: the column matrix's columns
+/// `oys.start * ow .. oys.end * ow`, written from column 0 of each row of `cols`.
+fn im2col_rows<F: Float>(x: &[F], g: &ConvGeom, oys: Range<usize>, cols: &mut [F], ld: usize) {
+    let n_out = oys.len() * g.ow;
     debug_assert_eq!(x.len(), g.c * g.h * g.w);
-    debug_assert!(ld >= g.col_cols() && cols.len() >= (g.col_rows() - 1) * ld + g.col_cols());
+    debug_assert!(oys.end <= g.oh && ld >= n_out && cols.len() >= (g.col_rows() - 1) * ld + n_out);
     let (kh, kw) = g.kernel;
     let (sh, sw) = g.stride;
     let (ph, pw) = g.padding;
     let (dh, dw) = g.dilation;
-    let n_out = g.col_cols();
     for ch in 0..g.c {
         let plane = &x[ch * g.h * g.w..(ch + 1) * g.h * g.w];
         for ki in 0..kh {
             let (ylo, yhi) = ConvGeom::valid(g.oh, g.h, sh, ph, ki * dh);
+            let (ylo, yhi) = (ylo.max(oys.start), yhi.min(oys.end));
             for kj in 0..kw {
                 let (xlo, xhi) = ConvGeom::valid(g.ow, g.w, sw, pw, kj * dw);
                 let row = &mut cols[((ch * kh + ki) * kw + kj) * ld..][..n_out];
                 // Only positions whose tap falls in the padding are zero: fill those alone.
-                if ylo > 0 || yhi < g.oh || xlo > 0 || xhi < g.ow {
+                if ylo > oys.start || yhi < oys.end || xlo > 0 || xhi < g.ow {
                     row.fill(F::zero());
                 }
                 for oy in ylo..yhi {
                     let iy = oy * sh + ki * dh - ph;
                     let src = &plane[iy * g.w..(iy + 1) * g.w];
-                    let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    let dst = &mut row[(oy - oys.start) * g.ow..][..g.ow];
                     if sw == 1 {
                         // Runs are short (an output row): a plain loop beats a memmove call.
                         let ix0 = xlo + kj * dw - pw;
@@ -243,13 +253,19 @@ impl Taps {
 
     /// [`im2col_ld`], through the table when there is one.
     pub(crate) fn im2col<F: Float>(&self, x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
+        self.im2col_rows(x, g, 0..g.oh, cols, ld);
+    }
+
+    /// [`im2col_rows`], through the table when there is one.
+    pub(crate) fn im2col_rows<F: Float>(&self, x: &[F], g: &ConvGeom, oys: Range<usize>, cols: &mut [F], ld: usize) {
         let Some(table) = &self.table else {
-            return im2col_ld(x, g, cols, ld);
+            return im2col_rows(x, g, oys, cols, ld);
         };
         let (kk, p, hw) = (g.kernel.0 * g.kernel.1, g.col_cols(), g.h * g.w);
+        let q = oys.start * g.ow..oys.end * g.ow;
         for (ch, plane) in x.chunks_exact(hw).enumerate() {
             for (r, taps) in table.chunks_exact(p).enumerate() {
-                let row = &mut cols[(ch * kk + r) * ld..][..p];
+                let (row, taps) = (&mut cols[(ch * kk + r) * ld..][..q.len()], &taps[q.clone()]);
                 // Branch-free (a clamped read, then a select), so that the loop can use
                 // vector gathers where the CPU has them.
                 let last = plane.len() - 1;
@@ -318,9 +334,15 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
+    let taps = Taps::new(g);
+    if let Some(per) = single_image::row_block(g, rows, inp.nrows()) {
+        for (x, o) in inp.outer_iter().zip(out.outer_iter_mut()) {
+            single_image::correlate(x.as_slice().expect("contiguous sample"), g, &taps, wmat, o, per);
+        }
+        return;
+    }
     let gs = group_size(p, inp.nrows());
     let split = too_few(inp.nrows().div_ceil(gs));
-    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(inp.axis_chunks_iter(Axis(0), gs).into_par_iter())
@@ -373,9 +395,16 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
+    let taps = Taps::new(g);
+    if let Some(per) = single_image::channel_block(g, rows, src.shape()[0]) {
+        for (sc, mut o) in src.outer_iter().zip(out.outer_iter_mut()) {
+            let o = o.as_slice_mut().expect("contiguous sample");
+            single_image::fold(sc, g, &taps, wmat, o, per);
+        }
+        return;
+    }
     let gs = group_size(p, src.shape()[0]);
     let split = too_few(src.shape()[0].div_ceil(gs));
-    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(src.axis_chunks_iter(Axis(0), gs).into_par_iter())
@@ -459,6 +488,14 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, d
         return gemm_par(F::one(), one_position(a).t(), b, F::one(), dw);
     }
     let n = a.shape()[0];
+    if let Some(per) = single_image::channel_block(g, a.shape()[1], n) {
+        let (taps, mut dw) = (Taps::new(g), dw);
+        for (ai, bi) in a.outer_iter().zip(b.outer_iter()) {
+            let bi = bi.to_slice().expect("contiguous sample");
+            single_image::weight_grad(ai, bi, g, &taps, dw.view_mut(), per);
+        }
+        return;
+    }
     let per = run_length(n);
     let runs = vec![(); n.div_ceil(per)];
     let split = too_few(runs.len());
@@ -490,7 +527,19 @@ pub fn unfold_backward_over_input<F: Float>(
         return gemm_par(F::one(), dy, wmat.t(), F::zero(), x2);
     }
     let (p, rows) = (g.col_cols(), wmat.nrows());
-    let per = run_length(dy.nrows());
+    let n = dy.nrows();
+    if let (Some(per_c), Some(per_rows)) = (
+        single_image::channel_block(g, rows, n),
+        single_image::row_block(g, rows, n),
+    ) {
+        let (taps, mut dw) = (Taps::new(g), dw);
+        for (dyi, xi) in dy.outer_iter().zip(x.outer_iter_mut()) {
+            let dyi = dyi.to_slice().expect("contiguous sample");
+            single_image::backward_over_input(dyi, xi, g, &taps, wmat, dw.view_mut(), (per_c, per_rows));
+        }
+        return;
+    }
+    let per = run_length(n);
     let runs: Vec<_> = x.axis_chunks_iter_mut(Axis(0), per).collect();
     let split = too_few(runs.len());
     unfolded_runs(dy, g, rows, (per, runs), dw, |xrun, first, range, cm, buf, acc| {

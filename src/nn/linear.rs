@@ -4,7 +4,9 @@ use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMu
 use rand::Rng;
 
 use super::{Layer, Mode, Module, Param};
-use crate::gemm::gemm_par;
+use rayon::prelude::*;
+
+use crate::gemm::{gemm, gemm_par};
 use crate::{Error, Float, Result};
 
 /// `y = x w^T + b`. Shapes: `x` `[n, in]`, `w` `[out, in]`, `b` `[out]`, `y` `[n, out]`.
@@ -25,14 +27,91 @@ pub fn linear_backward<F: Float>(
     dw: ArrayViewMut2<F>,
     db: Option<ArrayViewMut1<F>>,
 ) {
-    gemm_par(F::one(), dy.t(), x, F::one(), dw);
     if let Some(mut db) = db {
         for row in dy.axis_iter(Axis(0)) {
             db += &row;
         }
     }
+    let threads = rayon::current_num_threads();
+    if x.nrows() <= SMALL_BATCH && threads > 1 && w.len() >= SMALL_BATCH_MIN_WEIGHT {
+        let (out, inp) = w.dim();
+        if inp >= out {
+            return small_batch_backward_by_inputs(x, w, dy, dx, dw, inp.div_ceil(threads));
+        }
+        return small_batch_backward_by_outputs(x, w, dy, dx, dw, out.div_ceil(threads));
+    }
+    gemm_par(F::one(), dy.t(), x, F::one(), dw);
     if let Some(dx) = dx {
         gemm_par(F::one(), dy, w, F::zero(), dx);
+    }
+}
+
+/// Batches of at most this many rows take the small-batch backward: its two products are
+/// then bound by reading `w` and updating `dw`, and each thread does both on its own
+/// block of them in one pass, instead of each product being split (or, under
+/// [`crate::gemm::gemm_par`]'s work threshold, not split) on its own.
+const SMALL_BATCH: usize = 8;
+
+/// Weights smaller than this stay on the calling thread.
+const SMALL_BATCH_MIN_WEIGHT: usize = 1 << 15;
+
+/// The small-batch backward cut by blocks of `per` input features (columns of `w`):
+/// `dw[:, C] += dy' x[:, C]` and `dx[:, C] = dy w[:, C]`, each block on one thread.
+fn small_batch_backward_by_inputs<F: Float>(
+    x: ArrayView2<F>,
+    w: ArrayView2<F>,
+    dy: ArrayView2<F>,
+    dx: Option<ArrayViewMut2<F>>,
+    mut dw: ArrayViewMut2<F>,
+    per: usize,
+) {
+    let blocks = dw
+        .axis_chunks_iter_mut(Axis(1), per)
+        .into_par_iter()
+        .zip(x.axis_chunks_iter(Axis(1), per))
+        .zip(w.axis_chunks_iter(Axis(1), per));
+    match dx {
+        Some(mut dx) => blocks
+            .zip(dx.axis_chunks_iter_mut(Axis(1), per))
+            .for_each(|(((dwb, xb), wb), dxb)| {
+                gemm(F::one(), dy.t(), xb, F::one(), dwb);
+                gemm(F::one(), dy, wb, F::zero(), dxb);
+            }),
+        None => blocks.for_each(|((dwb, xb), _)| gemm(F::one(), dy.t(), xb, F::one(), dwb)),
+    }
+}
+
+/// The small-batch backward cut by blocks of `per` output features (rows of `w`):
+/// `dw[R, :] += dy[:, R]' x` and the partial `dy[:, R] w[R, :]` on one thread each, the
+/// partials of `dx` then added in block order.
+fn small_batch_backward_by_outputs<F: Float>(
+    x: ArrayView2<F>,
+    w: ArrayView2<F>,
+    dy: ArrayView2<F>,
+    dx: Option<ArrayViewMut2<F>>,
+    mut dw: ArrayViewMut2<F>,
+    per: usize,
+) {
+    let want_dx = dx.is_some();
+    let partials: Vec<Option<Array2<F>>> = dw
+        .axis_chunks_iter_mut(Axis(0), per)
+        .into_par_iter()
+        .zip(w.axis_chunks_iter(Axis(0), per))
+        .zip(dy.axis_chunks_iter(Axis(1), per))
+        .map(|((dwb, wb), dyb)| {
+            gemm(F::one(), dyb.t(), x, F::one(), dwb);
+            want_dx.then(|| {
+                let mut part = Array2::zeros(x.raw_dim());
+                gemm(F::one(), dyb, wb, F::zero(), part.view_mut());
+                part
+            })
+        })
+        .collect();
+    if let Some(mut dx) = dx {
+        dx.fill(F::zero());
+        for part in partials.into_iter().flatten() {
+            dx += &part;
+        }
     }
 }
 
@@ -177,5 +256,61 @@ impl<F: Float> Layer<F> for Linear<F> {
             .into_dimensionality::<Ix2>()
             .map_err(|_| Error::shape(format!("Linear {} dy", self.weight.name), "[batch, features]", &shape))?;
         Ok(self.backward2(dy.view(), need_dx)?.map(Array2::into_dyn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array2;
+
+    use super::*;
+
+    /// The small-batch backward (cut by input features for a wide layer, by output
+    /// features with partial input gradients for a tall one) gives the definition's
+    /// gradients on two and three threads, with and without the input gradient.
+    #[test]
+    fn small_batch_backward_matches_the_definition() {
+        let mut seed = 3u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
+        };
+        for &(n, inp, out) in &[(1, 4000, 9), (3, 11, 3001), (SMALL_BATCH, 257, 131)] {
+            assert!(inp * out >= SMALL_BATCH_MIN_WEIGHT);
+            let x = Array2::from_shape_simple_fn((n, inp), &mut rnd);
+            let w = Array2::from_shape_simple_fn((out, inp), &mut rnd);
+            let dy = Array2::from_shape_simple_fn((n, out), &mut rnd);
+            let dw0 = Array2::from_shape_simple_fn((out, inp), &mut rnd);
+            // The definition, summed in f64 loops.
+            let mut dw_ref = dw0.clone();
+            let mut dx_ref = Array2::<f64>::zeros((n, inp));
+            for i in 0..n {
+                for j in 0..out {
+                    for k in 0..inp {
+                        dw_ref[[j, k]] += dy[[i, j]] * x[[i, k]];
+                        dx_ref[[i, k]] += dy[[i, j]] * w[[j, k]];
+                    }
+                }
+            }
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut dw = dw0.clone();
+                    let mut dx = Array2::from_elem((n, inp), f64::NAN);
+                    linear_backward(x.view(), w.view(), dy.view(), Some(dx.view_mut()), dw.view_mut(), None);
+                    // Every entry within tol (a NaN fails: the comparison is false).
+                    let near =
+                        |a: &Array2<f64>, b: &Array2<f64>, tol: f64| a.iter().zip(b).all(|(u, v)| (u - v).abs() < tol);
+                    assert!(near(&dw, &dw_ref, 1e-12), "dw, {n}x{inp}->{out}, {threads} threads");
+                    assert!(near(&dx, &dx_ref, 1e-11), "dx, {n}x{inp}->{out}, {threads} threads");
+                    let mut dw = dw0.clone();
+                    linear_backward(x.view(), w.view(), dy.view(), None, dw.view_mut(), None);
+                    assert!(
+                        near(&dw, &dw_ref, 1e-12),
+                        "dw alone, {n}x{inp}->{out}, {threads} threads"
+                    );
+                });
+            }
+        }
     }
 }

@@ -4,6 +4,10 @@ use ndarray::{ArrayD, ArrayView2, Ix2, IxDyn};
 
 use crate::{Error, Float, Result};
 
+/// Entries per task when a whole-parameter pass (zeroing, Adam's update, the finiteness
+/// check) is split over threads.
+pub(crate) const PAR_CHUNK: usize = 4096;
+
 /// A learnable tensor with its gradient. `name` is the PyTorch `state_dict` key where a
 /// notebook model has one, so weights and reference values carry over by name.
 #[derive(Debug, Clone)]
@@ -27,9 +31,16 @@ impl<F: Float> Param<F> {
         }
     }
 
-    /// Sets the gradient to zero.
+    /// Sets the gradient to zero (over the thread pool for a large one: a whole model's
+    /// gradients are megabytes, zeroed every step).
     pub fn zero_grad(&mut self) {
-        self.grad.fill(F::zero());
+        match self.grad.as_slice_memory_order_mut() {
+            Some(g) if g.len() >= 2 * PAR_CHUNK && rayon::current_num_threads() > 1 => {
+                use rayon::prelude::*;
+                g.par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(F::zero()));
+            }
+            _ => self.grad.fill(F::zero()),
+        }
     }
 
     /// Replaces the value, checking the shape (loading weights by name).
