@@ -131,6 +131,9 @@ fn fourier_and_im2col_agree_on_many_geometries() {
             (true, 4, 3, 7, 5, 5, (3, 3), 1, 0, 1),
             (true, 2, 2, 4, 4, 2, (3, 3), 2, 1, 2),
             (true, 66, 3, 4, 4, 2, (2, 3), 0, 0, 1),
+            // An odd number of kernels over more than one tile of spectra (21 and 35).
+            (false, 3, 3, 8, 8, 7, (3, 3), 1, 0, 1),
+            (true, 2, 5, 6, 6, 7, (3, 3), 0, 0, 1),
         ],
     );
 }

@@ -440,32 +440,53 @@ impl<F: Float> Plan<F> {
     fn kernel_blocks(&self, g: &ConvGeom, wmat: ArrayView2<F>, product: Product) -> Vec<Vec<F>> {
         let rows = wmat.nrows();
         let wmat = wmat.as_standard_layout();
-        let spec = self.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
-        kernel_blocks(&spec, self.bins(), rows, g.c, product, self.scale())
+        let by_freq = self.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+        kernel_blocks(by_freq.view(), rows, g.c, product, self.scale())
     }
 
-    /// The spectra of the `rows x c` kernels of `wmat` (`[rows, c*kh*kw]`), kernel
-    /// `k = r * c + ch` at `[k * bins ..]`. Parallel over pairs of kernels.
-    fn kernel_spectra(&self, g: &ConvGeom, wmat: &[F], nk: usize) -> Vec<C<F>> {
-        let bins = self.bins();
-        let kk = g.kernel.0 * g.kernel.1;
+    /// The spectra of the `rows x c` kernels of `wmat` (`[rows, c*kh*kw]`), frequency-major:
+    /// `[bins, nk]`, kernel `k = r * c + ch` in column `k`. Parallel over tiles of
+    /// [`KERNEL_TILE`] kernels: a tile's spectra are made a pair at a time into a
+    /// kernel-major buffer that stays in cache, then written out a frequency's row at a
+    /// time (a blocked transpose, done by the threads that make the spectra).
+    fn kernel_spectra(&self, g: &ConvGeom, wmat: &[F], nk: usize) -> Array2<C<F>> {
+        let (kk, bins) = (g.kernel.0 * g.kernel.1, self.bins());
         let at = self.kernel_placement(g);
-        let mut spec = vec![C::new(F::zero(), F::zero()); nk * bins];
-        spec.par_chunks_mut(2 * bins).enumerate().for_each_init(
-            || self.work(),
-            |wk, (pair, out)| {
-                let k = 2 * pair;
-                let b = (k + 1 < nk).then(|| &wmat[(k + 1) * kk..][..kk]);
-                self.forward_pair(&wmat[k * kk..][..kk], b, at, wk);
-                out[..bins].copy_from_slice(&wk.sa);
-                if b.is_some() {
-                    out[bins..].copy_from_slice(&wk.sb);
-                }
-            },
-        );
-        spec
+        let zero = C::new(F::zero(), F::zero());
+        let mut by_freq = Array2::from_elem((bins, nk), zero);
+        by_freq
+            .axis_chunks_iter_mut(Axis(1), KERNEL_TILE)
+            .into_par_iter()
+            .enumerate()
+            .for_each_init(
+                || (self.work(), vec![zero; KERNEL_TILE * bins]),
+                |(wk, tile_spec), (tile, mut cols)| {
+                    let width = cols.ncols();
+                    for j in (0..width).step_by(2) {
+                        let k = tile * KERNEL_TILE + j;
+                        let b = (j + 1 < width).then(|| &wmat[(k + 1) * kk..][..kk]);
+                        self.forward_pair(&wmat[k * kk..][..kk], b, at, wk);
+                        tile_spec[j * bins..][..bins].copy_from_slice(&wk.sa);
+                        if b.is_some() {
+                            tile_spec[(j + 1) * bins..][..bins].copy_from_slice(&wk.sb);
+                        }
+                    }
+                    for (f, mut row) in cols.axis_iter_mut(Axis(0)).enumerate() {
+                        let row = row.as_slice_mut().expect("a row of a standard-layout array");
+                        for (j, z) in row.iter_mut().enumerate() {
+                            *z = tile_spec[j * bins + f];
+                        }
+                    }
+                },
+            );
+        by_freq
     }
 }
+
+/// Kernels per tile where kernel spectra change between kernel-major and frequency-major
+/// order (an even number, so that a tile holds whole pairs): 16 complex `f32` are two
+/// cache lines of a frequency's row.
+const KERNEL_TILE: usize = 16;
 
 /// How a frequency's real GEMM operand is built from the kernel spectra `K[r, ch]`.
 #[derive(Clone, Copy)]
@@ -477,25 +498,23 @@ enum Product {
 }
 
 /// Per frequency, the `4 rows c` real block matrix of `product` from the kernel spectra
-/// (`[k][bins]`, kernel `k = r * c + ch`), scaled by `scale` (the inverse transform's
-/// normalisation, folded in once here). Each block is written in order, row by row, into
-/// its own allocation (no zeroing pass over megabytes that are overwritten at once).
+/// (frequency-major, `[bins, nk]`, kernel `k = r * c + ch`), scaled by `scale` (the
+/// inverse transform's normalisation, folded in once here). Each block is written in
+/// order, row by row, into its own allocation (no zeroing pass over megabytes that are
+/// overwritten at once).
 fn kernel_blocks<F: Float>(
-    spec: &[C<F>],
-    bins: usize,
+    by_freq: ArrayView2<C<F>>,
     rows: usize,
     c: usize,
     product: Product,
     scale: F,
 ) -> Vec<Vec<F>> {
-    // Frequency-major first (a cache-blocked transpose), so that each block is built from
-    // one contiguous row instead of one cache line per kernel.
     let nk = rows * c;
-    let mut by_freq = vec![C::new(F::zero(), F::zero()); nk * bins];
-    transpose::transpose(spec, &mut by_freq, bins, nk);
     by_freq
-        .par_chunks(nk)
+        .axis_iter(Axis(0))
+        .into_par_iter()
         .map(|ks| {
+            let ks = ks.to_slice().expect("standard layout");
             let scaled = |k: &C<F>| (k.re * scale, k.im * scale);
             let mut blk = Vec::with_capacity(4 * nk);
             match product {
@@ -827,8 +846,7 @@ fn finish_weight_grad<F: Float>(
     let c = g.c;
     let bins = plan.bins();
     // The threads' `[Re | Im]` blocks (see [`accumulate`]) summed frequency by frequency
-    // (each block read in order), kernel k = r * c + ch, then transposed (cache-blocked)
-    // to one spectrum per kernel.
+    // (each block read in order), kernel k = r * c + ch.
     let nk = rows * c;
     let zero = C::new(F::zero(), F::zero());
     let mut by_freq = vec![zero; bins * nk];
@@ -844,26 +862,39 @@ fn finish_weight_grad<F: Float>(
             }
         }
     });
-    let mut spec = vec![zero; nk * bins];
-    transpose::transpose(&by_freq, &mut spec, nk, bins);
-    let spectrum = |k: usize, f: usize| spec[k * bins + f];
+    // Back to one spectrum per kernel a tile at a time (each tile's columns gathered
+    // into a kernel-major buffer: a blocked transpose, in parallel), each pair of kernels
+    // then transformed back to its taps.
     let kk = g.kernel.0 * g.kernel.1;
     let at = plan.kernel_placement(g);
     let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
-    taps.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each_init(
-        || plan.work(),
-        |wk, (pair, mut t)| {
-            let k = 2 * pair;
-            plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
-                let b = if k + 1 < nk { spectrum(k + 1, f) } else { zero };
-                (spectrum(k, f), b)
-            });
-            plan.read_pair(at, plan.scale(), wk, |i, x, y| {
-                t[i] = x;
-                t[kk + i] = y;
-            });
-        },
-    );
+    let pairs_per_tile = KERNEL_TILE / 2;
+    taps.axis_chunks_iter_mut(Axis(0), pairs_per_tile)
+        .into_par_iter()
+        .enumerate()
+        .for_each_init(
+            || (plan.work(), vec![zero; KERNEL_TILE * bins]),
+            |(wk, tile_spec), (tile, mut tile_taps)| {
+                let k0 = tile * KERNEL_TILE;
+                let width = KERNEL_TILE.min(nk - k0);
+                for (f, row) in by_freq.chunks_exact(nk).enumerate() {
+                    for (j, &z) in row[k0..k0 + width].iter().enumerate() {
+                        tile_spec[j * bins + f] = z;
+                    }
+                }
+                for (p, mut t) in tile_taps.axis_iter_mut(Axis(0)).enumerate() {
+                    let j = 2 * p;
+                    let spectrum = |j: usize, f: usize| if j < width { tile_spec[j * bins + f] } else { zero };
+                    plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
+                        (spectrum(j, f), spectrum(j + 1, f))
+                    });
+                    plan.read_pair(at, plan.scale(), wk, |i, x, y| {
+                        t[i] = x;
+                        t[kk + i] = y;
+                    });
+                }
+            },
+        );
     for k in 0..nk {
         let (r, ch) = (k / c, k % c);
         let src = taps.row(k / 2);
