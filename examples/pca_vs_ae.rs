@@ -85,6 +85,8 @@ fn run() -> latent::Result<()> {
     let repeats: usize = flags.get::<usize>("pca-repeats").max(1);
     let checkpoint_every: usize = flags.get("checkpoint-every");
     let resume = flags.raw("resume");
+    // An --out that cannot be made is an error now, not after the training.
+    std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
 
     latent::denormals::flush_denormals();
     latent::memory::keep_freed_memory();
@@ -154,7 +156,6 @@ fn run() -> latent::Result<()> {
     // within the first hundred steps; rather than train it for minutes, say so and restart
     // from a fresh PyTorch-default initialisation.
     const CHECK_STEP: usize = 100;
-    std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
     let conv_ckpt = out.join("pca_vs_ae_conv.ckpt.safetensors");
     let description = format!(
         "CIS-522 conv AE, K {k}, {} ({} training images)",
@@ -319,7 +320,6 @@ fn run() -> latent::Result<()> {
     println!("(mean-image test MSE, what a collapsed model gets: {mean_image_mse:.6})");
     println!("(PCA training-set MSE, the best any linear AE can reach on the training data: {pca_train:.6})");
 
-    std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
     if epochs > 0 || conv_epochs > 0 {
         let mut series = vec![Series {
             name: "linear AE (training batches)".into(),

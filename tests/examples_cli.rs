@@ -81,3 +81,27 @@ fn resuming_from_a_missing_checkpoint_is_named() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("/nonexistent/ck.safetensors"), "{err}");
 }
+
+/// An `--out` that cannot be made a folder (here: an existing file) is an error naming
+/// it, before any training (no epoch is printed).
+#[test]
+fn an_output_folder_that_cannot_be_made_is_named() {
+    let file = std::env::temp_dir().join(format!("latent-out-is-a-file-{}", std::process::id()));
+    std::fs::write(&file, b"not a folder").unwrap();
+    let path = file.to_str().unwrap();
+    for name in ["pca_vs_ae", "vae"] {
+        let exe = example(name).unwrap_or_else(|| panic!("example {name} was not built next to the tests"));
+        let out = Command::new(exe).args(["--out", path]).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(path), "{name}: {stderr}");
+        assert!(
+            !stdout.contains("epoch") && !stderr.contains("epoch"),
+            "{name} trained before failing: {stdout}{stderr}"
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+}
