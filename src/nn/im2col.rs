@@ -334,15 +334,12 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
-    let taps = Taps::new(g);
     if let Some(per) = single_image::row_block(g, rows, inp.nrows()) {
-        for (x, o) in inp.outer_iter().zip(out.outer_iter_mut()) {
-            single_image::correlate(x.as_slice().expect("contiguous sample"), g, &taps, wmat, o, per);
-        }
-        return;
+        return single_image::correlate(inp, g, wmat, out, per);
     }
     let gs = group_size(p, inp.nrows());
     let split = too_few(inp.nrows().div_ceil(gs));
+    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(inp.axis_chunks_iter(Axis(0), gs).into_par_iter())
@@ -395,16 +392,12 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
-    let taps = Taps::new(g);
     if let Some(per) = single_image::channel_block(g, rows, src.shape()[0]) {
-        for (sc, mut o) in src.outer_iter().zip(out.outer_iter_mut()) {
-            let o = o.as_slice_mut().expect("contiguous sample");
-            single_image::fold(sc, g, &taps, wmat, o, per);
-        }
-        return;
+        return single_image::fold(src, g, wmat, out, per);
     }
     let gs = group_size(p, src.shape()[0]);
     let split = too_few(src.shape()[0].div_ceil(gs));
+    let taps = Taps::new(g);
     out.axis_chunks_iter_mut(Axis(0), gs)
         .into_par_iter()
         .zip(src.axis_chunks_iter(Axis(0), gs).into_par_iter())
@@ -489,12 +482,7 @@ pub fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, d
     }
     let n = a.shape()[0];
     if let Some(per) = single_image::channel_block(g, a.shape()[1], n) {
-        let (taps, mut dw) = (Taps::new(g), dw);
-        for (ai, bi) in a.outer_iter().zip(b.outer_iter()) {
-            let bi = bi.to_slice().expect("contiguous sample");
-            single_image::weight_grad(ai, bi, g, &taps, dw.view_mut(), per);
-        }
-        return;
+        return single_image::weight_grad(a, b, g, dw, per);
     }
     let per = run_length(n);
     let runs = vec![(); n.div_ceil(per)];
@@ -532,12 +520,7 @@ pub fn unfold_backward_over_input<F: Float>(
         single_image::channel_block(g, rows, n),
         single_image::row_block(g, rows, n),
     ) {
-        let (taps, mut dw) = (Taps::new(g), dw);
-        for (dyi, xi) in dy.outer_iter().zip(x.outer_iter_mut()) {
-            let dyi = dyi.to_slice().expect("contiguous sample");
-            single_image::backward_over_input(dyi, xi, g, &taps, wmat, dw.view_mut(), (per_c, per_rows));
-        }
-        return;
+        return single_image::backward_over_input(dy, x, g, wmat, dw, (per_c, per_rows));
     }
     let per = run_length(n);
     let runs: Vec<_> = x.axis_chunks_iter_mut(Axis(0), per).collect();

@@ -2,10 +2,9 @@
 
 use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Ix2};
 use rand::Rng;
-
-use super::{Layer, Mode, Module, Param};
 use rayon::prelude::*;
 
+use super::{Layer, Mode, Module, Param};
 use crate::gemm::{gemm, gemm_par};
 use crate::{Error, Float, Result};
 
@@ -52,7 +51,7 @@ pub fn linear_backward<F: Float>(
 /// [`crate::gemm::gemm_par`]'s work threshold, not split) on its own.
 const SMALL_BATCH: usize = 8;
 
-/// Weights smaller than this stay on the calling thread.
+/// Weights smaller than this take the general path ([`crate::gemm::gemm_par`] per product).
 const SMALL_BATCH_MIN_WEIGHT: usize = 1 << 15;
 
 /// The small-batch backward cut by blocks of `per` input features (columns of `w`):

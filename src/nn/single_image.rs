@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use ndarray::{s, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use super::im2col::{ConvGeom, Taps};
@@ -53,9 +53,23 @@ fn block_rows(g: &ConvGeom, i: usize, per: usize) -> Range<usize> {
     i * per..((i + 1) * per).min(g.oh)
 }
 
-/// `out = wmat · im2col(x)` for one image `x` (`c*h*w`), `out` `[rows, oh*ow]`, in blocks
-/// of `per` output rows ([`row_block`]).
+/// `out[n] = wmat · im2col(inp[n])`, `inp` `[N, c*h*w]`, `out` `[N, rows, oh*ow]`, each
+/// image in blocks of `per` output rows ([`row_block`]).
 pub(super) fn correlate<F: Float>(
+    inp: ArrayView2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    mut out: ArrayViewMut3<F>,
+    per: usize,
+) {
+    let taps = Taps::new(g);
+    for (x, o) in inp.outer_iter().zip(out.outer_iter_mut()) {
+        correlate_image(x.to_slice().expect("contiguous sample"), g, &taps, wmat, o, per);
+    }
+}
+
+/// [`correlate`] for one image `x` (`c*h*w`), `out` `[rows, oh*ow]`.
+fn correlate_image<F: Float>(
     x: &[F],
     g: &ConvGeom,
     taps: &Taps,
@@ -77,16 +91,23 @@ pub(super) fn correlate<F: Float>(
         });
 }
 
-/// `out = col2im(wmat' · src)` for one image, `src` `[rows, oh*ow]`, `out` (`c*h*w`)
-/// overwritten, in blocks of `per` channels ([`channel_block`]).
+/// `out[n] = col2im(wmat' · src[n])`, `src` `[N, rows, oh*ow]`, `out` `[N, c*h*w]`
+/// (overwritten), each image in blocks of `per` channels ([`channel_block`]).
 pub(super) fn fold<F: Float>(
-    src: ArrayView2<F>,
+    src: ArrayView3<F>,
     g: &ConvGeom,
-    taps: &Taps,
     wmat: ArrayView2<F>,
-    out: &mut [F],
+    mut out: ArrayViewMut2<F>,
     per: usize,
 ) {
+    let taps = Taps::new(g);
+    for (sc, mut o) in src.outer_iter().zip(out.outer_iter_mut()) {
+        fold_image(sc, g, &taps, wmat, o.as_slice_mut().expect("contiguous sample"), per);
+    }
+}
+
+/// [`fold`] for one image, `src` `[rows, oh*ow]`, `out` (`c*h*w`).
+fn fold_image<F: Float>(src: ArrayView2<F>, g: &ConvGeom, taps: &Taps, wmat: ArrayView2<F>, out: &mut [F], per: usize) {
     let (kk, hw, p) = (g.kernel.0 * g.kernel.1, g.h * g.w, g.col_cols());
     out.par_chunks_mut(per * hw).enumerate().for_each(|(i, planes)| {
         let sub = channels(g, planes.len() / hw);
@@ -100,9 +121,30 @@ pub(super) fn fold<F: Float>(
     });
 }
 
-/// `dw += a · im2col(b)'` for one image `b` (`c*h*w`), `a` `[rows, oh*ow]`, `dw`
-/// `[rows, c*kh*kw]`, in blocks of `per` channels (`dw`'s columns).
+/// `dw += sum_n a[n] · im2col(b[n])'`, `a` `[N, rows, oh*ow]`, `b` `[N, c*h*w]`, `dw`
+/// `[rows, c*kh*kw]`, image by image, each in blocks of `per` channels (`dw`'s columns).
 pub(super) fn weight_grad<F: Float>(
+    a: ArrayView3<F>,
+    b: ArrayView2<F>,
+    g: &ConvGeom,
+    mut dw: ArrayViewMut2<F>,
+    per: usize,
+) {
+    let taps = Taps::new(g);
+    for (ai, bi) in a.outer_iter().zip(b.outer_iter()) {
+        weight_grad_image(
+            ai,
+            bi.to_slice().expect("contiguous sample"),
+            g,
+            &taps,
+            dw.view_mut(),
+            per,
+        );
+    }
+}
+
+/// [`weight_grad`] for one image `b` (`c*h*w`), `a` `[rows, oh*ow]`.
+fn weight_grad_image<F: Float>(
     a: ArrayView2<F>,
     b: &[F],
     g: &ConvGeom,
@@ -124,11 +166,28 @@ pub(super) fn weight_grad<F: Float>(
         });
 }
 
+/// ConvTranspose2d's two gradients, `dy` `[N, c*h*w]` on the unfolded side and the kept
+/// input `x` `[N, rows, oh*ow]` overwritten, image by image (see [`backward_over_image`]).
+pub(super) fn backward_over_input<F: Float>(
+    dy: ArrayView2<F>,
+    mut x: ArrayViewMut3<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    mut dw: ArrayViewMut2<F>,
+    per: (usize, usize),
+) {
+    let taps = Taps::new(g);
+    for (dyi, xi) in dy.outer_iter().zip(x.outer_iter_mut()) {
+        let dyi = dyi.to_slice().expect("contiguous sample");
+        backward_over_image(dyi, xi, g, &taps, wmat, dw.view_mut(), per);
+    }
+}
+
 /// ConvTranspose2d's two gradients for one image: `dy` (`c*h*w`, the unfolded side) is
 /// unfolded once, by channel blocks of `per_c` that also give `dw += x · im2col(dy)'`
 /// its columns; then `x = wmat · im2col(dy)` is written over the kept input `x`
 /// `[rows, oh*ow]` in blocks of `per_rows` output rows.
-pub(super) fn backward_over_input<F: Float>(
+fn backward_over_image<F: Float>(
     dy: &[F],
     mut x: ArrayViewMut2<F>,
     g: &ConvGeom,

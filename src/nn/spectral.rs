@@ -869,6 +869,7 @@ fn finish_weight_grad<F: Float>(
     let at = plan.kernel_placement(g);
     let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
     let pairs_per_tile = KERNEL_TILE / 2;
+    let kernel_rows = (at.offset.0, (at.dims.0 - 1) * at.step.0 + 1);
     taps.axis_chunks_iter_mut(Axis(0), pairs_per_tile)
         .into_par_iter()
         .enumerate()
@@ -882,12 +883,10 @@ fn finish_weight_grad<F: Float>(
                         tile_spec[j * bins + f] = z;
                     }
                 }
+                let spectrum = |j: usize, f: usize| if j < width { tile_spec[j * bins + f] } else { zero };
                 for (p, mut t) in tile_taps.axis_iter_mut(Axis(0)).enumerate() {
                     let j = 2 * p;
-                    let spectrum = |j: usize, f: usize| if j < width { tile_spec[j * bins + f] } else { zero };
-                    plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), wk, |f| {
-                        (spectrum(j, f), spectrum(j + 1, f))
-                    });
+                    plan.inverse_pair(kernel_rows, wk, |f| (spectrum(j, f), spectrum(j + 1, f)));
                     plan.read_pair(at, plan.scale(), wk, |i, x, y| {
                         t[i] = x;
                         t[kk + i] = y;
