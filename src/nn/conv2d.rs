@@ -4,6 +4,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis
 
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
 use super::im2col::ConvGeom;
+use super::spectral::KernelCache;
 use crate::{Error, Float, Result};
 
 /// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
@@ -96,6 +97,18 @@ pub fn conv2d_forward<F: Float>(
     b: Option<ArrayView1<F>>,
     opts: &ConvOptions,
 ) -> Result<Array4<F>> {
+    conv2d_forward_keeping(x, w, b, opts, &mut KernelCache::default())
+}
+
+/// [`conv2d_forward`], leaving the Fourier path's kernel blocks in `kernels` for the
+/// backward (see [`KernelCache`]).
+pub(crate) fn conv2d_forward_keeping<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    b: Option<ArrayView1<F>>,
+    opts: &ConvOptions,
+    kernels: &mut KernelCache<F>,
+) -> Result<Array4<F>> {
     check_x("conv2d input", &x, w.shape()[1])?;
     let g = geom(x.shape(), w.shape(), opts)?;
     let (n, o) = (x.shape()[0], w.shape()[0]);
@@ -112,7 +125,7 @@ pub fn conv2d_forward<F: Float>(
             .view_mut()
             .into_shape_with_order((n, o, g.col_cols()))
             .expect("contiguous");
-        correlate(opts.algorithm, xm, &g, wm, yv)?;
+        correlate(opts.algorithm, xm, &g, (wm, kernels), yv)?;
     }
     if let Some(b) = b {
         add_channel_bias(y.view_mut(), b);
@@ -211,15 +224,16 @@ pub(crate) fn conv2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("standard-layout dx");
-    fold(opts.algorithm, dym, &g, wm, dxm)?;
+    fold(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm)?;
     Ok(())
 }
 
 /// Both halves of [`conv2d_backward`] in one pass: `dw += ...`, `db += ...`, and the input
-/// gradient written over `x` (the kept input, standard layout), which is read first.
+/// gradient written over `x` (the kept input, standard layout), which is read first. The
+/// Fourier path's kernel blocks come from `kernels` when the forward left them there.
 pub(crate) fn conv2d_backward_over_input<F: Float>(
     x: ArrayViewMut4<F>,
-    w: ArrayView4<F>,
+    (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
     dy: ArrayView4<F>,
     opts: &ConvOptions,
     dw: ArrayViewMut4<F>,
@@ -244,7 +258,7 @@ pub(crate) fn conv2d_backward_over_input<F: Float>(
     let dwm = dw
         .into_shape_with_order((o, g.col_rows()))
         .expect("contiguous weight gradient");
-    backward_over_input(opts.algorithm, true, dym, xm, &g, wm, dwm)
+    backward_over_input(opts.algorithm, true, dym, xm, &g, (wm, kernels), dwm)
 }
 
 /// `dy` in standard layout, after checking that it is `[n, o, oh, ow]`.

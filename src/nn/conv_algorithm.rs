@@ -6,6 +6,7 @@
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
 use super::im2col::{gemm_fold, unfold_gemm, ConvGeom};
+use super::spectral::KernelCache;
 use super::{im2col, spectral, winograd};
 use crate::{Error, Float, Result};
 
@@ -62,33 +63,35 @@ impl ConvAlgorithm {
     }
 }
 
-/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]).
+/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]). The Fourier path
+/// takes its kernel blocks from `kernels` or leaves them there.
 pub(crate) fn correlate<F: Float>(
     algo: ConvAlgorithm,
     inp: ArrayView2<F>,
     g: &ConvGeom,
-    wmat: ArrayView2<F>,
+    (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
     out: ArrayViewMut3<F>,
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), inp.nrows())? {
         Path::Winograd => winograd::correlate(inp, g, wmat, out),
-        Path::Fourier => spectral::correlate(inp, g, wmat, out),
+        Path::Fourier => spectral::correlate(inp, g, wmat, out, kernels),
         Path::Unfold => unfold_gemm(inp, g, wmat, out),
     }
     Ok(())
 }
 
-/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]).
+/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]); `kernels` as
+/// [`correlate`].
 pub(crate) fn fold<F: Float>(
     algo: ConvAlgorithm,
     src: ArrayView3<F>,
     g: &ConvGeom,
-    wmat: ArrayView2<F>,
+    (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
     out: ArrayViewMut2<F>,
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), src.shape()[0])? {
         Path::Winograd => winograd::fold(src, g, wmat, out),
-        Path::Fourier => spectral::fold(src, g, wmat, out),
+        Path::Fourier => spectral::fold(src, g, wmat, out, kernels),
         Path::Unfold => gemm_fold(src, g, wmat, out),
     }
     Ok(())
@@ -112,14 +115,15 @@ pub(crate) fn weight_grad<F: Float>(
 
 /// Both gradients in one call, the input gradient written over the kept input `x` (see
 /// [`spectral::backward_over_input`]): Conv2d (`dy_is_a`) has `dy` `[N, rows*oh*ow]` and
-/// `x` `[N, c*h*w]`, ConvTranspose2d the other way round. `dw += ...`.
+/// `x` `[N, c*h*w]`, ConvTranspose2d the other way round. `dw += ...`; `kernels` as
+/// [`correlate`].
 pub(crate) fn backward_over_input<F: Float>(
     algo: ConvAlgorithm,
     dy_is_a: bool,
     dy: ArrayView2<F>,
     x: ArrayViewMut2<F>,
     g: &ConvGeom,
-    wmat: ArrayView2<F>,
+    (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
     dw: ArrayViewMut2<F>,
 ) -> Result<()> {
     let (n, rows, p) = (dy.nrows(), wmat.nrows(), g.col_cols());
@@ -129,7 +133,7 @@ pub(crate) fn backward_over_input<F: Float>(
             return Ok(());
         }
         Path::Fourier => {
-            spectral::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
+            spectral::backward_over_input(dy_is_a, dy, x, g, (wmat, kernels), dw);
             return Ok(());
         }
         Path::Unfold => {}

@@ -8,11 +8,11 @@ use std::marker::PhantomData;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
 use rand::Rng;
 
-use super::conv2d::{conv2d_backward_over_input, conv2d_backward_params, conv2d_forward, ConvOptions};
+use super::conv2d::{conv2d_backward_over_input, conv2d_backward_params, conv2d_forward_keeping, ConvOptions};
 use super::conv_transpose2d::{
-    conv_transpose2d_backward_over_input, conv_transpose2d_backward_params, conv_transpose2d_forward,
+    conv_transpose2d_backward_over_input, conv_transpose2d_backward_params, conv_transpose2d_forward_keeping,
 };
-use super::{to4, Layer, Mode, Module, Param};
+use super::{to4, KernelCache, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
 /// Which way a convolution layer runs: [`Direct`] (Conv2d) or [`Transposed`]
@@ -26,10 +26,10 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
     fn weight_shape(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> [usize; 4];
     /// The fan-in PyTorch's default initialisation uses (`size(1) * kh * kw`).
     fn fan_in(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> usize;
-    /// The forward free function.
+    /// The forward free function, leaving the Fourier path's kernel blocks in `kernels`.
     fn forward<F: Float>(
         x: ArrayView4<F>,
-        w: ArrayView4<F>,
+        weight: (ArrayView4<F>, &mut KernelCache<F>),
         b: Option<ArrayView1<F>>,
         o: &ConvOptions,
     ) -> Result<Array4<F>>;
@@ -43,10 +43,11 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
         db: Option<ArrayViewMut1<F>>,
     ) -> Result<()>;
     /// Both halves in one pass, the input gradient written over the kept input `x`
-    /// (standard layout), which is read first.
+    /// (standard layout), which is read first; the Fourier path's kernel blocks from
+    /// `kernels` when the forward left them there for these weights.
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
-        w: ArrayView4<F>,
+        weight: (ArrayView4<F>, &mut KernelCache<F>),
         dy: ArrayView4<F>,
         o: &ConvOptions,
         dw: ArrayViewMut4<F>,
@@ -74,11 +75,11 @@ impl ConvDirection for Direct {
     }
     fn forward<F: Float>(
         x: ArrayView4<F>,
-        w: ArrayView4<F>,
+        (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
         b: Option<ArrayView1<F>>,
         o: &ConvOptions,
     ) -> Result<Array4<F>> {
-        conv2d_forward(x, w, b, o)
+        conv2d_forward_keeping(x, w, b, o, kernels)
     }
     fn backward_params<F: Float>(
         x: ArrayView4<F>,
@@ -92,13 +93,13 @@ impl ConvDirection for Direct {
     }
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
-        w: ArrayView4<F>,
+        (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
         dy: ArrayView4<F>,
         o: &ConvOptions,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
     ) -> Result<()> {
-        conv2d_backward_over_input(x, w, dy, o, dw, db)
+        conv2d_backward_over_input(x, (w, kernels), dy, o, dw, db)
     }
 }
 
@@ -113,11 +114,11 @@ impl ConvDirection for Transposed {
     }
     fn forward<F: Float>(
         x: ArrayView4<F>,
-        w: ArrayView4<F>,
+        (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
         b: Option<ArrayView1<F>>,
         o: &ConvOptions,
     ) -> Result<Array4<F>> {
-        conv_transpose2d_forward(x, w, b, o)
+        conv_transpose2d_forward_keeping(x, w, b, o, kernels)
     }
     fn backward_params<F: Float>(
         x: ArrayView4<F>,
@@ -131,13 +132,13 @@ impl ConvDirection for Transposed {
     }
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
-        w: ArrayView4<F>,
+        (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
         dy: ArrayView4<F>,
         o: &ConvOptions,
         dw: ArrayViewMut4<F>,
         db: Option<ArrayViewMut1<F>>,
     ) -> Result<()> {
-        conv_transpose2d_backward_over_input(x, w, dy, o, dw, db)
+        conv_transpose2d_backward_over_input(x, (w, kernels), dy, o, dw, db)
     }
 }
 
@@ -153,6 +154,8 @@ pub struct ConvLayer<F, D> {
     /// Stride, padding, dilation (and output padding for the transposed direction).
     pub opts: ConvOptions,
     input: Option<Array4<F>>,
+    /// The forward's kernel transforms, for the backward (Fourier path only).
+    kernels: KernelCache<F>,
     direction: PhantomData<D>,
 }
 
@@ -187,12 +190,18 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
             bias,
             opts,
             input: None,
+            kernels: KernelCache::default(),
             direction: PhantomData,
         }
     }
 
     /// Forward without keeping the input.
     pub fn infer(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
+        self.run_forward(x, &mut KernelCache::default())
+    }
+
+    /// Forward, with the kernel transforms left in `kernels`.
+    fn run_forward(&self, x: ArrayView4<F>, kernels: &mut KernelCache<F>) -> Result<Array4<F>> {
         let w = self
             .weight
             .value
@@ -203,11 +212,13 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
             .bias
             .as_ref()
             .map(|b| b.value.view().into_dimensionality().expect("vector"));
-        D::forward(x, w, b, &self.opts)
+        D::forward(x, (w, kernels), b, &self.opts)
     }
 
     /// Backward from the input kept by a train-mode forward.
     pub fn backward4(&mut self, dy: ArrayView4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
+        // What the forward kept serves this backward only.
+        let mut kernels = std::mem::take(&mut self.kernels);
         let x = self.input.take().ok_or_else(|| {
             Error::InvalidArgument(format!("{} {}: backward before forward", D::NAME, self.weight.name))
         })?;
@@ -239,7 +250,7 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
         } else {
             x.as_standard_layout().into_owned()
         };
-        D::backward_over_input(x.view_mut(), w, dy, &self.opts, dw, db)?;
+        D::backward_over_input(x.view_mut(), (w, &mut kernels), dy, &self.opts, dw, db)?;
         Ok(Some(x))
     }
 }
@@ -277,15 +288,86 @@ impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
 
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let x = to4(x, &self.weight.name)?;
-        let y = self.infer(x.view())?;
-        if mode.keeps_cache() {
-            self.input = Some(x);
+        if !mode.keeps_cache() {
+            self.kernels.clear();
+            return Ok(self.infer(x.view())?.into_dyn());
         }
+        let mut kernels = std::mem::take(&mut self.kernels);
+        let y = self.run_forward(x.view(), &mut kernels)?;
+        (self.input, self.kernels) = (Some(x), kernels);
         Ok(y.into_dyn())
     }
 
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
         let dy = to4(dy, &self.weight.name)?;
         Ok(self.backward4(dy.view(), need_dx)?.map(Array4::into_dyn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array4, ArrayD};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::nn::{conv2d_backward, conv_transpose2d_backward, ConvAlgorithm};
+
+    fn random4(shape: [usize; 4], rng: &mut ChaCha8Rng) -> Array4<f64> {
+        Array4::from_shape_fn(shape, |_| rng.random_range(-1.0..1.0))
+    }
+
+    fn max_diff(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+        (a - b)
+            .iter()
+            .fold(0.0, |m, d| if d.abs() > m || d.is_nan() { d.abs() } else { m })
+    }
+
+    /// Through the Fourier path a train-mode forward keeps its kernel blocks and the
+    /// backward uses them up; an eval-mode forward keeps nothing; and weights edited
+    /// between forward and backward are transformed afresh, so that the input gradient is
+    /// the one of the current weights, as the free functions (and im2col) compute it.
+    #[test]
+    fn kept_kernel_blocks_serve_one_backward_and_only_the_weights_they_were_made_from() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let opts = ConvOptions::default().padding(1).algorithm(ConvAlgorithm::Fourier);
+        let x = random4([3, 4, 7, 6], &mut rng);
+        for edit in [false, true] {
+            let mut conv = Conv2d::<f64>::new("c", 4, 5, (3, 3), opts, &mut rng);
+            let mut convt = ConvTranspose2d::<f64>::new("t", 4, 5, (3, 3), opts, &mut rng);
+            for layer in [&mut conv as &mut dyn Layer<f64>, &mut convt] {
+                layer.forward(x.clone().into_dyn(), Mode::Eval).unwrap();
+            }
+            assert!(conv.kernels.is_empty() && convt.kernels.is_empty());
+            let y = conv.forward(x.clone().into_dyn(), Mode::Train).unwrap();
+            let yt = convt.forward(x.clone().into_dyn(), Mode::Train).unwrap();
+            assert!(!conv.kernels.is_empty() && !convt.kernels.is_empty());
+            if edit {
+                conv.weight.value.mapv_inplace(|v| 0.5 - v);
+                convt.weight.value.mapv_inplace(|v| 0.5 - v);
+            }
+            let dy = random4(y.shape().try_into().unwrap(), &mut rng).into_dyn();
+            let dyt = random4(yt.shape().try_into().unwrap(), &mut rng).into_dyn();
+            let dx = conv.backward(dy.clone(), true).unwrap().unwrap();
+            let dxt = convt.backward(dyt.clone(), true).unwrap().unwrap();
+            assert!(conv.kernels.is_empty() && convt.kernels.is_empty());
+
+            let w = conv.weight.value.view().into_dimensionality().unwrap();
+            let mut dw = Array4::zeros(w.raw_dim());
+            let dy4 = dy.view().into_dimensionality().unwrap();
+            let want = conv2d_backward(x.view(), w, dy4, &opts, true, dw.view_mut(), None).unwrap();
+            assert!(
+                max_diff(&dx, &want.unwrap().into_dyn()) < 1e-12,
+                "Conv2d, edited {edit}"
+            );
+            let w = convt.weight.value.view().into_dimensionality().unwrap();
+            let mut dw = Array4::zeros(w.raw_dim());
+            let dy4 = dyt.view().into_dimensionality().unwrap();
+            let want = conv_transpose2d_backward(x.view(), w, dy4, &opts, true, dw.view_mut(), None).unwrap();
+            assert!(
+                max_diff(&dxt, &want.unwrap().into_dyn()) < 1e-12,
+                "ConvTranspose2d, edited {edit}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowA
 use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad};
 use super::im2col::ConvGeom;
+use super::spectral::KernelCache;
 use crate::{Error, Float, Result};
 
 /// The geometry of the convolution this one transposes: unfolding the *output* image
@@ -48,6 +49,18 @@ pub fn conv_transpose2d_forward<F: Float>(
     b: Option<ArrayView1<F>>,
     opts: &ConvOptions,
 ) -> Result<Array4<F>> {
+    conv_transpose2d_forward_keeping(x, w, b, opts, &mut KernelCache::default())
+}
+
+/// [`conv_transpose2d_forward`], leaving the Fourier path's kernel blocks in `kernels`
+/// for the backward (see [`KernelCache`]).
+pub(crate) fn conv_transpose2d_forward_keeping<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    b: Option<ArrayView1<F>>,
+    opts: &ConvOptions,
+    kernels: &mut KernelCache<F>,
+) -> Result<Array4<F>> {
     let g = geom(x.shape(), w.shape(), opts)?;
     let (n, ci) = (x.shape()[0], x.shape()[1]);
     let x = x.as_standard_layout();
@@ -63,7 +76,7 @@ pub fn conv_transpose2d_forward<F: Float>(
             .view_mut()
             .into_shape_with_order((n, g.c * g.h * g.w))
             .expect("contiguous");
-        fold(opts.algorithm, xm, &g, wm, ym)?;
+        fold(opts.algorithm, xm, &g, (wm, kernels), ym)?;
     }
     if let Some(b) = b {
         add_channel_bias(y.view_mut(), b);
@@ -143,7 +156,7 @@ pub(crate) fn conv_transpose2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("standard-layout dx");
-    correlate(opts.algorithm, dym, &g, wm, dxm)?;
+    correlate(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm)?;
     Ok(())
 }
 
@@ -151,7 +164,7 @@ pub(crate) fn conv_transpose2d_backward_input<F: Float>(
 /// the input gradient written over `x` (the kept input, standard layout), read first.
 pub(crate) fn conv_transpose2d_backward_over_input<F: Float>(
     x: ArrayViewMut4<F>,
-    w: ArrayView4<F>,
+    (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
     dy: ArrayView4<F>,
     opts: &ConvOptions,
     dw: ArrayViewMut4<F>,
@@ -175,7 +188,7 @@ pub(crate) fn conv_transpose2d_backward_over_input<F: Float>(
     let dwm = dw
         .into_shape_with_order((ci, g.col_rows()))
         .expect("contiguous weight gradient");
-    backward_over_input(opts.algorithm, false, dym, xm, &g, wm, dwm)
+    backward_over_input(opts.algorithm, false, dym, xm, &g, (wm, kernels), dwm)
 }
 
 /// `dy` in standard layout, after checking that it is `[n, c_out, h_out, w_out]`.

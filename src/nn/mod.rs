@@ -36,6 +36,7 @@ pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
 pub use spec::LayerSpec;
+pub use spectral::KernelCache;
 #[cfg(feature = "cuda")]
 pub(crate) use {conv2d::geom as conv2d_geom, conv_transpose2d::geom as conv_transpose2d_geom};
 

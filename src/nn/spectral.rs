@@ -435,13 +435,13 @@ impl<F: Float> Plan<F> {
         }
     }
 
-    /// The per-frequency blocks of `product` for the kernels of `wmat` (`[rows, c*kh*kw]`):
-    /// their spectra, re-laid by [`kernel_blocks`].
-    fn kernel_blocks(&self, g: &ConvGeom, wmat: ArrayView2<F>, product: Product) -> Vec<Vec<F>> {
+    /// The per-frequency blocks for the kernels of `wmat` (`[rows, c*kh*kw]`): their
+    /// spectra, re-laid by [`kernel_blocks`].
+    fn kernel_blocks(&self, g: &ConvGeom, wmat: ArrayView2<F>) -> KernelBlocks<F> {
         let rows = wmat.nrows();
         let wmat = wmat.as_standard_layout();
         let by_freq = self.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
-        kernel_blocks(by_freq.view(), rows, g.c, product, self.scale())
+        kernel_blocks(by_freq.view(), rows, g.c, self.scale())
     }
 
     /// The spectra of the `rows x c` kernels of `wmat` (`[rows, c*kh*kw]`), frequency-major:
@@ -488,63 +488,130 @@ impl<F: Float> Plan<F> {
 /// cache lines of a frequency's row.
 const KERNEL_TILE: usize = 16;
 
-/// How a frequency's real GEMM operand is built from the kernel spectra `K[r, ch]`.
+/// Which product a frequency's kernel block serves.
 #[derive(Clone, Copy)]
 enum Product {
-    /// `[Xr Xi] (m x 2c) · [[Kr', -Ki'], [Ki', Kr']] (2c x 2rows)` = `X conj(K)'`.
+    /// `[Xr Xi] (m x 2c) · [[Kr', -Ki'], [Ki', Kr']] (2c x 2rows)` = `X conj(K)'`: the
+    /// block transposed.
     Correlate,
-    /// `[Sr Si] (m x 2rows) · [[Kr, Ki], [-Ki, Kr]] (2rows x 2c)` = `S K`.
+    /// `[Sr Si] (m x 2rows) · [[Kr, Ki], [-Ki, Kr]] (2rows x 2c)` = `S K`: the block.
     Fold,
 }
 
-/// Per frequency, the `4 rows c` real block matrix of `product` from the kernel spectra
-/// (frequency-major, `[bins, nk]`, kernel `k = r * c + ch`), scaled by `scale` (the
-/// inverse transform's normalisation, folded in once here). Each block is written in
-/// order, row by row, into its own allocation (no zeroing pass over megabytes that are
-/// overwritten at once).
-fn kernel_blocks<F: Float>(
-    by_freq: ArrayView2<C<F>>,
+/// The kernels' spectra as the real operands of the per-frequency GEMMs: at every
+/// frequency the block `[[Kr, Ki], [-Ki, Kr]]` (`2 rows x 2c`, `K[r, ch]`), scaled by the
+/// inverse transform's normalisation. The correlation's operand is the same block read
+/// transposed, so one layout serves both products (and a layer's forward and backward).
+pub(crate) struct KernelBlocks<F> {
+    blocks: Vec<Vec<F>>,
     rows: usize,
     c: usize,
-    product: Product,
-    scale: F,
-) -> Vec<Vec<F>> {
+}
+
+impl<F: Float> KernelBlocks<F> {
+    /// The operand of `product` at frequency `f`.
+    fn operand(&self, f: usize, product: Product) -> ArrayView2<'_, F> {
+        let blk = ArrayView2::from_shape((2 * self.rows, 2 * self.c), &self.blocks[f][..]).expect("sized");
+        match product {
+            Product::Fold => blk,
+            Product::Correlate => blk.reversed_axes(),
+        }
+    }
+}
+
+/// What a convolution layer keeps of its kernels' transforms from its forward for its
+/// backward. The Fourier path multiplies by the same per-frequency kernel blocks in the
+/// forward product and in the input gradient (read the other way round), so a layer keeps
+/// the forward's, with the weights and geometry they were made from, and its backward
+/// reuses them only if both are unchanged (weights edited in between are transformed
+/// afresh). Other paths keep nothing.
+pub struct KernelCache<F> {
+    kept: Option<Kept<F>>,
+}
+
+/// One geometry's kernel blocks and the weights they are the transforms of.
+struct Kept<F> {
+    g: ConvGeom,
+    weights: Vec<F>,
+    blocks: KernelBlocks<F>,
+}
+
+impl<F> Default for KernelCache<F> {
+    fn default() -> Self {
+        KernelCache { kept: None }
+    }
+}
+
+impl<F> std::fmt::Debug for KernelCache<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.kept.as_ref().map(|k| k.g);
+        f.debug_struct("KernelCache").field("held_for", &held).finish()
+    }
+}
+
+/// A clone starts empty: what is kept belongs to one forward and its backward.
+impl<F> Clone for KernelCache<F> {
+    fn clone(&self) -> Self {
+        KernelCache::default()
+    }
+}
+
+impl<F: Float> KernelCache<F> {
+    /// Drops what is kept.
+    pub fn clear(&mut self) {
+        self.kept = None;
+    }
+
+    /// Whether kernel blocks are kept.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_none()
+    }
+
+    /// The blocks of `wmat` (`[rows, c*kh*kw]`) for geometry `g`: the kept ones when they
+    /// were made from the same weights and geometry, new ones (then kept) otherwise.
+    fn blocks(&mut self, plan: &Plan<F>, g: &ConvGeom, wmat: ArrayView2<F>) -> &KernelBlocks<F> {
+        let wmat = wmat.as_standard_layout();
+        let w = wmat.as_slice().expect("standard layout");
+        let fresh = matches!(&self.kept, Some(k) if k.g == *g && k.weights.as_slice() == w);
+        if !fresh {
+            self.kept = None;
+            let blocks = plan.kernel_blocks(g, wmat.view());
+            self.kept = Some(Kept {
+                g: *g,
+                weights: w.to_vec(),
+                blocks,
+            });
+        }
+        &self.kept.as_ref().expect("kept just above").blocks
+    }
+}
+
+/// Per frequency, the block of [`KernelBlocks`] from the kernel spectra (frequency-major,
+/// `[bins, nk]`, kernel `k = r * c + ch`), scaled by `scale` (the inverse transform's
+/// normalisation, folded in once here). Each block is written in order, row by row, from
+/// the spectra's rows read in order, into its own allocation (no zeroing pass over
+/// megabytes that are overwritten at once).
+fn kernel_blocks<F: Float>(by_freq: ArrayView2<C<F>>, rows: usize, c: usize, scale: F) -> KernelBlocks<F> {
     let nk = rows * c;
-    by_freq
+    let blocks = by_freq
         .axis_iter(Axis(0))
         .into_par_iter()
         .map(|ks| {
             let ks = ks.to_slice().expect("standard layout");
-            let scaled = |k: &C<F>| (k.re * scale, k.im * scale);
             let mut blk = Vec::with_capacity(4 * nk);
-            match product {
-                Product::Correlate => {
-                    // Rows ch: [Kr(r, ch) | -Ki(r, ch)] over r, then rows c + ch: [Ki | Kr].
-                    let column = |ch: usize| ks[ch..].iter().step_by(c).take(rows).map(scaled);
-                    for ch in 0..c {
-                        blk.extend(column(ch).map(|(re, _)| re));
-                        blk.extend(column(ch).map(|(_, im)| -im));
-                    }
-                    for ch in 0..c {
-                        blk.extend(column(ch).map(|(_, im)| im));
-                        blk.extend(column(ch).map(|(re, _)| re));
-                    }
-                }
-                Product::Fold => {
-                    // Rows r: [Kr(r, ch) | Ki(r, ch)] over ch, then rows rows + r: [-Ki | Kr].
-                    for kr in ks.chunks_exact(c) {
-                        blk.extend(kr.iter().map(|k| scaled(k).0));
-                        blk.extend(kr.iter().map(|k| scaled(k).1));
-                    }
-                    for kr in ks.chunks_exact(c) {
-                        blk.extend(kr.iter().map(|k| -scaled(k).1));
-                        blk.extend(kr.iter().map(|k| scaled(k).0));
-                    }
-                }
+            // Rows r: [Kr(r, ch) | Ki(r, ch)] over ch, then rows rows + r: [-Ki | Kr].
+            for kr in ks.chunks_exact(c) {
+                blk.extend(kr.iter().map(|k| k.re * scale));
+                blk.extend(kr.iter().map(|k| k.im * scale));
+            }
+            for kr in ks.chunks_exact(c) {
+                blk.extend(kr.iter().map(|k| -(k.im * scale)));
+                blk.extend(kr.iter().map(|k| k.re * scale));
             }
             blk
         })
-        .collect()
+        .collect();
+    KernelBlocks { blocks, rows, c }
 }
 
 /// The spectra `(A(f), B(f))` of two real planes from their joint transform `Z = A + iB`
@@ -586,13 +653,13 @@ fn per_thread(n: usize) -> usize {
 }
 
 /// Transforms each image of `inp` (`nc_in` planes placed as `at_in`), multiplies every
-/// frequency by its block of `blocks` (`2 nc_in x 2 nc_out`), and writes the `nc_out`
+/// frequency by the operand of `product` in `blocks` (`2 nc_in x 2 nc_out`), and writes the `nc_out`
 /// planes of `dims_out` back into `out`. Parallel over runs of images.
 fn through_blocks<F: Float>(
     plan: &Plan<F>,
     inp: ArrayView2<F>,
     (nc_in, at_in): (usize, Placement),
-    blocks: &[Vec<F>],
+    (blocks, product): (&KernelBlocks<F>, Product),
     (nc_out, dims_out): (usize, (usize, usize)),
     mut out: ArrayViewMut2<F>,
 ) {
@@ -616,7 +683,7 @@ fn through_blocks<F: Float>(
                         let xs = xj.as_slice().expect("contiguous sample");
                         plan.transform_image(xs, nc_in, at_in, sin, j, &mut wk);
                     }
-                    through_frequencies(blocks, sin, sout, m, bins, (wi, wo));
+                    through_frequencies((blocks, product), sin, sout, m, bins, (wi, wo));
                     for (j, mut oj) in oc.outer_iter_mut().enumerate() {
                         let os = oj.as_slice_mut().expect("contiguous sample");
                         plan.restore_image(sout, j, nc_out, dims_out, os, &mut wk);
@@ -626,19 +693,20 @@ fn through_blocks<F: Float>(
         });
 }
 
-/// `sout[f] = sin[f] · blocks[f]` at every frequency of a chunk of `m` images, the spectra
-/// laid out `[m][bins][width]` with widths `wi` in and `wo` out.
+/// `sout[f] = sin[f] · blocks.operand(f, product)` at every frequency of a chunk of `m`
+/// images, the spectra laid out `[m][bins][width]` with widths `wi` in and `wo` out.
 fn through_frequencies<F: Float>(
-    blocks: &[Vec<F>],
+    (blocks, product): (&KernelBlocks<F>, Product),
     sin: &[F],
     sout: &mut [F],
     m: usize,
     bins: usize,
     (wi, wo): (usize, usize),
 ) {
-    for (f, blk) in blocks.iter().enumerate() {
+    for f in 0..bins {
         let a = frequency(sin, f, m, bins, wi);
-        let b = ArrayView2::from_shape((wi, wo), &blk[..]).expect("sized");
+        let b = blocks.operand(f, product);
+        debug_assert_eq!(b.dim(), (wi, wo));
         gemm(F::one(), a, b, F::zero(), frequency_mut(sout, f, m, bins, wo));
     }
 }
@@ -664,17 +732,24 @@ fn rows_of<'a, F: Float>(v: ArrayViewMut3<'a, F>) -> ArrayViewMut2<'a, F> {
 
 /// `out[n] = wmat · im2col(inp[n])`, as `im2col::unfold_gemm`: `inp` `[N, c*h*w]`,
 /// `wmat` `[rows, c*kh*kw]`, `out` `[N, rows, oh*ow]`. Stride 1 only.
-pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
+/// The kernel blocks come from `kernels` when it holds this geometry's for these weights.
+pub(crate) fn correlate<F: Float>(
+    inp: ArrayView2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    out: ArrayViewMut3<F>,
+    kernels: &mut KernelCache<F>,
+) {
     debug_assert!(supports(g));
     let plan = Plan::<F>::new(g);
     let rows = wmat.nrows();
-    let blocks = plan.kernel_blocks(g, wmat, Product::Correlate);
+    let blocks = kernels.blocks(&plan, g, wmat);
     let inp = inp.as_standard_layout();
     through_blocks(
         &plan,
         inp.view(),
         (g.c, Placement::image((g.h, g.w))),
-        &blocks,
+        (blocks, Product::Correlate),
         (rows, (g.oh, g.ow)),
         rows_of(out),
     );
@@ -682,11 +757,18 @@ pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayV
 
 /// `out[n] = col2im(wmat' · src[n])`, as `im2col::gemm_fold`: `src` `[N, rows, oh*ow]`,
 /// `wmat` `[rows, c*kh*kw]`, `out` `[N, c*h*w]` (overwritten). Stride 1 only.
-pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
+/// Kernel blocks as [`correlate`].
+pub(crate) fn fold<F: Float>(
+    src: ArrayView3<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    out: ArrayViewMut2<F>,
+    kernels: &mut KernelCache<F>,
+) {
     debug_assert!(supports(g));
     let plan = Plan::<F>::new(g);
     let rows = wmat.nrows();
-    let blocks = plan.kernel_blocks(g, wmat, Product::Fold);
+    let blocks = kernels.blocks(&plan, g, wmat);
     let src = src.as_standard_layout();
     let (n, r, p) = src.dim();
     let srcm = src.view().into_shape_with_order((n, r * p)).expect("standard layout");
@@ -694,7 +776,7 @@ pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<
         &plan,
         srcm,
         (rows, Placement::image((g.oh, g.ow))),
-        &blocks,
+        (blocks, Product::Fold),
         (g.c, (g.h, g.w)),
         out,
     );
@@ -770,13 +852,14 @@ fn accumulate<F: Float>(acc: &mut [F], sa: &[F], sb: &[F], m: usize, bins: usize
 /// rows are overwritten).
 ///
 /// Conv2d (`dy_is_a`): `a = dy` `[N, rows*oh*ow]`, `b = x` `[N, c*h*w]`, `dx = fold(dy)`.
-/// ConvTranspose2d: `a = x`, `b = dy`, `dx = correlate(dy)`.
+/// ConvTranspose2d: `a = x`, `b = dy`, `dx = correlate(dy)`. Kernel blocks as
+/// [`correlate`] (a layer's forward made them).
 pub(crate) fn backward_over_input<F: Float>(
     dy_is_a: bool,
     dy: ArrayView2<F>,
     mut x: ArrayViewMut2<F>,
     g: &ConvGeom,
-    wmat: ArrayView2<F>,
+    (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
     dw: ArrayViewMut2<F>,
 ) {
     debug_assert!(supports(g));
@@ -792,7 +875,7 @@ pub(crate) fn backward_over_input<F: Float>(
         (b_side, a_side, Product::Correlate)
     };
     let (wdy, wx) = (2 * dy_side.0, 2 * x_side.0);
-    let blocks = plan.kernel_blocks(g, wmat, product);
+    let blocks = kernels.blocks(&plan, g, wmat);
     let dy = dy.as_standard_layout();
     let per = per_thread(dy.nrows());
     let sums: Vec<Vec<F>> = dy
@@ -821,7 +904,7 @@ pub(crate) fn backward_over_input<F: Float>(
                         accumulate(&mut acc, sx, sdy, m, bins, (wa, wb));
                     }
                     // x's spectra are spent: its buffer takes dx's.
-                    through_frequencies(&blocks, sdy, sx, m, bins, (wdy, wx));
+                    through_frequencies((blocks, product), sdy, sx, m, bins, (wdy, wx));
                     for (j, mut xj) in xc.outer_iter_mut().enumerate() {
                         let out = xj.as_slice_mut().expect("contiguous sample");
                         plan.restore_image(sx, j, x_side.0, x_side.1, out, &mut wk);
