@@ -26,7 +26,8 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
     fn weight_shape(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> [usize; 4];
     /// The fan-in PyTorch's default initialisation uses (`size(1) * kh * kw`).
     fn fan_in(in_ch: usize, out_ch: usize, kernel: (usize, usize)) -> usize;
-    /// The forward free function, leaving the Fourier path's kernel blocks in `kernels`.
+    /// The forward free function; `weight` pairs the weight with the [`KernelCache`] the
+    /// Fourier path leaves its kernel blocks in.
     fn forward<F: Float>(
         x: ArrayView4<F>,
         weight: (ArrayView4<F>, &mut KernelCache<F>),
@@ -43,8 +44,8 @@ pub trait ConvDirection: Debug + Clone + Send + Sync + 'static {
         db: Option<ArrayViewMut1<F>>,
     ) -> Result<()>;
     /// Both halves in one pass, the input gradient written over the kept input `x`
-    /// (standard layout), which is read first; the Fourier path's kernel blocks from
-    /// `kernels` when the forward left them there for these weights.
+    /// (standard layout), which is read first; the Fourier path takes its kernel blocks
+    /// from `weight`'s [`KernelCache`] when the forward left them there for these weights.
     fn backward_over_input<F: Float>(
         x: ArrayViewMut4<F>,
         weight: (ArrayView4<F>, &mut KernelCache<F>),

@@ -16,7 +16,9 @@
 //! gradient `conj(A) X`, each summed over channels: per frequency, one real GEMM on the
 //! stacked real and imaginary parts (`[Xr Xi] [[Kr', -Ki'], [Ki', Kr']]`). Two real planes
 //! share one complex transform (`a + ib`), separated by Hermitian symmetry; only the
-//! `W/2 + 1` non-redundant columns of frequencies are kept.
+//! `W/2 + 1` non-redundant columns of frequencies are kept. The fold's per-frequency
+//! kernel block, read transposed, is the correlation's, and a layer keeps its forward's
+//! blocks for its backward ([`KernelCache`]).
 
 use std::sync::Arc;
 
@@ -502,7 +504,7 @@ enum Product {
 /// frequency the block `[[Kr, Ki], [-Ki, Kr]]` (`2 rows x 2c`, `K[r, ch]`), scaled by the
 /// inverse transform's normalisation. The correlation's operand is the same block read
 /// transposed, so one layout serves both products (and a layer's forward and backward).
-pub(crate) struct KernelBlocks<F> {
+struct KernelBlocks<F> {
     blocks: Vec<Vec<F>>,
     rows: usize,
     c: usize,
@@ -653,8 +655,8 @@ fn per_thread(n: usize) -> usize {
 }
 
 /// Transforms each image of `inp` (`nc_in` planes placed as `at_in`), multiplies every
-/// frequency by the operand of `product` in `blocks` (`2 nc_in x 2 nc_out`), and writes the `nc_out`
-/// planes of `dims_out` back into `out`. Parallel over runs of images.
+/// frequency by the operand of `product` in `blocks` (`2 nc_in x 2 nc_out`), and writes
+/// the `nc_out` planes of `dims_out` back into `out`. Parallel over runs of images.
 fn through_blocks<F: Float>(
     plan: &Plan<F>,
     inp: ArrayView2<F>,
