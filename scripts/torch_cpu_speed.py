@@ -8,7 +8,8 @@ benches report: one training step (forward, backward, Adam) of each notebook mod
 its batch size, the linear autoencoder's epoch (batch 250, shuffled, as `pca_vs_ae`), and
 the PCA fit (moments + `torch.svd_lowrank` with latent's randomized-solver settings).
 Batches are MNIST training images; the models are the notebooks' classes from
-torch_interop.py (CIS-522 ConvAutoEncoder written out below).
+torch_interop.py (CIS-522 ConvAutoEncoder written out below). Needs torch and safetensors
+(pip install torch safetensors: torch_interop imports the latter).
 """
 
 import argparse

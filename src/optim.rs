@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::nn::param::{PAR_CHUNK, PAR_MIN_LIGHT};
+use crate::nn::param::{split_light_pass, PAR_CHUNK};
 use crate::nn::{Module, Param};
 use crate::{Error, Float, Result};
 
@@ -102,7 +102,7 @@ pub fn adam_update<F: Float>(
 fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
     let finite = |s: &[F]| s.iter().fold(true, |ok, x| ok & x.is_finite());
     match a.as_slice_memory_order() {
-        Some(s) if s.len() >= PAR_MIN_LIGHT && rayon::current_num_threads() > 1 => {
+        Some(s) if split_light_pass(s.len()) => {
             use rayon::prelude::*;
             s.par_chunks(PAR_CHUNK).all(finite)
         }

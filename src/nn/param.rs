@@ -11,7 +11,13 @@ pub(crate) const PAR_CHUNK: usize = 4096;
 /// Entries from which a pass that touches each entry once (zeroing, the finiteness check)
 /// is split over threads: below a megabyte of `f32` the fork costs more than it saves
 /// (the linear AE's 15680-entry weights, zeroed in parallel, made its epoch 6% slower).
-pub(crate) const PAR_MIN_LIGHT: usize = 1 << 18;
+const PAR_MIN_LIGHT: usize = 1 << 18;
+
+/// Whether a pass that touches each of `len` entries once is split over threads
+/// ([`PAR_MIN_LIGHT`], and a pool of more than one thread).
+pub(crate) fn split_light_pass(len: usize) -> bool {
+    len >= PAR_MIN_LIGHT && rayon::current_num_threads() > 1
+}
 
 /// A learnable tensor with its gradient. `name` is the PyTorch `state_dict` key where a
 /// notebook model has one, so weights and reference values carry over by name.
@@ -40,7 +46,7 @@ impl<F: Float> Param<F> {
     /// gradients are megabytes, zeroed every step).
     pub fn zero_grad(&mut self) {
         match self.grad.as_slice_memory_order_mut() {
-            Some(g) if g.len() >= PAR_MIN_LIGHT && rayon::current_num_threads() > 1 => {
+            Some(g) if split_light_pass(g.len()) => {
                 use rayon::prelude::*;
                 g.par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(F::zero()));
             }

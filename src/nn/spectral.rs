@@ -113,6 +113,12 @@ impl Placement {
             step: (1, 1),
         }
     }
+
+    /// The cyclic run of rows the plane occupies: its first row and how many rows it
+    /// spans (the rows of a dilated kernel are `step` apart).
+    fn row_run(&self) -> (usize, usize) {
+        (self.offset.0, (self.dims.0 - 1) * self.step.0 + 1)
+    }
 }
 
 /// The transforms of one geometry's cyclic plane.
@@ -254,8 +260,8 @@ impl<F: Float> Plan<F> {
             }
         }
         // Rows of the cyclic plane that hold data; the others transform to zero.
-        let span = (ph - 1) * at.step.0 + 1;
-        for (r0, r1) in cyclic_runs(at.offset.0, span, hh) {
+        let (first, span) = at.row_run();
+        for (r0, r1) in cyclic_runs(first, span, hh) {
             if r1 > r0 {
                 self.row_fwd.process_with_scratch(&mut z[r0 * ww..r1 * ww], scratch);
             }
@@ -437,12 +443,10 @@ impl<F: Float> Plan<F> {
         }
     }
 
-    /// The per-frequency blocks for the kernels of `wmat` (`[rows, c*kh*kw]`): their
-    /// spectra, re-laid by [`kernel_blocks`].
-    fn kernel_blocks(&self, g: &ConvGeom, wmat: ArrayView2<F>) -> KernelBlocks<F> {
-        let rows = wmat.nrows();
-        let wmat = wmat.as_standard_layout();
-        let by_freq = self.kernel_spectra(g, wmat.as_slice().expect("standard layout"), rows * g.c);
+    /// The per-frequency blocks for the `rows` kernels of `wmat` (`[rows, c*kh*kw]`, row
+    /// by row): their spectra, re-laid by [`kernel_blocks`].
+    fn kernel_blocks(&self, g: &ConvGeom, wmat: &[F], rows: usize) -> KernelBlocks<F> {
+        let by_freq = self.kernel_spectra(g, wmat, rows * g.c);
         kernel_blocks(by_freq.view(), rows, g.c, self.scale())
     }
 
@@ -576,8 +580,9 @@ impl<F: Float> KernelCache<F> {
         let w = wmat.as_slice().expect("standard layout");
         let fresh = matches!(&self.kept, Some(k) if k.g == *g && k.weights.as_slice() == w);
         if !fresh {
+            // The old blocks go before the new ones are made (megabytes each).
             self.kept = None;
-            let blocks = plan.kernel_blocks(g, wmat.view());
+            let blocks = plan.kernel_blocks(g, w, wmat.nrows());
             self.kept = Some(Kept {
                 g: *g,
                 weights: w.to_vec(),
@@ -954,7 +959,6 @@ fn finish_weight_grad<F: Float>(
     let at = plan.kernel_placement(g);
     let mut taps = Array2::<F>::zeros((nk.div_ceil(2), 2 * kk));
     let pairs_per_tile = KERNEL_TILE / 2;
-    let kernel_rows = (at.offset.0, (at.dims.0 - 1) * at.step.0 + 1);
     taps.axis_chunks_iter_mut(Axis(0), pairs_per_tile)
         .into_par_iter()
         .enumerate()
@@ -971,7 +975,7 @@ fn finish_weight_grad<F: Float>(
                 let spectrum = |j: usize, f: usize| if j < width { tile_spec[j * bins + f] } else { zero };
                 for (p, mut t) in tile_taps.axis_iter_mut(Axis(0)).enumerate() {
                     let j = 2 * p;
-                    plan.inverse_pair(kernel_rows, wk, |f| (spectrum(j, f), spectrum(j + 1, f)));
+                    plan.inverse_pair(at.row_run(), wk, |f| (spectrum(j, f), spectrum(j + 1, f)));
                     plan.read_pair(at, plan.scale(), wk, |i, x, y| {
                         t[i] = x;
                         t[kk + i] = y;
@@ -1015,9 +1019,7 @@ mod tests {
         let b: Vec<f64> = (0..6).map(|i| (i as f64 * 1.3).cos()).collect();
         plan.forward_pair(&a, Some(&b), at, &mut wk);
         let (sa, sb) = (wk.sa.clone(), wk.sb.clone());
-        plan.inverse_pair((at.offset.0, (at.dims.0 - 1) * at.step.0 + 1), &mut wk, |f| {
-            (sa[f], sb[f])
-        });
+        plan.inverse_pair(at.row_run(), &mut wk, |f| (sa[f], sb[f]));
         let (mut ra, mut rb) = (vec![0.0; 6], vec![0.0; 6]);
         plan.read_pair(at, plan.scale(), &wk, |k, x, y| {
             ra[k] = x;
