@@ -360,12 +360,21 @@ impl<F: Float> Plan<F> {
             for ky in 0..hh {
                 let (at_f, at_m) = (kx * hh + ky, self.mirror_of(kx, ky));
                 let (re, im) = image[at_f * width..][..width].split_at_mut(nc);
-                for (p, zt) in planes.chunks_exact(n).enumerate() {
+                // Whole pairs first, with the bounds checked once outside the loop so that
+                // it vectorises (gathering across the pairs' planes); an odd channel after.
+                assert!(at_f < n && at_m < n);
+                let both = planes
+                    .chunks_exact(n)
+                    .zip(re.chunks_exact_mut(2).zip(im.chunks_exact_mut(2)));
+                for (zt, (r2, i2)) in both {
                     let (a, b) = split_pair(zt[at_f], zt[at_m]);
-                    (re[2 * p], im[2 * p]) = (a.re, a.im);
-                    if 2 * p + 1 < nc {
-                        (re[2 * p + 1], im[2 * p + 1]) = (b.re, b.im);
-                    }
+                    r2.copy_from_slice(&[a.re, b.re]);
+                    i2.copy_from_slice(&[a.im, b.im]);
+                }
+                if nc % 2 == 1 {
+                    let zt = &planes[(nc / 2) * n..][..n];
+                    let (a, _) = split_pair(zt[at_f], zt[at_m]);
+                    (re[nc - 1], im[nc - 1]) = (a.re, a.im);
                 }
             }
         }
