@@ -27,6 +27,9 @@ fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
+/// Series of at most this many points are drawn with a dot on each point as well.
+const MARKED_POINTS: usize = 40;
+
 /// One named line of a chart.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -142,6 +145,13 @@ impl LineChart {
                         .map_err(|e| err(e.to_string()))?
                         .label(s.name.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
+                    // A short series (per-epoch means) also gets a dot per point, so that
+                    // a single point (a one-epoch run) still shows.
+                    if s.points.len() <= MARKED_POINTS {
+                        chart
+                            .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                            .map_err(|e| err(e.to_string()))?;
+                    }
                 }
                 if let Some((mx, caption)) = &self.marker {
                     let (lo, hi) = (y0, y1);
