@@ -27,9 +27,6 @@ fn plot_err(path: &Path) -> impl Fn(String) -> Error + '_ {
     }
 }
 
-/// Series of at most this many points are drawn with a dot on each point as well.
-const MARKED_POINTS: usize = 40;
-
 /// One named line of a chart.
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -145,11 +142,16 @@ impl LineChart {
                         .map_err(|e| err(e.to_string()))?
                         .label(s.name.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3)));
-                    // A short series (per-epoch means) also gets a dot per point, so that
-                    // a single point (a one-epoch run) still shows.
-                    if s.points.len() <= MARKED_POINTS {
+                    // A line through one point (the epoch mean of a one-epoch run) draws
+                    // nothing: draw the point as a dot.
+                    if s.points.len() == 1 {
                         chart
-                            .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, c.filled())))
+                            .draw_series(
+                                s.points
+                                    .iter()
+                                    .filter(|&&(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0))
+                                    .map(|&p| Circle::new(p, 4, c.filled())),
+                            )
                             .map_err(|e| err(e.to_string()))?;
                     }
                 }
