@@ -77,12 +77,11 @@ impl LineChart {
     pub fn save(&self, path: &Path) -> Result<()> {
         ensure_font();
         let err = plot_err(path);
-        let pts = self.series.iter().flat_map(|s| s.points.iter());
+        // Points the axes can show: finite, and positive on a log scale.
+        let shown = |&&(x, y): &&(f64, f64)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0);
+        let pts = self.series.iter().flat_map(|s| s.points.iter()).filter(shown);
         let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
         for &(x, y) in pts {
-            if !x.is_finite() || !y.is_finite() || (self.log_y && y <= 0.0) {
-                continue;
-            }
             x0 = x0.min(x);
             x1 = x1.max(x);
             y0 = y0.min(y);
@@ -149,7 +148,7 @@ impl LineChart {
                             .draw_series(
                                 s.points
                                     .iter()
-                                    .filter(|&&(x, y)| x.is_finite() && y.is_finite() && (!self.log_y || y > 0.0))
+                                    .filter(shown)
                                     .map(|&p| Circle::new(p, 4, c.filled())),
                             )
                             .map_err(|e| err(e.to_string()))?;
