@@ -1,7 +1,7 @@
 //! CIS-522's linear autoencoder: `Linear(dim, K)` then `Linear(K, dim)`, no nonlinearity.
 //! Trained with MSE it can at best reach PCA's reconstruction error with K components.
 
-use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix1, Ix2, IxDyn, Zip};
+use ndarray::{Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Ix1, Ix2, IxDyn, ShapeBuilder, Zip};
 use rand::Rng;
 use rayon::prelude::*;
 
@@ -22,16 +22,26 @@ pub struct LinearAe<F> {
 }
 
 /// One thread's buffers for a training step, kept between steps.
+///
+/// The products whose output is K wide (the codes `h`, their gradient `dh`, the decoder's
+/// weight gradient `dwd`, `dim x K`) write column-major matrices: faer's kernels run along
+/// an output's contiguous side, and a row-major output K = 20 wide puts 20 values in a
+/// 32-lane (masked) kernel, where column-major puts the batch or the pixels there. On one
+/// thread's shapes (125 rows, 784 pixels, K = 20) those three products measured 1.2-1.8x
+/// faster so, and the epoch about 10% faster (README, speed section).
 #[derive(Debug, Clone)]
 struct Workspace<F> {
     /// The thread's rows, when the batch is gathered from a larger data set.
     x: Array2<F>,
+    /// Codes `[rows, K]`, column-major.
     h: Array2<F>,
     y: Array2<F>,
+    /// Gradient of the codes `[rows, K]`, column-major.
     dh: Array2<F>,
     dwe: ArrayD<F>,
     dbe: ArrayD<F>,
-    dwd: ArrayD<F>,
+    /// Decoder weight gradient `[dim, K]`, column-major.
+    dwd: Array2<F>,
     dbd: ArrayD<F>,
 }
 
@@ -39,12 +49,12 @@ impl<F: Float> Workspace<F> {
     fn new(d: usize, k: usize) -> Self {
         Workspace {
             x: Array2::zeros((0, d)),
-            h: Array2::zeros((0, k)),
+            h: Array2::zeros((0, k).f()),
             y: Array2::zeros((0, d)),
-            dh: Array2::zeros((0, k)),
+            dh: Array2::zeros((0, k).f()),
             dwe: ArrayD::zeros(IxDyn(&[k, d])),
             dbe: ArrayD::zeros(IxDyn(&[k])),
-            dwd: ArrayD::zeros(IxDyn(&[d, k])),
+            dwd: Array2::zeros((d, k).f()),
             dbd: ArrayD::zeros(IxDyn(&[d])),
         }
     }
@@ -62,9 +72,9 @@ impl<F: Float> Workspace<F> {
     ) -> F {
         let n = x.nrows();
         if self.h.nrows() != n {
-            self.h = Array2::zeros((n, we.nrows()));
+            self.h = Array2::zeros((n, we.nrows()).f());
             self.y = Array2::zeros((n, wd.nrows()));
-            self.dh = Array2::zeros((n, we.nrows()));
+            self.dh = Array2::zeros((n, we.nrows()).f());
         }
         linear_forward_seq(x, we, be, self.h.view_mut());
         linear_forward_seq(self.h.view(), wd, bd, self.y.view_mut());
@@ -85,8 +95,7 @@ impl<F: Float> Workspace<F> {
         self.dbe.fill(F::zero());
         self.dbd.fill(F::zero());
         let dy = self.y.view();
-        let mut dwd = self.dwd.view_mut().into_dimensionality::<Ix2>().expect("matrix");
-        gemm(F::one(), dy.t(), self.h.view(), F::zero(), dwd.view_mut());
+        gemm(F::one(), dy.t(), self.h.view(), F::zero(), self.dwd.view_mut());
         let mut dbd = self.dbd.view_mut().into_dimensionality::<Ix1>().expect("vector");
         for row in dy.rows() {
             dbd += &row;
@@ -94,9 +103,10 @@ impl<F: Float> Workspace<F> {
         gemm(F::one(), dy, wd, F::zero(), self.dh.view_mut());
         let mut dwe = self.dwe.view_mut().into_dimensionality::<Ix2>().expect("matrix");
         gemm(F::one(), self.dh.t(), x, F::zero(), dwe.view_mut());
-        let mut dbe = self.dbe.view_mut().into_dimensionality::<Ix1>().expect("vector");
-        for row in self.dh.rows() {
-            dbe += &row;
+        // dh is column-major: each code's bias gradient is the sum of one contiguous column,
+        // in row order as before (the same sums as the decoder bias's row by row).
+        for (d, col) in self.dbe.iter_mut().zip(self.dh.columns()) {
+            *d = col.iter().fold(F::zero(), |a, &b| a + b);
         }
         sse
     }
@@ -152,7 +162,7 @@ impl<F: Float> LinearAe<F> {
     }
 
     /// Forward, MSE (mean per pixel) against the input itself, backward; returns the loss.
-    /// Gradients are zeroed first; the optimizer step is the caller's.
+    /// The gradients are overwritten (not accumulated into); the optimizer step is the caller's.
     ///
     /// Data-parallel: the batch is cut into one run of rows per thread; each runs the
     /// whole forward and backward on its rows into its own reusable workspace, and the
@@ -239,16 +249,22 @@ impl<F: Float> LinearAe<F> {
         if !loss.is_finite() {
             return Err(Error::NonFinite("LinearAe training loss".into()));
         }
-        self.zero_grad();
-        for ws in &self.workspaces[..parts] {
-            self.enc_lin.weight.grad += &ws.dwe;
-            self.dec_lin.weight.grad += &ws.dwd;
-            if let Some(b) = &mut self.enc_lin.bias {
-                b.grad += &ws.dbe;
-            }
-            if let Some(b) = &mut self.dec_lin.bias {
-                b.grad += &ws.dbd;
-            }
+        // The parts are summed in order into the first workspace, in its own layouts, then
+        // written over the gradients: one pass that transposes the column-major `dwd`.
+        let (sum, rest) = self.workspaces[..parts].split_first_mut().expect("at least one part");
+        for ws in rest.iter() {
+            sum.dwe += &ws.dwe;
+            sum.dwd += &ws.dwd;
+            sum.dbe += &ws.dbe;
+            sum.dbd += &ws.dbd;
+        }
+        self.enc_lin.weight.grad.assign(&sum.dwe);
+        self.dec_lin.weight.grad.assign(&sum.dwd);
+        if let Some(b) = &mut self.enc_lin.bias {
+            b.grad.assign(&sum.dbe);
+        }
+        if let Some(b) = &mut self.dec_lin.bias {
+            b.grad.assign(&sum.dbd);
         }
         Ok(loss)
     }
