@@ -1,13 +1,15 @@
 """latent against PyTorch on this machine, in pairs: each round times one training step
 of a model with PyTorch (torch_cpu_speed.py) and, right after, with latent (its criterion
 bench), so that both numbers of a pair see the same background load. A shared host's
-speed drifts by 1.5x within minutes; the ratio of a pair moves much less.
+speed drifts by 1.5x within minutes; the ratio of a pair moves much less. The linear
+AE's epoch and the randomized PCA fit are timed the same way, latent's by the
+`pca_vs_ae` example (median epoch of 10, median fit of 5).
 
     python scripts/paired_speed.py [--rounds 5] [--only conv_vae_b1,strided_vae_b128]
 
-Prints each pair, then per model the median of PyTorch's medians, of latent's, and of
+Prints each pair, then per row the median of PyTorch's medians, of latent's, and of
 the per-pair ratios (latent / PyTorch). Needs what torch_cpu_speed.py needs (torch,
-safetensors, numpy) and cargo; the first round builds the benches.
+safetensors, numpy) and cargo; the first round builds the benches and the example.
 """
 
 import argparse
@@ -26,6 +28,9 @@ ROWS = {
     "conv_vae_b100": ("vae", "conv_vae_b100", "conv_vae_b100"),
     "strided_vae_b128": ("vae", "strided_vae_b128", "strided_vae_b128"),
     "dcgan_vae_b1024": ("vae", "dcgan_vae_b1024", "dcgan_vae_b1024"),
+    # Timed by the example, not a bench: (None, pattern of its output line, group 1 in s).
+    "linear_ae_epoch_b250": (None, r"linear autoencoder .*median ([0-9.]+) s/epoch", None),
+    "pca_fit_randomized_k20": (None, r"^PCA, randomized solver\s+\S+\s+([0-9.]+) s", None),
 }
 
 UNITS = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -37,12 +42,29 @@ def torch_ms(row, threads):
         cwd=ROOT, check=True, capture_output=True, text=True,
     ).stdout
     m = re.search(rf"^{row}: median step ([0-9.]+) ms", out, re.M)
+    if m:
+        return float(m.group(1))
+    m = re.search(rf"^{row}: median ([0-9.]+) s", out, re.M)
     if not m:
         raise SystemExit(f"no timing for {row} in torch_cpu_speed.py's output:\n{out}")
-    return float(m.group(1))
+    return float(m.group(1)) * 1e3
+
+
+def example_ms(pattern):
+    out = subprocess.run(
+        ["cargo", "run", "-q", "--release", "--example", "pca_vs_ae", "--",
+         "--conv-epochs", "0", "--epochs", "10", "--pca-repeats", "5", "--out", "/tmp/paired_speed_out"],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout
+    m = re.search(pattern, out, re.M)
+    if not m:
+        raise SystemExit(f"no timing matching {pattern!r} in pca_vs_ae's output:\n{out}")
+    return float(m.group(1)) * 1e3
 
 
 def latent_ms(bench, filt, ident):
+    if bench is None:
+        return example_ms(filt)
     out = subprocess.run(
         ["cargo", "bench", "-q", "--bench", bench, "--", filt],
         cwd=ROOT, check=True, capture_output=True, text=True,
