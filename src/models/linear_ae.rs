@@ -28,7 +28,7 @@ pub struct LinearAe<F> {
 /// an output's contiguous side, and a row-major output K = 20 wide puts 20 values in a
 /// 32-lane (masked) kernel, where column-major puts the batch or the pixels there. On one
 /// thread's shapes (125 rows, 784 pixels, K = 20) those three products measured 1.2-1.8x
-/// faster so, and the epoch about 10% faster (README, speed section).
+/// faster so, and the step about a fifth faster (`docs/performance-log.md`).
 #[derive(Debug, Clone)]
 struct Workspace<F> {
     /// The thread's rows, when the batch is gathered from a larger data set.
@@ -91,8 +91,8 @@ impl<F: Float> Workspace<F> {
                 sse
             }
         };
-        // The weight gradients are overwritten by their GEMMs (beta = 0); the bias ones sum.
-        self.dbe.fill(F::zero());
+        // The weight gradients are overwritten by their GEMMs (beta = 0), the encoder's bias
+        // gradient by its column sums; the decoder's bias gradient sums row by row.
         self.dbd.fill(F::zero());
         let dy = self.y.view();
         gemm(F::one(), dy.t(), self.h.view(), F::zero(), self.dwd.view_mut());
@@ -104,7 +104,9 @@ impl<F: Float> Workspace<F> {
         let mut dwe = self.dwe.view_mut().into_dimensionality::<Ix2>().expect("matrix");
         gemm(F::one(), self.dh.t(), x, F::zero(), dwe.view_mut());
         // dh is column-major: each code's bias gradient is the sum of one contiguous column,
-        // in row order as before (the same sums as the decoder bias's row by row).
+        // in row order. At a trained model this sum cancels to a small result, so its
+        // rounding depends on the order: a pairwise sum put the f32 gradient ten times
+        // further from the f64 one (tests/gradcheck.rs) than this, the row-major order.
         for (d, col) in self.dbe.iter_mut().zip(self.dh.columns()) {
             *d = col.iter().fold(F::zero(), |a, &b| a + b);
         }
