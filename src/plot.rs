@@ -107,10 +107,14 @@ impl LineChart {
                 // Decimals to match the axis span (log axes otherwise print float noise).
                 let decimals = (2.0 - (y1 - y0).max(1e-12).log10().floor()).clamp(0.0, 4.0) as usize;
                 let y_fmt = |y: &f64| {
-                    if self.log_y && y.abs() < 0.01 && *y != 0.0 {
-                        format!("{y:.1e}")
-                    } else if self.log_y {
-                        format!("{y:.3}")
+                    if self.log_y && *y > 0.0 {
+                        // Ticks are one digit times a power of ten: print that digit.
+                        let e = (y * (1.0 + 1e-9)).log10().floor() as i32;
+                        if !(-3..=5).contains(&e) {
+                            format!("{y:.0e}")
+                        } else {
+                            format!("{y:.*}", (-e).max(0) as usize)
+                        }
                     } else {
                         format!("{y:.decimals$}")
                     }
@@ -204,8 +208,12 @@ impl LineChart {
         }
         if self.log_y {
             let (lo, hi) = (y0 / 1.15, y1 * 1.15);
+            let (bold, light) = log_ticks(lo, hi);
             draw!(builder
-                .build_cartesian_2d(x0..x1, (lo..hi).log_scale())
+                .build_cartesian_2d(
+                    x0..x1,
+                    (lo..hi).log_scale().with_key_points(bold).with_light_points(light)
+                )
                 .map_err(|e| err(e.to_string()))?);
         } else {
             let pad = (y1 - y0).max(1e-12) * 0.05;
@@ -216,6 +224,27 @@ impl LineChart {
         root.present().map_err(|e| err(e.to_string()))?;
         Ok(())
     }
+}
+
+/// Labelled and unlabelled ticks of a log axis over `lo..hi` (`0 < lo < hi`): 1, 2 and 5
+/// times each power of ten, or every multiple 1..9 where that gives fewer than four labels
+/// (an axis within one decade, where plotters' own ticks label a single power of ten or
+/// none), or the powers of ten alone over many decades; the multiples 1..9 as light lines.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let (e0, e1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let pick = |mults: &[f64]| -> Vec<f64> {
+        (e0..=e1)
+            .flat_map(|e| mults.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    let every = pick(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    let bold = match pick(&[1.0, 2.0, 5.0]) {
+        few if few.len() < 4 => every.clone(),
+        many if many.len() > 12 => pick(&[1.0]),
+        fine => fine,
+    };
+    (bold, every)
 }
 
 /// A grid of grey-scale images, one labelled row per entry: `(label, images)`, each
@@ -497,4 +526,29 @@ pub fn error_bars(path: &Path, title: &str, (x_label, y_label): (&str, &str), se
         .map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_ticks;
+
+    /// Labelled ticks lie in the range, rise, and there are enough of them to read the axis
+    /// whatever its span: within one decade, over a few, over many.
+    #[test]
+    fn log_ticks_label_every_span() {
+        for &(lo, hi, want) in &[
+            (0.0208, 0.16, &[0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1][..]),
+            (0.0065, 0.55, &[0.01, 0.02, 0.05, 0.1, 0.2, 0.5][..]),
+            (3e-4, 2e6, &[1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6][..]),
+        ] {
+            let (bold, light) = log_ticks(lo, hi);
+            assert_eq!(bold.len(), want.len(), "{lo}..{hi}: {bold:?}");
+            for (b, w) in bold.iter().zip(want) {
+                assert!((b / w - 1.0).abs() < 1e-12, "{lo}..{hi}: {bold:?}");
+            }
+            assert!(light.windows(2).all(|p| p[0] < p[1]));
+            assert!(light.iter().all(|v| (lo..=hi).contains(v)));
+            assert!(bold.iter().all(|b| light.iter().any(|l| (l / b - 1.0).abs() < 1e-12)));
+        }
+    }
 }
