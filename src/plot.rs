@@ -104,7 +104,7 @@ impl LineChart {
         macro_rules! draw {
             ($chart:expr) => {{
                 let mut chart = $chart;
-                // Decimals to match the axis span (log axes otherwise print float noise).
+                // Decimals to match a linear axis's span (log axes print their ticks' digit).
                 let decimals = (2.0 - (y1 - y0).max(1e-12).log10().floor()).clamp(0.0, 4.0) as usize;
                 let y_fmt = |y: &f64| {
                     if self.log_y && *y > 0.0 {

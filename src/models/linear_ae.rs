@@ -24,11 +24,9 @@ pub struct LinearAe<F> {
 /// One thread's buffers for a training step, kept between steps.
 ///
 /// The products whose output is K wide (the codes `h`, their gradient `dh`, the decoder's
-/// weight gradient `dwd`, `dim x K`) write column-major matrices: faer's kernels run along
-/// an output's contiguous side, and a row-major output K = 20 wide puts 20 values in a
-/// 32-lane (masked) kernel, where column-major puts the batch or the pixels there. On one
-/// thread's shapes (125 rows, 784 pixels, K = 20) those three products measured 1.2-1.8x
-/// faster so, and the step about a fifth faster (`docs/performance-log.md`).
+/// weight gradient `dwd`, `dim x K`) write column-major matrices, for the reason in
+/// [`crate::gemm`]'s notes; on one thread's shapes (125 rows, 784 pixels, K = 20) those
+/// three products measured 1.2-1.8x faster so, the step about a fifth faster.
 #[derive(Debug, Clone)]
 struct Workspace<F> {
     /// The thread's rows, when the batch is gathered from a larger data set.
