@@ -1,5 +1,5 @@
 //! One training step (forward, backward, Adam) of each notebook VAE at its recipe's batch
-//! size, and the ConvVAE at batch 1. `cargo bench --bench vae`
+//! size, and the ConvVAE at batch 1, as `vae::DataParallel` runs it. `cargo bench --bench vae`
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use latent::models::{ConvVae, DcganVae, StridedVae};
@@ -13,8 +13,11 @@ fn step(c: &mut Criterion, name: &str, model: &mut dyn Vae<f32>, batch: usize, l
     let x = Array4::from_shape_simple_fn((batch, 1, 28, 28), || rng.random_range(0.0f32..1.0));
     let cfg = model.recipe();
     let mut opt = Adam::new(AdamConfig::new(lr));
+    // As the example trains: the batch cut into one part per thread where the model
+    // allows it (not the DCGAN VAE, whose BatchNorm couples a batch; not a batch of one).
+    let mut par = vae::DataParallel::new(model);
     c.bench_function(name, |b| {
-        b.iter(|| vae::train_step(model, x.view(), &cfg, &mut opt, &mut rng).unwrap())
+        b.iter(|| par.train_step(model, x.view(), &cfg, &mut opt, &mut rng).unwrap())
     });
 }
 

@@ -802,10 +802,11 @@ fn elbo_ascent(
     Ok(vec![ascent_path, phi_path])
 }
 
-/// Where the training steps run: the CPU model itself, or (with the `cuda` feature and a
-/// usable GPU) a [`latent::cuda::VaeTrainer`] holding a copy of it.
+/// Where the training steps run: the CPU model itself (each batch cut into one part per
+/// thread where the model allows it), or (with the `cuda` feature and a usable GPU) a
+/// [`latent::cuda::VaeTrainer`] holding a copy of it.
 enum Stepper {
-    Cpu,
+    Cpu(vae::DataParallel<f32>),
     #[cfg(feature = "cuda")]
     Gpu(Box<latent::cuda::VaeTrainer>, latent::cuda::DeviceImages),
 }
@@ -843,7 +844,7 @@ impl Stepper {
                 }
                 Err(e) if request == DeviceRequest::Auto => {
                     eprintln!("device: CPU (the GPU cannot train this run: {e})");
-                    Ok(Stepper::Cpu)
+                    Ok(Stepper::cpu(model))
                 }
                 Err(e) => Err(Error::Device(format!("--device cuda: {e}"))),
             };
@@ -851,7 +852,22 @@ impl Stepper {
         if tf32 {
             eprintln!("--tf32 on applies to the GPU only; the CPU computes in f32");
         }
-        Ok(Stepper::Cpu)
+        Ok(Stepper::cpu(model))
+    }
+
+    /// Steps on the CPU, saying how a batch is shared among the threads.
+    fn cpu(model: &dyn Vae<f32>) -> Self {
+        let par = vae::DataParallel::new(model);
+        let threads = rayon::current_num_threads();
+        if par.parts() > 1 {
+            eprintln!(
+                "CPU: {threads} threads, each batch cut into {} parts (one per thread)",
+                par.parts()
+            );
+        } else {
+            eprintln!("CPU: {threads} threads, shared within each layer (this model trains on whole batches)");
+        }
+        Stepper::Cpu(par)
     }
 
     /// One training step on a batch, with fresh noise from `rng`; returns the bound per
@@ -866,9 +882,9 @@ impl Stepper {
         want_mu: bool,
     ) -> latent::Result<(f32, Option<Array2<f32>>)> {
         match self {
-            Stepper::Cpu => {
+            Stepper::Cpu(par) => {
                 train.gather_flat(idx, xb);
-                let parts = vae::train_step(model, as_batch(xb.view()), cfg, opt, rng)?;
+                let parts = par.train_step(model, as_batch(xb.view()), cfg, opt, rng)?;
                 Ok((parts.bound, want_mu.then_some(parts.posterior.mu)))
             }
             #[cfg(feature = "cuda")]
@@ -885,7 +901,7 @@ impl Stepper {
     #[allow(unused_variables)]
     fn download_into(&mut self, model: &mut dyn Vae<f32>, opt: &mut Adam<f32>) -> latent::Result<()> {
         match self {
-            Stepper::Cpu => Ok(()),
+            Stepper::Cpu(_) => Ok(()),
             #[cfg(feature = "cuda")]
             Stepper::Gpu(t, _) => t.download_into(model, opt),
         }

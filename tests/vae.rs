@@ -465,3 +465,114 @@ fn model_layouts_account_for_every_parameter_in_order() {
     let vanilla = VanillaVaeParams::default().build::<f32, _>(&mut rng).unwrap();
     assert!(vanilla.layout().is_none());
 }
+
+/// The relative distance `|a - b| / |b|` of two arrays (0 for two zeros).
+fn rel(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    let d = (a - b).mapv(|v| v * v).sum().sqrt();
+    let n = b.mapv(|v| v * v).sum().sqrt();
+    if n == 0.0 {
+        d
+    } else {
+        d / n
+    }
+}
+
+fn grads_of(model: &mut dyn Vae<f64>) -> Vec<ArrayD<f64>> {
+    let mut g = Vec::new();
+    model.visit_params(&mut |p| g.push(p.grad.clone()));
+    g
+}
+
+/// `DataParallel` computes the loss of the whole batch: with the batch cut into 2 or 3
+/// parts, the loss, its parts, the outputs, the posterior and every gradient equal the
+/// one-piece step's up to the order of the sums over images, under every objective (sum
+/// and mean reductions, several samples, IWAE, a learned sigma_x); two Adam steps later
+/// the parameters still agree, so the copies follow the model.
+#[test]
+fn data_parallel_steps_equal_whole_batch_steps() {
+    use latent::optim::{Adam, AdamConfig};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(40);
+    let models: Vec<(Box<dyn Vae<f64>>, usize)> = vec![
+        (Box::new(ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap()), 3),
+        (Box::new(StridedVae::<f64>::new([1, 28, 28], 3, &mut rng).unwrap()), 2),
+    ];
+    for (mut model, parts) in models {
+        let batch = 8 * parts + 1;
+        let [c, h, w] = model.image_shape();
+        let x = rand_array(&[batch, c, h, w], 41)
+            .mapv(|v| 0.1 + 0.4 * (v + 1.0))
+            .into_dimensionality::<Ix4>()
+            .unwrap();
+        for cfg in objectives() {
+            let mut par = vae::DataParallel::with_parts(model.as_ref(), parts);
+            assert_eq!(par.parts(), parts);
+            let mut twin = model.replica().unwrap();
+            let eps = arr3([batch, cfg.objective.samples(), model.latent_dim()], 42);
+            let whole = vae::loss_and_grad(twin.as_mut(), x.view(), eps.view(), &cfg).unwrap();
+            let split = par.loss_and_grad(model.as_mut(), x.view(), eps.view(), &cfg).unwrap();
+            for (what, a, b) in [
+                ("loss", split.loss, whole.loss),
+                ("bound", split.bound, whole.bound),
+                ("recon", split.recon, whole.recon),
+                ("kl", split.kl, whole.kl),
+            ] {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{cfg:?} {what}: {a} vs {b}");
+            }
+            assert!(rel(&split.output.into_dyn(), &whole.output.into_dyn()) < 1e-13);
+            assert!(rel(&split.posterior.mu.into_dyn(), &whole.posterior.mu.into_dyn()) < 1e-13);
+            assert!(rel(&split.posterior.logvar.into_dyn(), &whole.posterior.logvar.into_dyn()) < 1e-13);
+            for (i, (a, b)) in grads_of(model.as_mut())
+                .iter()
+                .zip(&grads_of(twin.as_mut()))
+                .enumerate()
+            {
+                assert!(rel(a, b) < 1e-12, "{cfg:?}: gradient {i} {:.2e}", rel(a, b));
+            }
+            // Two steps each, from the same parameters and noise.
+            let (mut opt_a, mut opt_b) = (Adam::new(AdamConfig::new(1e-2)), Adam::new(AdamConfig::new(1e-2)));
+            let (mut rng_a, mut rng_b) = (
+                rand_chacha::ChaCha8Rng::seed_from_u64(43),
+                rand_chacha::ChaCha8Rng::seed_from_u64(43),
+            );
+            for _ in 0..2 {
+                par.train_step(model.as_mut(), x.view(), &cfg, &mut opt_a, &mut rng_a)
+                    .unwrap();
+                vae::train_step(twin.as_mut(), x.view(), &cfg, &mut opt_b, &mut rng_b).unwrap();
+            }
+            let mut values = Vec::new();
+            twin.visit_params(&mut |p| values.push(p.value.clone()));
+            let mut i = 0;
+            model.visit_params(&mut |p| {
+                assert!(
+                    rel(&p.value, &values[i]) < 1e-10,
+                    "{cfg:?}: parameter {} after two steps",
+                    p.name
+                );
+                i += 1;
+            });
+        }
+    }
+}
+
+/// A model whose batch is coupled (BatchNorm) has no replica, and a batch too small to cut
+/// is not cut: either way `DataParallel` is the one-piece step, to the bit.
+#[test]
+fn data_parallel_leaves_coupled_models_and_small_batches_whole() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(44);
+    let dcgan = DcganVae::<f64>::new([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
+    assert!(dcgan.replica().is_none());
+    assert_eq!(vae::DataParallel::with_parts(&dcgan, 4).parts(), 1);
+    let mut m = StridedVae::<f64>::new([1, 28, 28], 3, &mut rng).unwrap();
+    let mut par = vae::DataParallel::with_parts(&m, 2);
+    let mut twin = m.clone();
+    let cfg = m.recipe();
+    let x = rand_array(&[15, 1, 28, 28], 45)
+        .mapv(|v| 0.5 + 0.4 * v)
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([15, 1, 3], 46);
+    let a = par.loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap();
+    let b = vae::loss_and_grad(&mut twin, x.view(), eps.view(), &cfg).unwrap();
+    assert_eq!(a.loss, b.loss);
+    assert_eq!(grads_of(&mut m), grads_of(&mut twin));
+}

@@ -30,6 +30,19 @@ pub struct ConvVae<F> {
     phi: Option<Array2<F>>,
 }
 
+impl<F: Float> Clone for ConvVae<F> {
+    fn clone(&self) -> Self {
+        ConvVae {
+            encoder: self.encoder.clone(),
+            decoder: self.decoder.clone(),
+            log_sig_x: self.log_sig_x.clone(),
+            image: self.image,
+            k: self.k,
+            phi: self.phi.clone(),
+        }
+    }
+}
+
 impl<F: Float> ConvVae<F> {
     /// A VAE for `image = [c, h, w]` images and `k` latent dimensions, with `filters`
     /// channels of `kernel x kernel` (the notebook: 32 and 5).
@@ -154,6 +167,12 @@ impl<F: Float> Vae<F> for ConvVae<F> {
             posterior: PosteriorForm::Isotropic,
             decoder: self.decoder.spec().flattened(),
         })
+    }
+
+    /// Every image's loss depends on that image alone (no BatchNorm): a copy can take
+    /// part of a batch.
+    fn replica(&self) -> Option<Box<dyn Vae<F>>> {
+        Some(Box::new(self.clone()))
     }
 
     fn recipe(&self) -> LossConfig {

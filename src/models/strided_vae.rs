@@ -30,6 +30,18 @@ pub struct StridedVae<F> {
     latent: usize,
 }
 
+impl<F: Float> Clone for StridedVae<F> {
+    fn clone(&self) -> Self {
+        StridedVae {
+            encoder: self.encoder.clone(),
+            heads: self.heads.clone(),
+            decoder: self.decoder.clone(),
+            image: self.image,
+            latent: self.latent,
+        }
+    }
+}
+
 impl<F: Float> StridedVae<F> {
     /// A VAE for `[c, 28, 28]` images with `latent` dimensions (the notebook: 1 channel, 32).
     pub fn new<R: Rng + ?Sized>(image: [usize; 3], latent: usize, rng: &mut R) -> Result<Self> {
@@ -121,6 +133,12 @@ impl<F: Float> Vae<F> for StridedVae<F> {
             },
             decoder: self.decoder.spec().flattened(),
         })
+    }
+
+    /// Every image's loss depends on that image alone (no BatchNorm): a copy can take
+    /// part of a batch.
+    fn replica(&self) -> Option<Box<dyn Vae<F>>> {
+        Some(Box::new(self.clone()))
     }
 
     fn recipe(&self) -> LossConfig {

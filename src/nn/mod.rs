@@ -92,8 +92,21 @@ pub trait Module<F: Float> {
     }
 }
 
+/// A boxed copy of a layer, for containers of `dyn Layer` (a model's copy for
+/// data-parallel training, [`crate::vae::DataParallel`]). Every `Layer + Clone` has it.
+pub trait CloneLayer<F: Float> {
+    /// A copy of the layer: parameters, gradients and whatever its forward kept.
+    fn clone_layer(&self) -> Box<dyn Layer<F>>;
+}
+
+impl<F: Float, T: Layer<F> + Clone + 'static> CloneLayer<F> for T {
+    fn clone_layer(&self) -> Box<dyn Layer<F>> {
+        Box::new(self.clone())
+    }
+}
+
 /// A layer on dynamically shaped arrays, so that layers can be chained in a container.
-pub trait Layer<F: Float>: Module<F> + Send {
+pub trait Layer<F: Float>: Module<F> + CloneLayer<F> + Send {
     /// Computes the output; in [`Mode::Train`] keeps what [`Layer::backward`] needs.
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>>;
 

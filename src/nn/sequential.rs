@@ -11,6 +11,14 @@ pub struct Sequential<F> {
     layers: Vec<Box<dyn Layer<F>>>,
 }
 
+impl<F: Float> Clone for Sequential<F> {
+    fn clone(&self) -> Self {
+        Sequential {
+            layers: self.layers.iter().map(|l| l.clone_layer()).collect(),
+        }
+    }
+}
+
 impl<F: Float> Sequential<F> {
     /// An empty chain.
     pub fn new() -> Self {

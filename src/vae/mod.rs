@@ -9,10 +9,12 @@
 //! - bounds: [`Objective`] (ELBO with n samples and beta, IWAE with k), [`log_mean_exp`];
 //! - posterior collapse: [`active_units`], [`posterior_mean_variance`];
 //! - [`Vae`] and [`loss_and_grad`]: one training step for any model, with the backward
-//!   pass through every estimator written out.
+//!   pass through every estimator written out; [`DataParallel`]: the same step with the
+//!   batch cut into one part per thread.
 
 mod bound;
 mod collapse;
+mod data_parallel;
 mod kl;
 mod layout;
 mod likelihood;
@@ -21,6 +23,7 @@ mod step;
 
 pub use bound::{log_mean_exp, log_mean_exp_backward, Objective};
 pub use collapse::{active_units, posterior_mean_variance, ACTIVE_UNIT_THRESHOLD};
+pub use data_parallel::DataParallel;
 pub use kl::{
     kl_diag, kl_diag_backward, kl_isotropic, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward,
 };

@@ -16,7 +16,7 @@ use crate::{Error, Float, Result};
 /// A variational autoencoder: an encoder to a diagonal Gaussian q(z|x), a decoder from z
 /// to the parameters of p(x|z), and the likelihood that scores them. The forward calls
 /// in [`Mode::Train`] keep what the matching backward needs.
-pub trait Vae<F: Float>: Module<F> {
+pub trait Vae<F: Float>: Module<F> + Send {
     /// One image's shape `[c, h, w]`.
     fn image_shape(&self) -> [usize; 3];
 
@@ -48,6 +48,14 @@ pub trait Vae<F: Float>: Module<F> {
     /// The architecture as data, for backends that train the model elsewhere (the
     /// `cuda` feature's trainer); `None` (the default) if the model does not describe itself.
     fn layout(&self) -> Option<super::VaeLayout> {
+        None
+    }
+
+    /// A copy of the model that can take part of a batch on another thread
+    /// ([`super::DataParallel`]), or `None` (the default) where splitting a batch would
+    /// change the loss: a model whose training forward couples the images of a batch
+    /// (BatchNorm's batch statistics), or one that does not say.
+    fn replica(&self) -> Option<Box<dyn Vae<F>>> {
         None
     }
 }
@@ -101,7 +109,11 @@ struct Forward<F> {
     ratio: Option<Array2<F>>,
 }
 
-fn check_input<F: Float, M: Vae<F> + ?Sized>(model: &M, x: &ArrayView4<F>, eps: &ArrayView3<F>) -> Result<()> {
+pub(super) fn check_input<F: Float, M: Vae<F> + ?Sized>(
+    model: &M,
+    x: &ArrayView4<F>,
+    eps: &ArrayView3<F>,
+) -> Result<()> {
     if x.shape()[1..] != model.image_shape() || x.shape()[0] == 0 {
         return Err(Error::shape(
             "VAE input images",
@@ -235,9 +247,22 @@ pub fn loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
     eps: ArrayView3<F>,
     cfg: &LossConfig,
 ) -> Result<LossParts<F>> {
+    loss_and_grad_of_part(model, x, eps, cfg, x.shape()[0])
+}
+
+/// [`loss_and_grad`] on `x`, one part of a batch of `batch` images: a mean reduction
+/// divides by `batch`, so that the parts' gradients add up to the whole batch's (the
+/// returned parts are still this part's own: its loss and per-image means).
+pub(super) fn loss_and_grad_of_part<F: Float, M: Vae<F> + ?Sized>(
+    model: &mut M,
+    x: ArrayView4<F>,
+    eps: ArrayView3<F>,
+    cfg: &LossConfig,
+    batch: usize,
+) -> Result<LossParts<F>> {
     model.zero_grad();
     let fw = forward(model, x, eps, cfg, Mode::Train)?;
-    let (parts, dmu, dlogvar) = backward_to_posterior(model, &fw, cfg)?;
+    let (parts, dmu, dlogvar) = backward_to_posterior(model, &fw, cfg, batch)?;
     model.encode_backward(dmu, dlogvar)?;
     Ok(parts)
 }
@@ -264,15 +289,17 @@ pub fn posterior_loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
     }
     model.zero_grad();
     let fw = forward_from(model, x, q.clone(), eps, cfg, Mode::Frozen)?;
-    backward_to_posterior(model, &fw, cfg)
+    backward_to_posterior(model, &fw, cfg, x.shape()[0])
 }
 
 /// The backward pass from the loss to the posterior's `mu` and `logvar`: the bound's
-/// weights, the likelihood, the decoder, the KL term, the reparameterisation.
+/// weights, the likelihood, the decoder, the KL term, the reparameterisation. A mean
+/// reduction is over `batch` images (`fw`'s own, or the whole batch it is a part of).
 fn backward_to_posterior<F: Float, M: Vae<F> + ?Sized>(
     model: &mut M,
     fw: &Forward<F>,
     cfg: &LossConfig,
+    batch: usize,
 ) -> Result<(LossParts<F>, Array2<F>, Array2<F>)> {
     let (bound, w_ll, w_ratio) = bound_and_weights(fw, cfg.objective)?;
     let parts = parts(fw, &bound, cfg);
@@ -285,7 +312,7 @@ fn backward_to_posterior<F: Float, M: Vae<F> + ?Sized>(
     // d loss / d bound_i = -scale.
     let (b, n, k) = fw.eps.dim();
     let scale = match cfg.reduction {
-        Reduction::Mean => F::one() / F::lit(b as f64),
+        Reduction::Mean => F::one() / F::lit(batch as f64),
         Reduction::Sum => F::one(),
     };
     let dll = w_ll.mapv(|w| -scale * w);
