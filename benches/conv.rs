@@ -80,8 +80,10 @@ fn bench(c: &mut Criterion) {
     let x = rand4(&mut rng, (250, 1, 28, 28)).mapv(|v| v.abs());
     let mut g = c.benchmark_group("conv_ae");
     g.sample_size(10);
+    // As `pca_vs_ae` trains it: the batch cut into one part per thread.
+    let mut par = latent::data_parallel::DataParallel::conv_ae(&ae);
     g.bench_function("train_step_b250_k20", |b| {
-        b.iter(|| ae.train_step(x.view(), &mut opt).unwrap())
+        b.iter(|| par.train_step(&mut ae, x.view(), &mut opt).unwrap())
     });
     g.finish();
 }

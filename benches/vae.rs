@@ -15,7 +15,7 @@ fn step(c: &mut Criterion, name: &str, model: &mut dyn Vae<f32>, batch: usize, l
     let mut opt = Adam::new(AdamConfig::new(lr));
     // As the example trains: the batch cut into one part per thread where the model
     // allows it (not the DCGAN VAE, whose BatchNorm couples a batch; not a batch of one).
-    let mut par = vae::DataParallel::new(model);
+    let mut par = vae::DataParallel::vae(model);
     c.bench_function(name, |b| {
         b.iter(|| par.train_step(model, x.view(), &cfg, &mut opt, &mut rng).unwrap())
     });

@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
+use latent::data_parallel::DataParallel;
 use latent::models::{ConvAe, LinearAe};
 use latent::optim::{Adam, AdamConfig};
 use latent::pca::{principal_angles, Pca, Solver};
@@ -187,6 +188,8 @@ fn run() -> latent::Result<()> {
         let mut curve = Vec::new();
         let mut times = Vec::new();
         let mut xb = Array2::zeros((0, dim));
+        // Each batch cut into one part per thread, each on its own copy of the model.
+        let mut par = DataParallel::conv_ae(&conv);
         let mut run = || -> latent::Result<()> {
             for epoch in first..conv_epochs {
                 let t = train_one_epoch(
@@ -203,7 +206,7 @@ fn run() -> latent::Result<()> {
                             .view()
                             .into_shape_with_order((idx.len(), 1, side, side))
                             .expect("square images");
-                        let loss = conv.train_step(x4, &mut conv_opt)?;
+                        let loss = par.train_step(&mut conv, x4, &mut conv_opt)?;
                         steps += 1;
                         // A resumed model has trained past the point where a collapse shows.
                         if first == 0 && steps == CHECK_STEP && conv.code_spread().is_some_and(|s| s < 1e-6) {

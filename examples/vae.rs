@@ -806,7 +806,7 @@ fn elbo_ascent(
 /// thread where the model allows it), or (with the `cuda` feature and a usable GPU) a
 /// [`latent::cuda::VaeTrainer`] holding a copy of it.
 enum Stepper {
-    Cpu(vae::DataParallel<f32>),
+    Cpu(vae::DataParallel<dyn Vae<f32>>),
     #[cfg(feature = "cuda")]
     Gpu(Box<latent::cuda::VaeTrainer>, latent::cuda::DeviceImages),
 }
@@ -857,7 +857,7 @@ impl Stepper {
 
     /// Steps on the CPU, saying how a batch is shared among the threads.
     fn cpu(model: &dyn Vae<f32>) -> Self {
-        let par = vae::DataParallel::new(model);
+        let par = vae::DataParallel::vae(model);
         let threads = rayon::current_num_threads();
         if par.parts() > 1 {
             eprintln!(

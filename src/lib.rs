@@ -22,6 +22,7 @@ pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod data;
+pub mod data_parallel;
 pub mod denormals;
 pub mod device;
 mod error;

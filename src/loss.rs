@@ -28,7 +28,7 @@ impl std::str::FromStr for Reduction {
 }
 
 impl Reduction {
-    fn scale<F: Float>(self, n: usize) -> F {
+    pub(crate) fn scale<F: Float>(self, n: usize) -> F {
         match self {
             Reduction::Mean => F::one() / F::lit(n as f64),
             Reduction::Sum => F::one(),

@@ -463,3 +463,54 @@ fn a_batch_of_one_splits_its_products_and_agrees_with_the_batch() {
         close(&dw_sum, &dw, "dw");
     }
 }
+
+/// The conv AE's data-parallel step (the batch cut into 3 parts, each on its own copy)
+/// computes the one-piece step: the same loss, reconstructions, code spread and
+/// gradients up to the order of the sums over images, and the same parameters after
+/// two Adam steps (the copies follow the model).
+#[test]
+fn conv_ae_data_parallel_steps_equal_whole_batch_steps() {
+    use latent::data_parallel::DataParallel;
+    use latent::optim::{Adam, AdamConfig};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut ae = ConvAe::<f64>::new([1, 7, 7], 3, 2, 3, &mut rng).unwrap();
+    let mut twin = ae.clone();
+    let mut par = DataParallel::conv_ae_in_parts(&ae, 3);
+    let x = rand_array(&[26, 1, 7, 7], 25)
+        .mapv(|v| (v + 1.0) / 2.0)
+        .into_dimensionality::<ndarray::Ix4>()
+        .unwrap();
+    let rel = |a: &ArrayD<f64>, b: &ArrayD<f64>| {
+        (a - b).mapv(|v| v * v).sum().sqrt() / b.mapv(|v| v * v).sum().sqrt().max(1e-300)
+    };
+    let (loss_a, y_a) = par.loss_and_grad(&mut ae, x.view()).unwrap();
+    let (loss_b, y_b) = twin.loss_and_grad(x.view()).unwrap();
+    assert!((loss_a - loss_b).abs() < 1e-13 * loss_b);
+    assert!(rel(&y_a.into_dyn(), &y_b.into_dyn()) < 1e-14);
+    let (sa, sb) = (ae.code_spread().unwrap(), twin.code_spread().unwrap());
+    assert!((sa - sb).abs() < 1e-13 * sb, "code spread {sa} vs {sb}");
+    let mut grads = Vec::new();
+    twin.visit_params(&mut |p| grads.push(p.grad.clone()));
+    let mut i = 0;
+    ae.visit_params(&mut |p| {
+        assert!(
+            rel(&p.grad, &grads[i]) < 1e-12,
+            "{}: {:.2e}",
+            p.name,
+            rel(&p.grad, &grads[i])
+        );
+        i += 1;
+    });
+    let (mut opt_a, mut opt_b) = (Adam::new(AdamConfig::new(1e-2)), Adam::new(AdamConfig::new(1e-2)));
+    for _ in 0..2 {
+        par.train_step(&mut ae, x.view(), &mut opt_a).unwrap();
+        twin.train_step(x.view(), &mut opt_b).unwrap();
+    }
+    let mut values = Vec::new();
+    twin.visit_params(&mut |p| values.push(p.value.clone()));
+    let mut i = 0;
+    ae.visit_params(&mut |p| {
+        assert!(rel(&p.value, &values[i]) < 1e-10, "{} after two steps", p.name);
+        i += 1;
+    });
+}

@@ -504,7 +504,7 @@ fn data_parallel_steps_equal_whole_batch_steps() {
             .into_dimensionality::<Ix4>()
             .unwrap();
         for cfg in objectives() {
-            let mut par = vae::DataParallel::with_parts(model.as_ref(), parts);
+            let mut par = vae::DataParallel::vae_in_parts(model.as_ref(), parts);
             assert_eq!(par.parts(), parts);
             let mut twin = model.replica().unwrap();
             let eps = arr3([batch, cfg.objective.samples(), model.latent_dim()], 42);
@@ -561,9 +561,9 @@ fn data_parallel_leaves_coupled_models_and_small_batches_whole() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(44);
     let dcgan = DcganVae::<f64>::new([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
     assert!(dcgan.replica().is_none());
-    assert_eq!(vae::DataParallel::with_parts(&dcgan, 4).parts(), 1);
+    assert_eq!(vae::DataParallel::vae_in_parts(&dcgan, 4).parts(), 1);
     let mut m = StridedVae::<f64>::new([1, 28, 28], 3, &mut rng).unwrap();
-    let mut par = vae::DataParallel::with_parts(&m, 2);
+    let mut par = vae::DataParallel::vae_in_parts(&m, 2);
     let mut twin = m.clone();
     let cfg = m.recipe();
     let x = rand_array(&[15, 1, 28, 28], 45)

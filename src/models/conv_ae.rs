@@ -2,10 +2,13 @@
 //! Linear to K; mirrored decoder Linear + ReLU, Unflatten, ConvTranspose2d + ReLU,
 //! ConvTranspose2d, per-pixel bias. Trained with MSE (mean over all pixels).
 
-use ndarray::{Array2, Array4, ArrayView4, Ix2, Ix4};
+use std::ops::Range;
+
+use ndarray::{concatenate, s, Array2, Array4, ArrayView2, ArrayView4, ArrayViewD, Axis, Ix2, Ix4, Zip};
 use rand::Rng;
 
-use crate::loss::{mse_grad, mse_loss, Reduction};
+use crate::data_parallel::DataParallel;
+use crate::loss::{mse_loss, Reduction};
 use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
     PixelBias, Sequential, Unflatten,
@@ -138,29 +141,115 @@ impl<F: Float> ConvAe<F> {
     /// the loss and the reconstruction. Gradients are zeroed first.
     pub fn loss_and_grad(&mut self, x: ArrayView4<F>) -> Result<(F, Array4<F>)> {
         self.check(&x)?;
-        self.zero_grad();
-        let h = self.encoder.forward(x.to_owned().into_dyn(), Mode::Train)?;
-        let h2 = h.view().into_dimensionality::<Ix2>().expect("encoder ends in Linear");
-        self.code_spread = Some(
-            h2.std_axis(ndarray::Axis(0), F::zero())
-                .iter()
-                .fold(F::zero(), |m, &v| m.max(v)),
-        );
-        let y = self.decoder.forward(h, Mode::Train)?;
-        let loss = mse_loss(y.view(), x.into_dyn(), Reduction::Mean)?;
-        if !loss.is_finite() {
-            return Err(Error::NonFinite("ConvAe training loss".into()));
-        }
-        let dy = mse_grad(y.view(), x.into_dyn(), Reduction::Mean)?;
-        let dh = self.decoder.backward(dy, true)?.expect("asked for dx");
-        self.encoder.backward(dh, false)?;
-        Ok((loss, y.into_dimensionality::<Ix4>().expect("images")))
+        let step = self.part_loss_and_grad(x, x.len())?;
+        self.code_spread = Some(code_spread(step.codes.view()));
+        Ok((step.squared_error * Reduction::Mean.scale::<F>(x.len()), step.output))
     }
 
     /// One training step: [`ConvAe::loss_and_grad`] then `opt.step`.
     pub fn train_step(&mut self, x: ArrayView4<F>, opt: &mut Adam<F>) -> Result<F> {
         let (loss, _) = self.loss_and_grad(x)?;
         opt.step(self)?;
+        Ok(loss)
+    }
+
+    /// Forward and backward on `x`, part of a batch of `pixels` pixels in all: the
+    /// gradients (zeroed first) are those of the squared error summed over `x` divided by
+    /// `pixels`, so that the parts of a batch add up to the batch's mean.
+    fn part_loss_and_grad(&mut self, x: ArrayView4<F>, pixels: usize) -> Result<PartStep<F>> {
+        self.zero_grad();
+        let codes = self.encoder.forward(x.to_owned().into_dyn(), Mode::Train)?;
+        let kept = codes
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("encoder ends in Linear")
+            .to_owned();
+        let y = self.decoder.forward(codes, Mode::Train)?;
+        let squared_error = mse_loss(y.view(), x.into_dyn(), Reduction::Sum)?;
+        if !squared_error.is_finite() {
+            return Err(Error::NonFinite("ConvAe training loss".into()));
+        }
+        // mse_grad's mean form, over the whole batch's pixels.
+        let c = F::lit(2.0) * Reduction::Mean.scale::<F>(pixels);
+        let dy = Zip::from(&y).and(x.into_dyn()).map_collect(|&p, &t| c * (p - t));
+        let dh = self.decoder.backward(dy, true)?.expect("asked for dx");
+        self.encoder.backward(dh, false)?;
+        Ok(PartStep {
+            squared_error,
+            codes: kept,
+            output: y.into_dimensionality::<Ix4>().expect("images"),
+        })
+    }
+}
+
+/// What one part of a batch's training step gives back.
+struct PartStep<F> {
+    /// The squared error summed over the part's pixels.
+    squared_error: F,
+    /// The part's codes `[n, K]`.
+    codes: Array2<F>,
+    /// The part's reconstructions.
+    output: Array4<F>,
+}
+
+/// The largest standard deviation over a batch of codes `[n, K]` of any code dimension.
+fn code_spread<F: Float>(codes: ArrayView2<F>) -> F {
+    codes
+        .std_axis(Axis(0), F::zero())
+        .iter()
+        .fold(F::zero(), |m, &v| m.max(v))
+}
+
+impl<F: Float> Clone for ConvAe<F> {
+    fn clone(&self) -> Self {
+        ConvAe {
+            encoder: self.encoder.clone(),
+            decoder: self.decoder.clone(),
+            image: self.image,
+            k: self.k,
+            code_spread: self.code_spread,
+        }
+    }
+}
+
+impl<F: Float> DataParallel<ConvAe<F>> {
+    /// As many parts per batch as rayon's pool has threads (the conv AE has no
+    /// batch-coupled layer: every image's error depends on that image alone).
+    pub fn conv_ae(model: &ConvAe<F>) -> Self {
+        Self::conv_ae_in_parts(model, rayon::current_num_threads())
+    }
+
+    /// Up to `parts` parts per batch.
+    pub fn conv_ae_in_parts(model: &ConvAe<F>, parts: usize) -> Self {
+        Self::from_replicas((1..parts.max(1)).map(|_| Box::new(model.clone())).collect())
+    }
+
+    /// [`ConvAe::loss_and_grad`] with the batch's parts on `model` and its copies in
+    /// parallel: the same loss, reconstructions and gradients (up to the order of the sums
+    /// over images), and `model`'s code spread is the whole batch's.
+    pub fn loss_and_grad(&mut self, model: &mut ConvAe<F>, x: ArrayView4<F>) -> Result<(F, Array4<F>)> {
+        model.check(&x)?;
+        let parts = self.split(x.shape()[0]);
+        let step = |m: &mut ConvAe<F>, r: Range<usize>| m.part_loss_and_grad(x.slice(s![r, .., .., ..]), x.len());
+        let steps = self.run(model, &parts, step, step)?;
+        let cat = |f: &dyn Fn(&PartStep<F>) -> ArrayViewD<F>| {
+            let views: Vec<_> = steps.iter().map(f).collect();
+            concatenate(Axis(0), &views).expect("parts of one batch")
+        };
+        let codes = cat(&|p| p.codes.view().into_dyn());
+        let output = cat(&|p| p.output.view().into_dyn());
+        model.code_spread = Some(code_spread(codes.into_dimensionality::<Ix2>().expect("codes").view()));
+        let squared_error = steps.iter().fold(F::zero(), |acc, p| acc + p.squared_error);
+        Ok((
+            squared_error * Reduction::Mean.scale::<F>(x.len()),
+            output.into_dimensionality().expect("images"),
+        ))
+    }
+
+    /// [`DataParallel::<ConvAe<F>>::loss_and_grad`], then one Adam step on `model`.
+    pub fn train_step(&mut self, model: &mut ConvAe<F>, x: ArrayView4<F>, opt: &mut Adam<F>) -> Result<F> {
+        let (loss, _) = self.loss_and_grad(model, x)?;
+        opt.step(model)?;
         Ok(loss)
     }
 }
