@@ -95,7 +95,9 @@ impl<F: Float> ConvVae<F> {
         Self::new([1, 28, 28], k, 32, 5, rng)
     }
 
-    /// `phi = (mu, log sigma)` `[b, K + 1]` of the last forward pass through the encoder.
+    /// `phi = (mu, log sigma)` `[b, K + 1]` of the last forward pass through the encoder
+    /// (after a [`crate::vae::DataParallel`] step: of the first part of the batch; the
+    /// whole batch's posterior is in the step's returned `LossParts`).
     pub fn last_phi(&self) -> Option<&Array2<F>> {
         self.phi.as_ref()
     }
