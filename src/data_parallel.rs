@@ -109,6 +109,16 @@ impl<M: ?Sized> DataParallel<M> {
     }
 }
 
+/// One array from the parts' arrays `f(part)`, stacked along the batch axis in part
+/// order (the whole batch's outputs, codes or posterior from its parts').
+pub(crate) fn concat_parts<T, A: Clone, D: ndarray::RemoveAxis>(
+    parts: &[T],
+    f: impl Fn(&T) -> ndarray::ArrayView<'_, A, D>,
+) -> ndarray::Array<A, D> {
+    let views: Vec<_> = parts.iter().map(f).collect();
+    ndarray::concatenate(ndarray::Axis(0), &views).expect("parts of one batch")
+}
+
 /// The values of `model`'s parameters, in visiting order.
 fn param_values<F: Float, M: Module<F> + ?Sized>(model: &mut M) -> Vec<ArrayD<F>> {
     let mut values = Vec::new();

@@ -4,10 +4,10 @@
 
 use std::ops::Range;
 
-use ndarray::{concatenate, s, Array2, Array4, ArrayView2, ArrayView4, ArrayViewD, Axis, Ix2, Ix4, Zip};
+use ndarray::{s, Array2, Array4, ArrayView2, ArrayView4, Axis, Ix2, Ix4, Zip};
 use rand::Rng;
 
-use crate::data_parallel::DataParallel;
+use crate::data_parallel::{concat_parts, DataParallel};
 use crate::loss::{mse_loss, Reduction};
 use crate::nn::{
     Activation, ActivationLayer, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode, Module, Param,
@@ -232,17 +232,12 @@ impl<F: Float> DataParallel<ConvAe<F>> {
         let parts = self.split(x.shape()[0]);
         let step = |m: &mut ConvAe<F>, r: Range<usize>| m.part_loss_and_grad(x.slice(s![r, .., .., ..]), x.len());
         let steps = self.run(model, &parts, step, step)?;
-        let cat = |f: &dyn Fn(&PartStep<F>) -> ArrayViewD<F>| {
-            let views: Vec<_> = steps.iter().map(f).collect();
-            concatenate(Axis(0), &views).expect("parts of one batch")
-        };
-        let codes = cat(&|p| p.codes.view().into_dyn());
-        let output = cat(&|p| p.output.view().into_dyn());
-        model.code_spread = Some(code_spread(codes.into_dimensionality::<Ix2>().expect("codes").view()));
+        let codes = concat_parts(&steps, |p| p.codes.view());
+        model.code_spread = Some(code_spread(codes.view()));
         let squared_error = steps.iter().fold(F::zero(), |acc, p| acc + p.squared_error);
         Ok((
             squared_error * Reduction::Mean.scale::<F>(x.len()),
-            output.into_dimensionality().expect("images"),
+            concat_parts(&steps, |p| p.output.view()),
         ))
     }
 

@@ -5,12 +5,12 @@
 
 use std::ops::Range;
 
-use ndarray::{concatenate, s, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, ArrayView3, ArrayView4};
 use rand::Rng;
 
 use super::step::{check_input, loss_and_grad_of_part};
 use super::{sample_noise, DiagGaussian, LossConfig, LossParts, Vae};
-use crate::data_parallel::DataParallel;
+use crate::data_parallel::{concat_parts, DataParallel};
 use crate::loss::Reduction;
 use crate::optim::Adam;
 use crate::{Float, Result};
@@ -92,22 +92,15 @@ fn merge<F: Float>(mut parts: Vec<LossParts<F>>, ranges: &[Range<usize>], reduct
         Reduction::Mean => weighted(&|p| p.loss),
         Reduction::Sum => parts.iter().fold(F::zero(), |acc, p| acc + p.loss),
     };
-    let cat = |f: &dyn Fn(&LossParts<F>) -> ndarray::ArrayViewD<F>| {
-        let views: Vec<_> = parts.iter().map(f).collect();
-        concatenate(Axis(0), &views).expect("parts of one batch")
-    };
-    let output = cat(&|p| p.output.view().into_dyn());
-    let mu = cat(&|p| p.posterior.mu.view().into_dyn());
-    let logvar = cat(&|p| p.posterior.logvar.view().into_dyn());
     LossParts {
         loss,
         bound: weighted(&|p| p.bound),
         recon: weighted(&|p| p.recon),
         kl: weighted(&|p| p.kl),
-        output: output.into_dimensionality().expect("images"),
+        output: concat_parts(&parts, |p| p.output.view()),
         posterior: DiagGaussian {
-            mu: mu.into_dimensionality().expect("matrix"),
-            logvar: logvar.into_dimensionality().expect("matrix"),
+            mu: concat_parts(&parts, |p| p.posterior.mu.view()),
+            logvar: concat_parts(&parts, |p| p.posterior.logvar.view()),
         },
     }
 }
