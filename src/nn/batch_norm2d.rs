@@ -172,7 +172,7 @@ fn forward_then<F: Float>(
     // contiguous run.
     let coef = scale_shift(gamma, beta, &cache);
     let hw = x.shape()[2] * x.shape()[3];
-    let mut y = Array4::<F>::zeros(x.raw_dim());
+    let mut y = super::zeros4(x.dim());
     per_plane(y.as_slice_mut().expect("fresh array"), hw, c, |ch, yp, at| {
         let xp = &xs[at..at + hw];
         let (a, b) = coef[ch];

@@ -1,6 +1,7 @@
 //! Conv2d: `y[n, o] = b[o] + sum_c w[o, c] ⋆ x[n, c]` by im2col + GEMM, parallel over the batch.
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, CowArray, Ix4};
+use rayon::prelude::*;
 
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
 use super::im2col::ConvGeom;
@@ -119,36 +120,43 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
-    let mut y = Array4::<F>::zeros((n, o, g.oh, g.ow));
+    let mut y = super::zeros4((n, o, g.oh, g.ow));
     {
         let yv = y
             .view_mut()
             .into_shape_with_order((n, o, g.col_cols()))
             .expect("contiguous");
-        correlate(opts.algorithm, xm, &g, (wm, kernels), yv)?;
-    }
-    if let Some(b) = b {
-        add_channel_bias(y.view_mut(), b);
+        let b = b.map(|b| b.to_vec()).unwrap_or_default();
+        correlate(opts.algorithm, xm, &g, (wm, kernels), yv, &b)?;
     }
     Ok(y)
 }
 
-/// `y[n, o, ..] += b[o]`.
-pub(crate) fn add_channel_bias<F: Float>(mut y: ArrayViewMut4<F>, b: ArrayView1<F>) {
-    for mut yn in y.axis_iter_mut(Axis(0)) {
-        for (mut yo, &bo) in yn.axis_iter_mut(Axis(0)).zip(b) {
-            yo += bo;
-        }
-    }
-}
+/// Below this many values the bias gradient is summed on the calling thread.
+const PAR_MIN_BIAS: usize = 1 << 16;
 
-/// `db[o] += sum over n, y, x of dy[n, o, y, x]`.
+/// `db[o] += sum over n, y, x of dy[n, o, y, x]`: each thread takes a contiguous block of
+/// channels and reads its part of every image in turn (contiguous runs, not one channel's
+/// planes scattered over the batch), adding each image's plane sums in batch order: the
+/// same sums as on one thread.
 pub(crate) fn channel_bias_grad<F: Float>(dy: ArrayView4<F>, mut db: ArrayViewMut1<F>) {
-    for dyn_ in dy.axis_iter(Axis(0)) {
-        for (d, dyo) in db.iter_mut().zip(dyn_.axis_iter(Axis(0))) {
-            *d += dyo.sum();
+    let channels = db.len();
+    let sum = |first: usize, block: &mut [F]| {
+        for dyn_ in dy.axis_iter(Axis(0)) {
+            for (d, plane) in block.iter_mut().zip(dyn_.axis_iter(Axis(0)).skip(first)) {
+                *d += plane.sum();
+            }
         }
+    };
+    let db = db.as_slice_mut().expect("contiguous bias gradient");
+    let threads = rayon::current_num_threads();
+    if dy.len() < PAR_MIN_BIAS || threads < 2 || channels < 2 {
+        return sum(0, db);
     }
+    let per = channels.div_ceil(threads);
+    db.par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(i, block)| sum(i * per, block));
 }
 
 /// Backward of [`conv2d_forward`] given `dy` `[n, o, oh, ow]`: accumulates `dw += ...` and
@@ -224,7 +232,7 @@ pub(crate) fn conv2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("standard-layout dx");
-    fold(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm)?;
+    fold(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm, &[])?;
     Ok(())
 }
 

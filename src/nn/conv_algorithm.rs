@@ -5,7 +5,7 @@
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
-use super::im2col::{gemm_fold, unfold_gemm, ConvGeom};
+use super::im2col::{add_bias_to_images, gemm_fold, gemm_fold_bias, unfold_gemm_bias, ConvGeom};
 use super::spectral::KernelCache;
 use super::{im2col, spectral, winograd};
 use crate::{Error, Float, Result};
@@ -63,37 +63,52 @@ impl ConvAlgorithm {
     }
 }
 
-/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]). The Fourier path
-/// takes its kernel blocks from `kernels` or leaves them there.
+/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]), plus `bias[o]` on
+/// every output channel `o` unless `bias` is empty. The Fourier path takes its kernel
+/// blocks from `kernels` or leaves them there.
 pub(crate) fn correlate<F: Float>(
     algo: ConvAlgorithm,
     inp: ArrayView2<F>,
     g: &ConvGeom,
     (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
-    out: ArrayViewMut3<F>,
+    mut out: ArrayViewMut3<F>,
+    bias: &[F],
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), inp.nrows())? {
-        Path::Winograd => winograd::correlate(inp, g, wmat, out),
-        Path::Fourier => spectral::correlate(inp, g, wmat, out, kernels),
-        Path::Unfold => unfold_gemm(inp, g, wmat, out),
+        Path::Winograd => winograd::correlate(inp, g, wmat, out.view_mut()),
+        Path::Fourier => spectral::correlate(inp, g, wmat, out.view_mut(), kernels),
+        // Adds the bias to each group of images as it writes them.
+        Path::Unfold => {
+            unfold_gemm_bias(inp, g, wmat, out, bias);
+            return Ok(());
+        }
     }
+    let (n, rows, p) = out.dim();
+    let out2 = out.into_shape_with_order((n, rows * p)).expect("standard layout");
+    add_bias_to_images(out2, bias);
     Ok(())
 }
 
-/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]); `kernels` as
-/// [`correlate`].
+/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]), plus `bias[c]` on every
+/// channel `c` of the folded images unless `bias` is empty; `kernels` as [`correlate`].
 pub(crate) fn fold<F: Float>(
     algo: ConvAlgorithm,
     src: ArrayView3<F>,
     g: &ConvGeom,
     (wmat, kernels): (ArrayView2<F>, &mut KernelCache<F>),
-    out: ArrayViewMut2<F>,
+    mut out: ArrayViewMut2<F>,
+    bias: &[F],
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), src.shape()[0])? {
-        Path::Winograd => winograd::fold(src, g, wmat, out),
-        Path::Fourier => spectral::fold(src, g, wmat, out, kernels),
-        Path::Unfold => gemm_fold(src, g, wmat, out),
+        Path::Winograd => winograd::fold(src, g, wmat, out.view_mut()),
+        Path::Fourier => spectral::fold(src, g, wmat, out.view_mut(), kernels),
+        // Adds the bias to each image as it folds it.
+        Path::Unfold => {
+            gemm_fold_bias(src, g, wmat, out, bias);
+            return Ok(());
+        }
     }
+    add_bias_to_images(out, bias);
     Ok(())
 }
 

@@ -312,7 +312,11 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::nn::{conv2d_backward, conv_transpose2d_backward, ConvAlgorithm};
+    use ndarray::{Array1, ArrayView1};
+
+    use crate::nn::{
+        conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, ConvAlgorithm,
+    };
 
     fn random4(shape: [usize; 4], rng: &mut ChaCha8Rng) -> Array4<f64> {
         Array4::from_shape_fn(shape, |_| rng.random_range(-1.0..1.0))
@@ -369,6 +373,75 @@ mod tests {
                 max_diff(&dxt, &want.unwrap().into_dyn()) < 1e-12,
                 "ConvTranspose2d, edited {edit}"
             );
+        }
+    }
+
+    /// The bias is added as each path writes its output (the unfolding adds it to each
+    /// image while in cache, the others in a pass over the batch, parallel when large) and
+    /// its gradient is summed per channel block; either way the values are exactly those
+    /// of the bias added and summed afterwards on one thread, image by image, for every
+    /// algorithm, both directions, a batch of one and batches large enough to split.
+    #[test]
+    fn bias_is_added_and_summed_exactly_as_one_pass_after_the_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let cases = [
+            (ConvAlgorithm::Unfold, [1, 3, 9, 9]),
+            (ConvAlgorithm::Unfold, [64, 3, 12, 12]),
+            (ConvAlgorithm::Fourier, [64, 3, 12, 12]),
+            (ConvAlgorithm::Winograd, [256, 4, 4, 4]),
+        ];
+        for (algo, shape) in cases {
+            let opts = ConvOptions::default().padding(1).algorithm(algo);
+            let x = random4(shape, &mut rng);
+            let ci = shape[1];
+            for transposed in [false, true] {
+                let w = if transposed {
+                    random4([ci, 16, 3, 3], &mut rng)
+                } else {
+                    random4([16, ci, 3, 3], &mut rng)
+                };
+                let b = Array1::from_shape_fn(16, |_| rng.random_range(-1.0..1.0));
+                let forward = |b: Option<ArrayView1<f64>>| {
+                    pool.install(|| {
+                        if transposed {
+                            conv_transpose2d_forward(x.view(), w.view(), b, &opts).unwrap()
+                        } else {
+                            conv2d_forward(x.view(), w.view(), b, &opts).unwrap()
+                        }
+                    })
+                };
+                let with = forward(Some(b.view()));
+                let mut want = forward(None);
+                for mut image in want.outer_iter_mut() {
+                    for (mut plane, &bo) in image.outer_iter_mut().zip(&b) {
+                        plane += bo;
+                    }
+                }
+                assert!(with == want, "{algo:?}, transposed {transposed}, {shape:?}: bias added");
+
+                let dy = random4(want.dim().into(), &mut rng);
+                let mut db = Array1::from_elem(16, 0.25);
+                let mut dw = Array4::zeros(w.raw_dim());
+                pool.install(|| {
+                    let (dy, dw, db) = (dy.view(), dw.view_mut(), Some(db.view_mut()));
+                    if transposed {
+                        conv_transpose2d_backward(x.view(), w.view(), dy, &opts, false, dw, db).unwrap();
+                    } else {
+                        conv2d_backward(x.view(), w.view(), dy, &opts, false, dw, db).unwrap();
+                    }
+                });
+                let mut want_db = Array1::from_elem(16, 0.25);
+                for image in dy.outer_iter() {
+                    for (d, plane) in want_db.iter_mut().zip(image.outer_iter()) {
+                        *d += plane.sum();
+                    }
+                }
+                assert!(
+                    db == want_db,
+                    "{algo:?}, transposed {transposed}, {shape:?}: bias gradient"
+                );
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowArray, Ix4};
 
-use super::conv2d::{add_channel_bias, channel_bias_grad, ConvOptions};
+use super::conv2d::{channel_bias_grad, ConvOptions};
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad};
 use super::im2col::ConvGeom;
 use super::spectral::KernelCache;
@@ -70,16 +70,14 @@ pub(crate) fn conv_transpose2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
-    let mut y = Array4::<F>::zeros((n, g.c, g.h, g.w));
+    let mut y = super::zeros4((n, g.c, g.h, g.w));
     {
         let ym = y
             .view_mut()
             .into_shape_with_order((n, g.c * g.h * g.w))
             .expect("contiguous");
-        fold(opts.algorithm, xm, &g, (wm, kernels), ym)?;
-    }
-    if let Some(b) = b {
-        add_channel_bias(y.view_mut(), b);
+        let b = b.map(|b| b.to_vec()).unwrap_or_default();
+        fold(opts.algorithm, xm, &g, (wm, kernels), ym, &b)?;
     }
     Ok(y)
 }
@@ -156,7 +154,7 @@ pub(crate) fn conv_transpose2d_backward_input<F: Float>(
     let dxm = dx
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("standard-layout dx");
-    correlate(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm)?;
+    correlate(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm, &[])?;
     Ok(())
 }
 

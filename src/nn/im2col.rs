@@ -297,6 +297,38 @@ impl Taps {
     }
 }
 
+/// `image[o, ..] += b[o]` for one image laid out `[channels, plane]` (`b` may be empty:
+/// no bias). The unfolding path adds a bias this way to each image while it is in cache.
+pub(crate) fn add_bias_per_channel<F: Float>(image: &mut [F], b: &[F]) {
+    if b.is_empty() {
+        return;
+    }
+    let plane = image.len() / b.len();
+    for (values, &bo) in image.chunks_exact_mut(plane).zip(b) {
+        for v in values {
+            *v += bo;
+        }
+    }
+}
+
+/// Below this many values a bias pass over a batch stays on the calling thread.
+const PAR_MIN_BIAS: usize = 1 << 16;
+
+/// [`add_bias_per_channel`] for each image (row) of `y` `[N, channels * plane]`, parallel
+/// over the images: for the paths that do not add the bias as they write.
+pub(crate) fn add_bias_to_images<F: Float>(mut y: ArrayViewMut2<F>, b: &[F]) {
+    if b.is_empty() {
+        return;
+    }
+    let add =
+        |mut yn: ndarray::ArrayViewMut1<F>| add_bias_per_channel(yn.as_slice_mut().expect("contiguous sample"), b);
+    if y.len() < PAR_MIN_BIAS {
+        y.outer_iter_mut().for_each(add);
+    } else {
+        y.outer_iter_mut().into_par_iter().for_each(add);
+    }
+}
+
 /// Columns per GEMM that make a product worth its call: images with fewer output
 /// positions than this are unfolded several at a time, side by side.
 const MIN_GEMM_COLS: usize = 512;
@@ -326,16 +358,30 @@ fn group_size(p: usize, n: usize) -> usize {
 /// `inp` `[N, c*h*w]` and `out` `[N, rows, oh*ow]`. Small images are unfolded a group at a
 /// time into one wide column matrix, so that each GEMM has enough columns. Parallel over
 /// groups.
-pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut3<F>) {
+pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
+    unfold_gemm_bias(inp, g, wmat, out, &[]);
+}
+
+/// [`unfold_gemm`], then `out[n, o, ..] += bias[o]` (no bias if `bias` is empty), added to
+/// each group's images while they are in cache.
+pub(crate) fn unfold_gemm_bias<F: Float>(
+    inp: ArrayView2<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    mut out: ArrayViewMut3<F>,
+    bias: &[F],
+) {
+    let (n, rows) = (inp.nrows(), wmat.nrows());
     if g.is_dense() {
-        let n = inp.nrows();
-        let out2 = out.into_shape_with_order((n, wmat.nrows())).expect("one position");
-        return gemm_par(F::one(), inp, wmat.t(), F::zero(), out2);
+        let mut out2 = out.into_shape_with_order((n, rows)).expect("one position");
+        gemm_par(F::one(), inp, wmat.t(), F::zero(), out2.view_mut());
+        return add_bias_to_images(out2, bias);
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
-    let rows = wmat.nrows();
-    if let Some(per) = single_image::row_block(g, rows, inp.nrows()) {
-        return single_image::correlate(inp, g, wmat, out, per);
+    if let Some(per) = single_image::row_block(g, rows, n) {
+        single_image::correlate(inp, g, wmat, out.view_mut(), per);
+        let out2 = out.into_shape_with_order((n, rows * p)).expect("standard layout");
+        return add_bias_to_images(out2, bias);
     }
     let gs = group_size(p, inp.nrows());
     let split = too_few(inp.nrows().div_ceil(gs));
@@ -352,13 +398,16 @@ pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<
                 }
                 let cm = ArrayView2::from_shape((ck, ld), &*cols).expect("sized");
                 if m == 1 {
-                    group_gemm(split, wmat, cm, F::zero(), o.index_axis_mut(Axis(0), 0));
+                    let mut o0 = o.index_axis_mut(Axis(0), 0);
+                    group_gemm(split, wmat, cm, F::zero(), o0.view_mut());
+                    add_bias_per_channel(o0.as_slice_mut().expect("contiguous sample"), bias);
                     return;
                 }
                 let mut y = ArrayViewMut2::from_shape((rows, ld), ybuf).expect("sized");
                 group_gemm(split, wmat, cm, F::zero(), y.view_mut());
                 for (j, mut oj) in o.outer_iter_mut().enumerate() {
                     oj.assign(&y.slice(s![.., j * p..(j + 1) * p]));
+                    add_bias_per_channel(oj.as_slice_mut().expect("contiguous sample"), bias);
                 }
             })
         });
@@ -385,15 +434,29 @@ fn gather_side_by_side<'a, F: Float>(src: ArrayView3<F>, dst: &'a mut [F]) -> Ar
 /// For every sample `n`: `out[n] = col2im(wmat^T · src[n])`, with `wmat` `[rows, c*kh*kw]`,
 /// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Grouped as
 /// [`unfold_gemm`]; parallel over groups.
-pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, mut out: ArrayViewMut2<F>) {
+pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
+    gemm_fold_bias(src, g, wmat, out, &[]);
+}
+
+/// [`gemm_fold`], then `out[n, c, ..] += bias[c]` (no bias if `bias` is empty), added to
+/// each image as soon as it is folded, while it is in cache.
+pub(crate) fn gemm_fold_bias<F: Float>(
+    src: ArrayView3<F>,
+    g: &ConvGeom,
+    wmat: ArrayView2<F>,
+    mut out: ArrayViewMut2<F>,
+    bias: &[F],
+) {
     if g.is_dense() {
         let src2 = one_position(src);
-        return gemm_par(F::one(), src2, wmat, F::zero(), out);
+        gemm_par(F::one(), src2, wmat, F::zero(), out.view_mut());
+        return add_bias_to_images(out, bias);
     }
     let (ck, p) = (g.col_rows(), g.col_cols());
     let rows = wmat.nrows();
     if let Some(per) = single_image::channel_block(g, rows, src.shape()[0]) {
-        return single_image::fold(src, g, wmat, out, per);
+        single_image::fold(src, g, wmat, out.view_mut(), per);
+        return add_bias_to_images(out, bias);
     }
     let gs = group_size(p, src.shape()[0]);
     let split = too_few(src.shape()[0].div_ceil(gs));
@@ -416,7 +479,9 @@ pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>
                 }
                 o.fill(F::zero());
                 for (j, mut oj) in o.outer_iter_mut().enumerate() {
-                    taps.col2im(&cols[j * p..], g, oj.as_slice_mut().expect("contiguous sample"), ld);
+                    let image = oj.as_slice_mut().expect("contiguous sample");
+                    taps.col2im(&cols[j * p..], g, image, ld);
+                    add_bias_per_channel(image, bias);
                 }
             })
         });
