@@ -72,6 +72,12 @@ pub trait Float:
     );
 }
 
+/// Whether every value of `s` is finite, without an early exit, so that the loop
+/// vectorises (a validity check of a whole batch costs a fraction of a pass over it).
+pub(crate) fn all_finite<F: Float>(s: &[F]) -> bool {
+    s.iter().fold(true, |ok, x| ok & x.is_finite())
+}
+
 /// `e^x` in `f32` without branches or calls, so that a loop over it vectorises: Cody-Waite
 /// reduction `x = n ln 2 + r` with `|r| <= ln 2 / 2`, Cephes' degree-6 polynomial for
 /// `e^r`, and `2^n` built from its bits in two halves (so that neither overflows before

@@ -100,7 +100,7 @@ pub fn adam_update<F: Float>(
 
 /// Whether every entry of `a` is finite (over the slice when contiguous, which vectorises).
 fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
-    let finite = |s: &[F]| s.iter().fold(true, |ok, x| ok & x.is_finite());
+    let finite = crate::float::all_finite::<F>;
     match a.as_slice_memory_order() {
         Some(s) if split_light_pass(s.len()) => {
             use rayon::prelude::*;

@@ -129,7 +129,11 @@ pub(super) fn check_input<F: Float, M: Vae<F> + ?Sized>(
             eps.shape(),
         ));
     }
-    if x.iter().any(|v| !v.is_finite()) {
+    let finite = match x.as_slice_memory_order() {
+        Some(s) => crate::float::all_finite(s),
+        None => x.iter().all(|v| v.is_finite()),
+    };
+    if !finite {
         return Err(Error::NonFinite("VAE input images".into()));
     }
     Ok(())
