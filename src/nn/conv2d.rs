@@ -120,13 +120,17 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
+    if let Some(b) = b.filter(|b| b.len() != o) {
+        return Err(Error::shape("conv2d bias", format!("[{}]", o), b.shape()));
+    }
+    // The bias as a slice (a copy of `o` values), empty for none.
+    let b = b.map(|b| b.to_vec()).unwrap_or_default();
     let mut y = super::zeros4((n, o, g.oh, g.ow));
     {
         let yv = y
             .view_mut()
             .into_shape_with_order((n, o, g.col_cols()))
             .expect("contiguous");
-        let b = b.map(|b| b.to_vec()).unwrap_or_default();
         correlate(opts.algorithm, xm, &g, (wm, kernels), yv, &b)?;
     }
     Ok(y)
@@ -138,9 +142,16 @@ const PAR_MIN_BIAS: usize = 1 << 16;
 /// `db[o] += sum over n, y, x of dy[n, o, y, x]`: each thread takes a contiguous block of
 /// channels and reads its part of every image in turn (contiguous runs, not one channel's
 /// planes scattered over the batch), adding each image's plane sums in batch order: the
-/// same sums as on one thread.
-pub(crate) fn channel_bias_grad<F: Float>(dy: ArrayView4<F>, mut db: ArrayViewMut1<F>) {
+/// same sums as on one thread. An error if `db` is not one value per channel of `dy`.
+pub(crate) fn channel_bias_grad<F: Float>(dy: ArrayView4<F>, mut db: ArrayViewMut1<F>) -> Result<()> {
     let channels = db.len();
+    if channels != dy.shape()[1] {
+        return Err(Error::shape(
+            "bias gradient",
+            format!("[{}]", dy.shape()[1]),
+            db.shape(),
+        ));
+    }
     let sum = |first: usize, block: &mut [F]| {
         for dyn_ in dy.axis_iter(Axis(0)) {
             for (d, plane) in block.iter_mut().zip(dyn_.axis_iter(Axis(0)).skip(first)) {
@@ -151,12 +162,14 @@ pub(crate) fn channel_bias_grad<F: Float>(dy: ArrayView4<F>, mut db: ArrayViewMu
     let db = db.as_slice_mut().expect("contiguous bias gradient");
     let threads = rayon::current_num_threads();
     if dy.len() < PAR_MIN_BIAS || threads < 2 || channels < 2 {
-        return sum(0, db);
+        sum(0, db);
+        return Ok(());
     }
     let per = channels.div_ceil(threads);
     db.par_chunks_mut(per)
         .enumerate()
         .for_each(|(i, block)| sum(i * per, block));
+    Ok(())
 }
 
 /// Backward of [`conv2d_forward`] given `dy` `[n, o, oh, ow]`: accumulates `dw += ...` and
@@ -202,7 +215,7 @@ pub(crate) fn conv2d_backward_params<F: Float>(
         .into_shape_with_order((n, w.shape()[0], g.col_cols()))
         .expect("contiguous");
     if let Some(db) = db {
-        channel_bias_grad(dy.view(), db);
+        channel_bias_grad(dy.view(), db)?;
     }
     let dwm = dw
         .into_shape_with_order((w.shape()[0], g.col_rows()))
@@ -252,7 +265,7 @@ pub(crate) fn conv2d_backward_over_input<F: Float>(
     let (n, o) = (x.shape()[0], w.shape()[0]);
     let dy = checked_dy(&g, n, o, &dy)?;
     if let Some(db) = db {
-        channel_bias_grad(dy.view(), db);
+        channel_bias_grad(dy.view(), db)?;
     }
     let w = w.as_standard_layout();
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");

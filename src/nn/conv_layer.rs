@@ -444,4 +444,40 @@ mod tests {
             }
         }
     }
+
+    /// A bias or bias gradient that is not one value per output channel is an error that
+    /// names it, in both directions (not a silently shorter or garbled sum).
+    #[test]
+    fn a_bias_of_the_wrong_length_is_an_error() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let opts = ConvOptions::default();
+        let x = random4([2, 3, 6, 6], &mut rng);
+        let short = Array1::<f64>::zeros(4);
+        for transposed in [false, true] {
+            let w = if transposed {
+                random4([3, 5, 3, 3], &mut rng)
+            } else {
+                random4([5, 3, 3, 3], &mut rng)
+            };
+            let y = if transposed {
+                conv_transpose2d_forward(x.view(), w.view(), None, &opts).unwrap()
+            } else {
+                conv2d_forward(x.view(), w.view(), None, &opts).unwrap()
+            };
+            let err = if transposed {
+                conv_transpose2d_forward(x.view(), w.view(), Some(short.view()), &opts).unwrap_err()
+            } else {
+                conv2d_forward(x.view(), w.view(), Some(short.view()), &opts).unwrap_err()
+            };
+            assert!(err.to_string().contains("bias"), "{err}");
+            let (mut dw, mut db) = (Array4::zeros(w.raw_dim()), Array1::<f64>::zeros(4));
+            let (dy, dwv, dbv) = (y.view(), dw.view_mut(), Some(db.view_mut()));
+            let err = if transposed {
+                conv_transpose2d_backward(x.view(), w.view(), dy, &opts, false, dwv, dbv).unwrap_err()
+            } else {
+                conv2d_backward(x.view(), w.view(), dy, &opts, false, dwv, dbv).unwrap_err()
+            };
+            assert!(err.to_string().contains("bias gradient"), "{err}");
+        }
+    }
 }

@@ -70,13 +70,17 @@ pub(crate) fn conv_transpose2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    if let Some(b) = b.filter(|b| b.len() != g.c) {
+        return Err(Error::shape("conv_transpose2d bias", format!("[{}]", g.c), b.shape()));
+    }
+    // The bias as a slice (a copy of `g.c` values), empty for none.
+    let b = b.map(|b| b.to_vec()).unwrap_or_default();
     let mut y = super::zeros4((n, g.c, g.h, g.w));
     {
         let ym = y
             .view_mut()
             .into_shape_with_order((n, g.c * g.h * g.w))
             .expect("contiguous");
-        let b = b.map(|b| b.to_vec()).unwrap_or_default();
         fold(opts.algorithm, xm, &g, (wm, kernels), ym, &b)?;
     }
     Ok(y)
@@ -124,7 +128,7 @@ pub(crate) fn conv_transpose2d_backward_params<F: Float>(
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("contiguous");
     if let Some(db) = db {
-        channel_bias_grad(dy.view(), db);
+        channel_bias_grad(dy.view(), db)?;
     }
     let dwm = dw
         .into_shape_with_order((ci, g.col_rows()))
@@ -172,7 +176,7 @@ pub(crate) fn conv_transpose2d_backward_over_input<F: Float>(
     let (n, ci) = (x.shape()[0], x.shape()[1]);
     let dy = checked_dy(&g, n, &dy)?;
     if let Some(db) = db {
-        channel_bias_grad(dy.view(), db);
+        channel_bias_grad(dy.view(), db)?;
     }
     let w = w.as_standard_layout();
     let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
