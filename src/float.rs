@@ -78,6 +78,15 @@ pub(crate) fn all_finite<F: Float>(s: &[F]) -> bool {
     s.iter().fold(true, |ok, x| ok & x.is_finite())
 }
 
+/// [`all_finite`] over an array: over its memory as one slice when it is contiguous, value
+/// by value otherwise.
+pub(crate) fn all_finite_array<F: Float, D: ndarray::Dimension>(a: ndarray::ArrayView<F, D>) -> bool {
+    match a.as_slice_memory_order() {
+        Some(s) => all_finite(s),
+        None => a.iter().all(|x| x.is_finite()),
+    }
+}
+
 /// `e^x` in `f32` without branches or calls, so that a loop over it vectorises: Cody-Waite
 /// reduction `x = n ln 2 + r` with `|r| <= ln 2 / 2`, Cephes' degree-6 polynomial for
 /// `e^r`, and `2^n` built from its bits in two halves (so that neither overflows before

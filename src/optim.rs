@@ -100,14 +100,12 @@ pub fn adam_update<F: Float>(
 
 /// Whether every entry of `a` is finite (over the slice when contiguous, which vectorises).
 fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
-    let finite = crate::float::all_finite::<F>;
     match a.as_slice_memory_order() {
         Some(s) if split_light_pass(s.len()) => {
             use rayon::prelude::*;
-            s.par_chunks(PAR_CHUNK).all(finite)
+            s.par_chunks(PAR_CHUNK).all(crate::float::all_finite::<F>)
         }
-        Some(s) => finite(s),
-        None => a.iter().all(|x| x.is_finite()),
+        _ => crate::float::all_finite_array(a.view()),
     }
 }
 

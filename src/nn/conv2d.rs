@@ -4,7 +4,7 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis
 use rayon::prelude::*;
 
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
-use super::im2col::ConvGeom;
+use super::im2col::{ConvGeom, PAR_MIN_BIAS};
 use super::spectral::KernelCache;
 use crate::{Error, Float, Result};
 
@@ -135,9 +135,6 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
     }
     Ok(y)
 }
-
-/// Below this many values the bias gradient is summed on the calling thread.
-const PAR_MIN_BIAS: usize = 1 << 16;
 
 /// `db[o] += sum over n, y, x of dy[n, o, y, x]`: each thread takes a contiguous block of
 /// channels and reads its part of every image in turn (contiguous runs, not one channel's

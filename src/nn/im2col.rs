@@ -311,8 +311,9 @@ pub(crate) fn add_bias_per_channel<F: Float>(image: &mut [F], b: &[F]) {
     }
 }
 
-/// Below this many values a bias pass over a batch stays on the calling thread.
-const PAR_MIN_BIAS: usize = 1 << 16;
+/// Below this many values a bias pass over a batch (adding the bias, or summing its
+/// gradient) stays on the calling thread.
+pub(crate) const PAR_MIN_BIAS: usize = 1 << 16;
 
 /// [`add_bias_per_channel`] for each image (row) of `y` `[N, channels * plane]`, parallel
 /// over the images: for the paths that do not add the bias as they write.

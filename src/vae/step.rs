@@ -129,11 +129,7 @@ pub(super) fn check_input<F: Float, M: Vae<F> + ?Sized>(
             eps.shape(),
         ));
     }
-    let finite = match x.as_slice_memory_order() {
-        Some(s) => crate::float::all_finite(s),
-        None => x.iter().all(|v| v.is_finite()),
-    };
-    if !finite {
+    if !crate::float::all_finite_array(x.view()) {
         return Err(Error::NonFinite("VAE input images".into()));
     }
     Ok(())
