@@ -707,15 +707,19 @@ pub fn unfold_backward_over_input<F: Float>(
 mod tests {
     use super::*;
 
+    /// Values uniform in [-1, 1) from a linear congruential generator seeded with `seed`.
+    fn uniform(mut seed: u64) -> impl FnMut() -> f64 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
+        }
+    }
+
     /// im2col and col2im are adjoint: <im2col(x), c> = <x, col2im(c)> for random x, c,
     /// over many geometries (stride, padding, dilation, non-square kernels).
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
-        let mut seed = 1u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
-        };
+        let mut rnd = uniform(1);
         for &(c, h, w, kh, kw, s, p, d) in &[
             (1, 5, 5, 3, 3, 1, 0, 1),
             (2, 7, 6, 3, 2, 2, 1, 1),
@@ -768,11 +772,7 @@ mod tests {
     /// with and without a table, and images that are not contiguous (the per-image path).
     #[test]
     fn grouped_unfolding_and_folding_equal_image_by_image() {
-        let mut seed = 3u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
-        };
+        let mut rnd = uniform(3);
         for &(c, h, w, kh, kw, s, p) in &[
             (3, 7, 7, 3, 3, 2, 1),
             (2, 8, 6, 4, 4, 2, 1),
