@@ -120,11 +120,7 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, g.c * g.h * g.w))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
-    if let Some(b) = b.filter(|b| b.len() != o) {
-        return Err(Error::shape("conv2d bias", format!("[{}]", o), b.shape()));
-    }
-    // The bias as a slice (a copy of `o` values), empty for none.
-    let b = b.map(|b| b.to_vec()).unwrap_or_default();
+    let b = bias_values("conv2d bias", b, o)?;
     let mut y = super::zeros4((n, o, g.oh, g.ow));
     {
         let yv = y
@@ -134,6 +130,16 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
         correlate(opts.algorithm, xm, &g, (wm, kernels), yv, &b)?;
     }
     Ok(y)
+}
+
+/// The bias as the slice every convolution path takes (a copy of its `channels` values),
+/// empty for none; an error naming `what` if it is not one value per output channel.
+pub(crate) fn bias_values<F: Float>(what: &str, b: Option<ArrayView1<F>>, channels: usize) -> Result<Vec<F>> {
+    match b {
+        Some(b) if b.len() != channels => Err(Error::shape(what, format!("[{channels}]"), b.shape())),
+        Some(b) => Ok(b.to_vec()),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// `db[o] += sum over n, y, x of dy[n, o, y, x]`: each thread takes a contiguous block of

@@ -3,7 +3,7 @@
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, CowArray, Ix4};
 
-use super::conv2d::{channel_bias_grad, ConvOptions};
+use super::conv2d::{bias_values, channel_bias_grad, ConvOptions};
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad};
 use super::im2col::ConvGeom;
 use super::spectral::KernelCache;
@@ -70,11 +70,7 @@ pub(crate) fn conv_transpose2d_forward_keeping<F: Float>(
         .into_shape_with_order((n, ci, g.col_cols()))
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
-    if let Some(b) = b.filter(|b| b.len() != g.c) {
-        return Err(Error::shape("conv_transpose2d bias", format!("[{}]", g.c), b.shape()));
-    }
-    // The bias as a slice (a copy of `g.c` values), empty for none.
-    let b = b.map(|b| b.to_vec()).unwrap_or_default();
+    let b = bias_values("conv_transpose2d bias", b, g.c)?;
     let mut y = super::zeros4((n, g.c, g.h, g.w));
     {
         let ym = y
