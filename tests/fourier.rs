@@ -1,7 +1,7 @@
-//! The fast paths of the convolutions (Fourier, Winograd) against im2col: the same outputs
-//! and gradients (forward, dx, dw, db) for Conv2d and ConvTranspose2d over many geometries
-//! in f64, and in f32 at the notebooks' shapes (the conv AE's 32 -> 32 layers, the DCGAN
-//! VAE's 256 -> 128 one) within f32 rounding of the f64 result.
+//! The fast paths of the convolutions (Fourier, Winograd, kernel rows) against im2col: the
+//! same outputs and gradients (forward, dx, dw, db) for Conv2d and ConvTranspose2d over
+//! many geometries in f64, and in f32 at the notebooks' shapes (the conv AE's 32 -> 32
+//! layers, the DCGAN VAE's 256 -> 128 one) within f32 rounding of the f64 result.
 
 mod common;
 
@@ -157,6 +157,58 @@ fn winograd_and_im2col_agree_on_many_geometries() {
     );
 }
 
+/// Kernel rows: batches of one to five, square and non-square kernels and planes, padding
+/// wider than the kernel's reach, dilation (with an output padding for the transposed
+/// direction), taps that fall wholly in the padding, and images large enough to be cut
+/// across threads (16 -> 16 channels, 5x5).
+#[test]
+fn kernel_rows_and_im2col_agree_on_many_geometries() {
+    agree_with_im2col(
+        ConvAlgorithm::KernelRows,
+        &[
+            (false, 1, 4, 9, 9, 5, (3, 3), 0, 0, 1),
+            (false, 2, 3, 8, 11, 2, (5, 3), 2, 0, 1),
+            (false, 3, 2, 10, 7, 3, (3, 2), 1, 0, 2),
+            (false, 5, 2, 6, 6, 3, (3, 3), 3, 0, 1),
+            (false, 1, 1, 7, 7, 1, (7, 7), 3, 0, 1),
+            (false, 1, 16, 16, 16, 16, (5, 5), 0, 0, 1),
+            (false, 2, 16, 12, 14, 16, (5, 5), 2, 0, 1),
+            (true, 1, 4, 5, 6, 3, (4, 4), 0, 0, 1),
+            (true, 3, 3, 7, 5, 5, (3, 3), 1, 0, 1),
+            (true, 2, 2, 4, 4, 2, (3, 3), 2, 1, 2),
+            (true, 1, 16, 12, 12, 16, (5, 5), 0, 0, 1),
+            (true, 3, 16, 10, 9, 8, (3, 5), 1, 0, 1),
+        ],
+    );
+}
+
+/// Kernel rows cut an image's products across threads (output rows for the forward,
+/// channels for the gradients) and sum the weight gradient over images in order: the
+/// results are the same to the bit on one, two and three threads.
+#[test]
+fn kernel_rows_give_the_same_bits_on_any_number_of_threads() {
+    for (transposed, n) in [(false, 1), (true, 1), (false, 3), (true, 2)] {
+        let x = rand_array(&[n, 16, 14, 13], 21).into_dimensionality::<Ix4>().unwrap();
+        let wshape = if transposed { [16, 12, 5, 5] } else { [12, 16, 5, 5] };
+        let w = rand_array(&wshape, 22).into_dimensionality::<Ix4>().unwrap();
+        let b = rand_array(&[12], 23).into_dimensionality::<Ix1>().unwrap();
+        let opts = ConvOptions::default().padding(1).algorithm(ConvAlgorithm::KernelRows);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| run(transposed, &x, &w, &b, 24, opts))
+        };
+        let one = on(1);
+        for threads in [2, 3] {
+            let many = on(threads);
+            let what = format!("transposed {transposed}, n {n}, {threads} threads");
+            assert_eq!(many.y, one.y, "{what}: y");
+            assert_eq!(many.dx, one.dx, "{what}: dx");
+            assert_eq!(many.dw, one.dw, "{what}: dw");
+            assert_eq!(many.db, one.db, "{what}: db");
+        }
+    }
+}
+
 /// `algo` in f32 against im2col in f64 on `n` images of `c -> o` channels, `hw` a side.
 fn f32_within_rounding_of_f64(
     algo: ConvAlgorithm,
@@ -198,6 +250,14 @@ fn fourier_in_f32_is_within_rounding_of_f64() {
     f32_within_rounding_of_f64(ConvAlgorithm::Fourier, true, (4, 32, 32, 20, 5));
 }
 
+/// At the ConvVAE's 32 -> 32 layers at batch 1, f32 through kernel rows stays within 1e-5
+/// of the f64 result.
+#[test]
+fn kernel_rows_in_f32_are_within_rounding_of_f64() {
+    f32_within_rounding_of_f64(ConvAlgorithm::KernelRows, false, (1, 32, 32, 24, 5));
+    f32_within_rounding_of_f64(ConvAlgorithm::KernelRows, true, (1, 32, 32, 20, 5));
+}
+
 /// At the DCGAN VAE's 256 -> 128 4x4 transposed convolution from 3x3 (and the convolution
 /// of the same geometry, 6x6 to 3x3), f32 through Winograd stays within 1e-5 of f64.
 #[test]
@@ -226,15 +286,17 @@ fn winograd_refuses_what_it_cannot_compute() {
     );
 }
 
-/// A strided convolution cannot go through the Fourier path: asking for it is an error
-/// that says why, and `Auto` quietly uses im2col.
+/// A strided convolution cannot go through the Fourier or the kernel-row path: asking for
+/// either is an error that says why, and `Auto` quietly uses im2col.
 #[test]
-fn fourier_refuses_strides() {
+fn fourier_and_kernel_rows_refuse_strides() {
     let x = rand_array(&[2, 2, 8, 8], 1).into_dimensionality::<Ix4>().unwrap();
     let w = rand_array(&[3, 2, 3, 3], 2).into_dimensionality::<Ix4>().unwrap();
     let opts = ConvOptions::default().stride(2);
-    let err = conv2d_forward(x.view(), w.view(), None, &opts.algorithm(ConvAlgorithm::Fourier)).unwrap_err();
-    assert!(err.to_string().contains("stride 1"), "{err}");
+    for algo in [ConvAlgorithm::Fourier, ConvAlgorithm::KernelRows] {
+        let err = conv2d_forward(x.view(), w.view(), None, &opts.algorithm(algo)).unwrap_err();
+        assert!(err.to_string().contains("stride 1"), "{algo:?}: {err}");
+    }
     assert!(conv2d_forward(x.view(), w.view(), None, &opts).is_ok());
 }
 
@@ -245,7 +307,12 @@ fn fourier_refuses_strides() {
 fn the_layers_one_pass_backward_agrees_with_the_separate_halves() {
     use latent::nn::{Conv2d, ConvTranspose2d, Layer, Mode};
     use rand::SeedableRng;
-    for algo in [ConvAlgorithm::Unfold, ConvAlgorithm::Fourier, ConvAlgorithm::Winograd] {
+    for algo in [
+        ConvAlgorithm::Unfold,
+        ConvAlgorithm::Fourier,
+        ConvAlgorithm::Winograd,
+        ConvAlgorithm::KernelRows,
+    ] {
         for transposed in [false, true] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
             let opts = ConvOptions::default().padding(1).algorithm(algo);

@@ -127,10 +127,10 @@ fn conv_transpose2d_gradients_match_finite_differences() {
     }
 }
 
-/// Both algorithms where the stride allows the Fourier path, im2col alone otherwise.
+/// im2col, and the Fourier and kernel-row paths where the stride allows them.
 fn algorithms(stride: usize) -> Vec<ConvAlgorithm> {
     if stride == 1 {
-        vec![ConvAlgorithm::Unfold, ConvAlgorithm::Fourier]
+        vec![ConvAlgorithm::Unfold, ConvAlgorithm::Fourier, ConvAlgorithm::KernelRows]
     } else {
         vec![ConvAlgorithm::Unfold]
     }

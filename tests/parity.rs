@@ -106,7 +106,7 @@ fn conv_opts(fx: &Fixture) -> ConvOptions {
 }
 
 /// Each convolution fixture through every algorithm that takes it: im2col always, the
-/// Fourier path where the stride is 1, and Winograd where besides the dilation is 1 and
+/// Fourier and kernel-row paths where the stride is 1, and Winograd where besides the dilation is 1 and
 /// the padded plane on the unfolded side (the input of a convolution, the output of a
 /// transposed one) is at most 6 a side (the file name of a report gains the algorithm).
 fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
@@ -114,6 +114,7 @@ fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
     conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Unfold), r);
     if opts.stride == (1, 1) {
         conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Fourier), r);
+        conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::KernelRows), r);
         let unfolded = if fx.kind == "conv_transpose2d" { "y" } else { "x" };
         let shape = fx.get::<F>(unfolded).shape().to_vec();
         let fits = shape[2] + 2 * opts.padding.0 <= 6 && shape[3] + 2 * opts.padding.1 <= 6;

@@ -1,13 +1,14 @@
 //! Which algorithm computes a convolution's three products (forward correlation, input
 //! gradient, weight gradient), and the routing to it: [`super::im2col`] (unfolding and
-//! GEMM, any geometry), [`super::spectral`] (per frequency, stride 1) or
-//! [`super::winograd`] (per evaluation point, stride 1, small planes).
+//! GEMM, any geometry), [`super::spectral`] (per frequency, stride 1),
+//! [`super::winograd`] (per evaluation point, stride 1, small planes) or
+//! [`super::kernel_rows`] (one GEMM per kernel row, stride 1, small batches).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
 use super::im2col::{add_bias_to_images, gemm_fold, gemm_fold_bias, unfold_gemm_bias, ConvGeom};
 use super::spectral::KernelCache;
-use super::{im2col, spectral, winograd};
+use super::{im2col, kernel_rows, spectral, winograd};
 use crate::{Error, Float, Result};
 
 /// How a convolution layer computes its products. All give the same result up to
@@ -16,8 +17,10 @@ use crate::{Error, Float, Result};
 pub enum ConvAlgorithm {
     /// The path expected to be fastest: Winograd for stride-1 convolutions of small planes
     /// (at most 6 points a side, padding included) with many channels, Fourier for larger
-    /// stride-1 planes with many channels and a kernel of 3x3 or more, im2col otherwise;
-    /// the fast paths only for a batch of 4 or more.
+    /// stride-1 planes with many channels and a kernel of 3x3 or more (both for a batch of
+    /// 4 or more), kernel rows for smaller batches of stride-1 convolutions with at least
+    /// 32 values per image row of the unfolded side (`channels * kernel width`), im2col
+    /// otherwise.
     #[default]
     Auto,
     /// im2col + GEMM, always.
@@ -27,6 +30,9 @@ pub enum ConvAlgorithm {
     /// Winograd's minimal filtering, the whole plane one tile; an error for strides or
     /// dilations other than 1 or planes larger than 6 points a side.
     Winograd,
+    /// One GEMM per kernel row over the input unfolded along the kernel's columns alone
+    /// (`kw` copies of it where im2col makes `kh * kw`); an error for strides other than 1.
+    KernelRows,
 }
 
 /// The module that computes a product.
@@ -35,6 +41,7 @@ enum Path {
     Unfold,
     Fourier,
     Winograd,
+    KernelRows,
 }
 
 impl ConvAlgorithm {
@@ -44,6 +51,7 @@ impl ConvAlgorithm {
         match self {
             ConvAlgorithm::Auto if winograd::preferred(g, rows, n) => Ok(Path::Winograd),
             ConvAlgorithm::Auto if spectral::preferred(g, rows, n) => Ok(Path::Fourier),
+            ConvAlgorithm::Auto if kernel_rows::preferred(g, n) => Ok(Path::KernelRows),
             ConvAlgorithm::Auto | ConvAlgorithm::Unfold => Ok(Path::Unfold),
             ConvAlgorithm::Fourier if spectral::supports(g) => Ok(Path::Fourier),
             ConvAlgorithm::Fourier => Err(Error::InvalidArgument(format!(
@@ -58,6 +66,11 @@ impl ConvAlgorithm {
                 g.dilation,
                 g.oh + g.kernel.0 - 1,
                 g.ow + g.kernel.1 - 1
+            ))),
+            ConvAlgorithm::KernelRows if kernel_rows::supports(g) => Ok(Path::KernelRows),
+            ConvAlgorithm::KernelRows => Err(Error::InvalidArgument(format!(
+                "the kernel-row convolution needs stride 1, not {:?}",
+                g.stride
             ))),
         }
     }
@@ -77,6 +90,7 @@ pub(crate) fn correlate<F: Float>(
     match algo.path(g, wmat.nrows(), inp.nrows())? {
         Path::Winograd => winograd::correlate(inp, g, wmat, out.view_mut()),
         Path::Fourier => spectral::correlate(inp, g, wmat, out.view_mut(), kernels),
+        Path::KernelRows => kernel_rows::correlate(inp, g, wmat, out.view_mut()),
         // Adds the bias to each group of images as it writes them.
         Path::Unfold => {
             unfold_gemm_bias(inp, g, wmat, out, bias);
@@ -102,6 +116,7 @@ pub(crate) fn fold<F: Float>(
     match algo.path(g, wmat.nrows(), src.shape()[0])? {
         Path::Winograd => winograd::fold(src, g, wmat, out.view_mut()),
         Path::Fourier => spectral::fold(src, g, wmat, out.view_mut(), kernels),
+        Path::KernelRows => kernel_rows::fold(src, g, wmat, out.view_mut()),
         // Adds the bias to each image as it folds it.
         Path::Unfold => {
             gemm_fold_bias(src, g, wmat, out, bias);
@@ -123,6 +138,7 @@ pub(crate) fn weight_grad<F: Float>(
     match algo.path(g, a.shape()[1], a.shape()[0])? {
         Path::Winograd => winograd::weight_grad(a, b, g, dw),
         Path::Fourier => spectral::weight_grad(a, b, g, dw),
+        Path::KernelRows => kernel_rows::weight_grad(a, b, g, dw),
         Path::Unfold => im2col::weight_grad(a, b, g, dw),
     }
     Ok(())
@@ -149,6 +165,10 @@ pub(crate) fn backward_over_input<F: Float>(
         }
         Path::Fourier => {
             spectral::backward_over_input(dy_is_a, dy, x, g, (wmat, kernels), dw);
+            return Ok(());
+        }
+        Path::KernelRows => {
+            kernel_rows::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
             return Ok(());
         }
         Path::Unfold => {}

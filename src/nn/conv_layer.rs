@@ -390,6 +390,8 @@ mod tests {
             (ConvAlgorithm::Unfold, [64, 3, 12, 12]),
             (ConvAlgorithm::Fourier, [64, 3, 12, 12]),
             (ConvAlgorithm::Winograd, [256, 4, 4, 4]),
+            (ConvAlgorithm::KernelRows, [1, 3, 9, 9]),
+            (ConvAlgorithm::KernelRows, [3, 3, 12, 12]),
         ];
         for (algo, shape) in cases {
             let opts = ConvOptions::default().padding(1).algorithm(algo);

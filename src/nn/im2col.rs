@@ -103,7 +103,7 @@ impl ConvGeom {
     /// For kernel offset `k` along an axis, the range of output positions whose input
     /// coordinate `o*s - p + k*d` falls inside `0..n`.
     #[inline]
-    fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
+    pub(super) fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
         // o*s + off >= p  and  o*s + off < n + p
         let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
         let hi = if n + p > off {

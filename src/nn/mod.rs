@@ -12,6 +12,7 @@ mod conv_algorithm;
 mod conv_layer;
 mod conv_transpose2d;
 pub mod im2col;
+mod kernel_rows;
 mod linear;
 pub(crate) mod param;
 pub(crate) mod reduce;
