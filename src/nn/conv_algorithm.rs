@@ -16,11 +16,11 @@ use crate::{Error, Float, Result};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ConvAlgorithm {
     /// The path expected to be fastest: Winograd for stride-1 convolutions of small planes
-    /// (at most 6 points a side, padding included) with many channels, Fourier for larger
-    /// stride-1 planes with many channels and a kernel of 3x3 or more (both for a batch of
-    /// 4 or more), kernel rows for smaller batches of stride-1 convolutions with at least
-    /// 32 values per image row of the unfolded side (`channels * kernel width`), im2col
-    /// otherwise.
+    /// (at most 6 points a side, padding included) with many channels and a batch of 4 or
+    /// more; for other stride-1 convolutions, kernel rows for batches of at most 8 with at
+    /// least 32 values per image row of the unfolded side (`channels * kernel width`), and
+    /// Fourier for larger batches of large planes with many channels and a kernel of 3x3
+    /// or more (a batch of 4 or more); im2col otherwise.
     #[default]
     Auto,
     /// im2col + GEMM, always.
@@ -50,8 +50,8 @@ impl ConvAlgorithm {
     fn path(self, g: &ConvGeom, rows: usize, n: usize) -> Result<Path> {
         match self {
             ConvAlgorithm::Auto if winograd::preferred(g, rows, n) => Ok(Path::Winograd),
-            ConvAlgorithm::Auto if spectral::preferred(g, rows, n) => Ok(Path::Fourier),
             ConvAlgorithm::Auto if kernel_rows::preferred(g, n) => Ok(Path::KernelRows),
+            ConvAlgorithm::Auto if spectral::preferred(g, rows, n) => Ok(Path::Fourier),
             ConvAlgorithm::Auto | ConvAlgorithm::Unfold => Ok(Path::Unfold),
             ConvAlgorithm::Fourier if spectral::supports(g) => Ok(Path::Fourier),
             ConvAlgorithm::Fourier => Err(Error::InvalidArgument(format!(

@@ -6,8 +6,8 @@
 //! Why: im2col copies every input value `kh * kw` times. For one image through the
 //! ConvVAE's 32 -> 32 5x5 layers that is a 1.3 MB column matrix, larger than a core's L2:
 //! writing it and reading it back cost the forward half as much again as its GEMM, and
-//! the input gradient's col2im as much. At a batch of one there are no other images to
-//! amortise anything over, so the Fourier and Winograd paths do not pay either.
+//! the input gradient's col2im as much. At a batch of a few images the Fourier path's
+//! kernel transforms are not amortised either.
 //!
 //! How: with stride 1, output row `oy` reads padded input row `oy + ki * dh` through kernel
 //! row `ki`. So unfold the padded input along the kernel's columns only, into *strips*
@@ -35,9 +35,15 @@ use crate::gemm::gemm;
 use crate::Float;
 
 /// Fewest values along each GEMM's inner dimension (`c * kw`) for which this path is
-/// chosen by `Auto`: with fewer (a one-channel image), the many thin products lose to
-/// im2col's one.
+/// chosen by `Auto`: with fewer, the many thin products lose to im2col's one (the
+/// ConvVAE's one-channel layers at batch 1: backward 80 against 45 µs).
 const MIN_INNER: usize = 32;
+
+/// Largest batch for which `Auto` chooses this path. For the ConvVAE's 32 -> 32 layers
+/// (one forward and backward, two threads) it beat the Fourier path 3x at 4 images and by
+/// 20-35% at 8; at 16 the Fourier path's transforms are amortised and it wins the
+/// backward.
+const MAX_BATCH: usize = 8;
 
 /// Below this many multiply-adds a product is not cut across threads.
 const MIN_WORK: usize = 1 << 18;
@@ -47,12 +53,12 @@ pub(crate) fn supports(g: &ConvGeom) -> bool {
     g.stride == (1, 1)
 }
 
-/// Whether this path is expected to beat im2col for `n` images of geometry `g`: a batch
-/// below 4 (where the Fourier and Winograd paths are not chosen), stride 1, at least
-/// [`MIN_INNER`] values along each GEMM's inner dimension, and more than one output
-/// position (a kernel covering the whole plane is one GEMM either way).
+/// Whether this path is expected to beat im2col and the Fourier path for `n` images of
+/// geometry `g`: a batch of at most [`MAX_BATCH`], stride 1, at least [`MIN_INNER`]
+/// values along each GEMM's inner dimension, and more than one output position (a kernel
+/// covering the whole plane is one GEMM either way).
 pub(crate) fn preferred(g: &ConvGeom, n: usize) -> bool {
-    supports(g) && n < 4 && g.c * g.kernel.1 >= MIN_INNER && g.col_cols() > 1
+    supports(g) && n <= MAX_BATCH && g.c * g.kernel.1 >= MIN_INNER && g.col_cols() > 1
 }
 
 /// Padded rows of the strips: every input row some kernel row reads, `oh + (kh - 1) dh`.
