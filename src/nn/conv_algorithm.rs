@@ -19,8 +19,8 @@ pub enum ConvAlgorithm {
     /// (at most 6 points a side, padding included) with many channels and a batch of 4 or
     /// more; for other stride-1 convolutions, kernel rows for batches of at most 8 with at
     /// least 32 values per image row of the unfolded side (`channels * kernel width`), and
-    /// Fourier for larger batches of large planes with many channels and a kernel of 3x3
-    /// or more (a batch of 4 or more); im2col otherwise.
+    /// Fourier for larger planes with many channels and a kernel of 3x3 or more (batches of
+    /// 4 or more, 9 or more where kernel rows apply); im2col otherwise.
     #[default]
     Auto,
     /// im2col + GEMM, always.

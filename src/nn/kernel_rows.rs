@@ -106,8 +106,9 @@ fn pieces(n: usize, len: usize, work: usize) -> usize {
     (threads / gcd(n.max(1), threads)).clamp(1, len.max(1))
 }
 
-/// Writes the strips of channels `chans` of the image `x` (`c*h*w`) for the padded rows
-/// `ys` into `out`, `chans.len() * kw` rows of `ys.len() * ow` values.
+/// Writes the strips of the channels `chans` of `x` (consecutive `h*w` planes: a whole
+/// image, or a block of its channels) for the padded rows `ys` into `out`,
+/// `chans.len() * kw` rows of `ys.len() * ow` values.
 fn strips<F: Float>(x: &[F], g: &ConvGeom, chans: Range<usize>, ys: Range<usize>, out: &mut [F]) {
     let (kw, ow, hw) = (g.kernel.1, g.ow, g.h * g.w);
     let (ph, pw) = g.padding;
