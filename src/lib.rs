@@ -35,6 +35,7 @@ pub mod nn;
 pub mod optim;
 pub mod pca;
 pub mod plot;
+pub mod pool;
 pub mod progress;
 pub mod vae;
 

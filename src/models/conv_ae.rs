@@ -14,6 +14,7 @@ use crate::nn::{
     PixelBias, Sequential, Unflatten,
 };
 use crate::optim::Adam;
+use crate::pool::on_worker;
 use crate::{Error, Float, Result};
 
 /// The notebook's `ConvAutoEncoder`, with its `state_dict` names (`enc_bias.bias`,
@@ -141,16 +142,18 @@ impl<F: Float> ConvAe<F> {
     /// the loss and the reconstruction. Gradients are zeroed first.
     pub fn loss_and_grad(&mut self, x: ArrayView4<F>) -> Result<(F, Array4<F>)> {
         self.check(&x)?;
-        let step = self.part_loss_and_grad(x, x.len())?;
+        let step = on_worker(|| self.part_loss_and_grad(x, x.len()))?;
         self.code_spread = Some(code_spread(step.codes.view()));
         Ok((step.squared_error * Reduction::Mean.scale::<F>(x.len()), step.output))
     }
 
     /// One training step: [`ConvAe::loss_and_grad`] then `opt.step`.
     pub fn train_step(&mut self, x: ArrayView4<F>, opt: &mut Adam<F>) -> Result<F> {
-        let (loss, _) = self.loss_and_grad(x)?;
-        opt.step(self)?;
-        Ok(loss)
+        on_worker(|| {
+            let (loss, _) = self.loss_and_grad(x)?;
+            opt.step(self)?;
+            Ok(loss)
+        })
     }
 
     /// Forward and backward on `x`, part of a batch of `pixels` pixels in all: the
@@ -231,7 +234,7 @@ impl<F: Float> DataParallel<ConvAe<F>> {
         model.check(&x)?;
         let parts = self.split(x.shape()[0]);
         let step = |m: &mut ConvAe<F>, r: Range<usize>| m.part_loss_and_grad(x.slice(s![r, .., .., ..]), x.len());
-        let steps = self.run(model, &parts, step, step)?;
+        let steps = on_worker(|| self.run(model, &parts, step, step))?;
         let codes = concat_parts(&steps, |p| p.codes.view());
         model.code_spread = Some(code_spread(codes.view()));
         let squared_error = steps.iter().fold(F::zero(), |acc, p| acc + p.squared_error);
@@ -243,9 +246,11 @@ impl<F: Float> DataParallel<ConvAe<F>> {
 
     /// [`DataParallel::<ConvAe<F>>::loss_and_grad`], then one Adam step on `model`.
     pub fn train_step(&mut self, model: &mut ConvAe<F>, x: ArrayView4<F>, opt: &mut Adam<F>) -> Result<F> {
-        let (loss, _) = self.loss_and_grad(model, x)?;
-        opt.step(model)?;
-        Ok(loss)
+        on_worker(|| {
+            let (loss, _) = self.loss_and_grad(model, x)?;
+            opt.step(model)?;
+            Ok(loss)
+        })
     }
 }
 

@@ -9,6 +9,7 @@ use crate::gemm::gemm;
 use crate::nn::reduce::update_sum;
 use crate::nn::{Linear, Module, Param};
 use crate::optim::Adam;
+use crate::pool::on_worker;
 use crate::{Error, Float, Result};
 
 /// Linear encoder `enc_lin` and decoder `dec_lin`, as the notebook's `LinearAutoEncoder`.
@@ -271,17 +272,21 @@ impl<F: Float> LinearAe<F> {
 
     /// One training step: [`LinearAe::loss_and_grad`] then `opt.step`.
     pub fn train_step(&mut self, x: ArrayView2<F>, opt: &mut Adam<F>) -> Result<F> {
-        let loss = self.loss_and_grad(x)?;
-        opt.step(self)?;
-        Ok(loss)
+        on_worker(|| {
+            let loss = self.loss_and_grad(x)?;
+            opt.step(self)?;
+            Ok(loss)
+        })
     }
 
     /// One training step on rows `rows` of `data`: [`LinearAe::loss_and_grad_rows`] then
     /// `opt.step`.
     pub fn train_step_rows(&mut self, data: ArrayView2<F>, rows: &[usize], opt: &mut Adam<F>) -> Result<F> {
-        let loss = self.loss_and_grad_rows(data, rows)?;
-        opt.step(self)?;
-        Ok(loss)
+        on_worker(|| {
+            let loss = self.loss_and_grad_rows(data, rows)?;
+            opt.step(self)?;
+            Ok(loss)
+        })
     }
 }
 

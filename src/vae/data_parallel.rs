@@ -13,6 +13,7 @@ use super::{sample_noise, DiagGaussian, LossConfig, LossParts, Vae};
 use crate::data_parallel::{concat_parts, DataParallel};
 use crate::loss::Reduction;
 use crate::optim::Adam;
+use crate::pool::on_worker;
 use crate::{Float, Result};
 
 impl<F: Float> DataParallel<dyn Vae<F>> {
@@ -32,6 +33,17 @@ impl<F: Float> DataParallel<dyn Vae<F>> {
     /// the batch's parts on `model` and its copies in parallel: `model`'s gradients end
     /// as the whole batch's, and the returned parts are the whole batch's.
     pub fn loss_and_grad<M: Vae<F> + ?Sized>(
+        &mut self,
+        model: &mut M,
+        x: ArrayView4<F>,
+        eps: ArrayView3<F>,
+        cfg: &LossConfig,
+    ) -> Result<LossParts<F>> {
+        on_worker(|| self.loss_and_grad_here(model, x, eps, cfg))
+    }
+
+    /// [`DataParallel::loss_and_grad`] on the calling thread.
+    fn loss_and_grad_here<M: Vae<F> + ?Sized>(
         &mut self,
         model: &mut M,
         x: ArrayView4<F>,
@@ -69,9 +81,11 @@ impl<F: Float> DataParallel<dyn Vae<F>> {
         rng: &mut R,
     ) -> Result<LossParts<F>> {
         let eps = sample_noise(x.shape()[0], cfg.objective.samples(), model.latent_dim(), rng);
-        let parts = self.loss_and_grad(model, x, eps.view(), cfg)?;
-        opt.step(model)?;
-        Ok(parts)
+        on_worker(|| {
+            let parts = self.loss_and_grad(model, x, eps.view(), cfg)?;
+            opt.step(model)?;
+            Ok(parts)
+        })
     }
 }
 

@@ -11,6 +11,7 @@ use super::{
 use crate::loss::Reduction;
 use crate::nn::{Mode, Module};
 use crate::optim::Adam;
+use crate::pool::on_worker;
 use crate::{Error, Float, Result};
 
 /// A variational autoencoder: an encoder to a diagonal Gaussian q(z|x), a decoder from z
@@ -247,7 +248,7 @@ pub fn loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
     eps: ArrayView3<F>,
     cfg: &LossConfig,
 ) -> Result<LossParts<F>> {
-    loss_and_grad_of_part(model, x, eps, cfg, x.shape()[0])
+    on_worker(|| loss_and_grad_of_part(model, x, eps, cfg, x.shape()[0]))
 }
 
 /// [`loss_and_grad`] on `x`, one part of a batch of `batch` images: a mean reduction
@@ -358,9 +359,11 @@ pub fn train_step<F: Float, M: Vae<F> + ?Sized, R: Rng + ?Sized>(
     rng: &mut R,
 ) -> Result<LossParts<F>> {
     let eps = sample_noise(x.shape()[0], cfg.objective.samples(), model.latent_dim(), rng);
-    let parts = loss_and_grad(model, x, eps.view(), cfg)?;
-    opt.step(model)?;
-    Ok(parts)
+    on_worker(|| {
+        let parts = loss_and_grad(model, x, eps.view(), cfg)?;
+        opt.step(model)?;
+        Ok(parts)
+    })
 }
 
 /// Standard normal noise `[b, n, K]`.
@@ -375,9 +378,11 @@ pub fn evaluate<F: Float, M: Vae<F> + ?Sized>(
     eps: ArrayView3<F>,
     cfg: &LossConfig,
 ) -> Result<LossParts<F>> {
-    let fw = forward(model, x, eps, cfg, Mode::Eval)?;
-    let (bound, _, _) = bound_and_weights(&fw, cfg.objective)?;
-    Ok(parts(&fw, &bound, cfg))
+    on_worker(|| {
+        let fw = forward(model, x, eps, cfg, Mode::Eval)?;
+        let (bound, _, _) = bound_and_weights(&fw, cfg.objective)?;
+        Ok(parts(&fw, &bound, cfg))
+    })
 }
 
 /// The IWAE-k estimate of `log p(x)` for each image `[b]`, in evaluation mode, with the
