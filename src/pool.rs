@@ -7,8 +7,11 @@
 //! parameters); started on a worker, they share their work with the other workers
 //! directly, and only the step as a whole is handed over. On the Zen 3 host that took
 //! the step's median from 3.2–4.0 ms to 2.9–3.1 ms on two threads (alternated, see
-//! `docs/performance-log.md`). The training and evaluation entry points of [`crate::vae`]
-//! and [`crate::models`] go through [`on_worker`]; the results are the same either way.
+//! `docs/performance-log.md`). The steps go through [`on_worker`]:
+//! [`crate::vae::loss_and_grad`], [`crate::vae::train_step`], [`crate::vae::evaluate`],
+//! the data-parallel steps of the VAEs and the conv AE, [`crate::models::ConvAe`]'s
+//! `loss_and_grad` and `train_step`, and [`crate::models::LinearAe`]'s `train_step` and
+//! `train_step_rows`. The results are the same either way.
 
 /// Runs `f` on a worker of rayon's pool: at once when called from one (nested calls cost
 /// nothing), otherwise handed to the global pool as one job while the caller waits.
