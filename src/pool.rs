@@ -9,6 +9,7 @@
 //! the step's median from 3.2–4.0 ms to 2.9–3.1 ms on two threads (alternated, see
 //! `docs/performance-log.md`). The steps go through [`on_worker`]:
 //! [`crate::vae::loss_and_grad`], [`crate::vae::train_step`], [`crate::vae::evaluate`],
+//! [`crate::vae::posterior_loss_and_grad`] (the ELBO ascent), [`crate::vae::decode_images`],
 //! the data-parallel steps of the VAEs and the conv AE, [`crate::models::ConvAe`]'s
 //! `loss_and_grad` and `train_step`, and [`crate::models::LinearAe`]'s `train_step` and
 //! `train_step_rows`. The results are the same either way.

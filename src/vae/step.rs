@@ -288,9 +288,11 @@ pub fn posterior_loss_and_grad<F: Float, M: Vae<F> + ?Sized>(
             q.mu.shape(),
         ));
     }
-    model.zero_grad();
-    let fw = forward_from(model, x, q.clone(), eps, cfg, Mode::Frozen)?;
-    backward_to_posterior(model, &fw, cfg, x.shape()[0])
+    on_worker(|| {
+        model.zero_grad();
+        let fw = forward_from(model, x, q.clone(), eps, cfg, Mode::Frozen)?;
+        backward_to_posterior(model, &fw, cfg, x.shape()[0])
+    })
 }
 
 /// The backward pass from the loss to the posterior's `mu` and `logvar`: the bound's
@@ -442,7 +444,7 @@ pub fn decode_images<F: Float, M: Vae<F> + ?Sized>(model: &mut M, z: ArrayView2<
             z.shape(),
         ));
     }
-    model.decode(z, Mode::Eval)
+    on_worker(|| model.decode(z, Mode::Eval))
 }
 
 /// Reshapes `[b, K]` noise for one sample per image into `[b, 1, K]`.
