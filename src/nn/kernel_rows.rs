@@ -66,6 +66,40 @@ fn padded_rows(g: &ConvGeom) -> usize {
     g.oh + (g.kernel.0 - 1) * g.dilation.0
 }
 
+/// The first column of kernel row `ki`'s window in the strips: `ki * dh * ow`.
+fn window_start(g: &ConvGeom, ki: usize) -> usize {
+    ki * g.dilation.0 * g.ow
+}
+
+/// `out = sum_ki w(ki) · S_ki`: the forward's product over the strips `sm`, each kernel
+/// row's window as wide as `out` (`w(ki)`: the rows of kernel row `ki`'s weight that
+/// `out` takes).
+fn times_strips<'a, F: Float>(
+    g: &ConvGeom,
+    w: impl Fn(usize) -> ArrayView2<'a, F>,
+    sm: ArrayView2<F>,
+    mut out: ArrayViewMut2<F>,
+) {
+    let width = out.ncols();
+    for ki in 0..g.kernel.0 {
+        let at = window_start(g, ki);
+        let beta = if ki == 0 { F::zero() } else { F::one() };
+        gemm(F::one(), w(ki), sm.slice(s![.., at..at + width]), beta, out.view_mut());
+    }
+}
+
+/// `acc[ki] = a · S_ki'` (added to `acc[ki]` with `add`): the weight gradient by kernel
+/// rows, `acc` `[kh, rows, srows]` for `a` `[rows, oh*ow]` and strips `sm` of `srows` rows.
+fn strips_weight_grad<F: Float>(g: &ConvGeom, a: ArrayView2<F>, sm: ArrayView2<F>, add: bool, acc: &mut [F]) {
+    let (rows, srows, p) = (a.nrows(), sm.nrows(), g.col_cols());
+    let beta = if add { F::one() } else { F::zero() };
+    for (ki, acck) in acc.chunks_exact_mut(rows * srows).take(g.kernel.0).enumerate() {
+        let at = window_start(g, ki);
+        let acck = ArrayViewMut2::from_shape((rows, srows), acck).expect("sized");
+        gemm(F::one(), a, sm.slice(s![.., at..at + p]).t(), beta, acck);
+    }
+}
+
 /// The weight `wmat` (`[rows, c*kh*kw]`, columns `(ch, ki, kj)`) as one `[rows, c*kw]`
 /// matrix per kernel row, columns `(ch, kj)`: `[kh, rows, c*kw]`.
 fn by_kernel_rows<F: Float>(wmat: ArrayView2<F>, g: &ConvGeom) -> Array3<F> {
@@ -189,7 +223,7 @@ pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayV
 }
 
 /// [`correlate`] for the output rows from `oy0` of one image `x`, `out` `[rows, m * ow]`.
-fn correlate_rows<F: Float>(x: &[F], g: &ConvGeom, wr: &Array3<F>, oy0: usize, mut out: ArrayViewMut2<F>) {
+fn correlate_rows<F: Float>(x: &[F], g: &ConvGeom, wr: &Array3<F>, oy0: usize, out: ArrayViewMut2<F>) {
     let (kh, kw, dh, ow) = (g.kernel.0, g.kernel.1, g.dilation.0, g.ow);
     let m = out.ncols() / ow;
     let ys = oy0..oy0 + m + (kh - 1) * dh;
@@ -197,17 +231,7 @@ fn correlate_rows<F: Float>(x: &[F], g: &ConvGeom, wr: &Array3<F>, oy0: usize, m
     F::with_scratch(srows * len, 0, |buf, _| {
         strips(x, g, 0..g.c, ys, buf);
         let sm = ArrayView2::from_shape((srows, len), &*buf).expect("sized");
-        for ki in 0..kh {
-            let at = ki * dh * ow;
-            let beta = if ki == 0 { F::zero() } else { F::one() };
-            gemm(
-                F::one(),
-                wr.index_axis(Axis(0), ki),
-                sm.slice(s![.., at..at + m * ow]),
-                beta,
-                out.view_mut(),
-            );
-        }
+        times_strips(g, |ki| wr.index_axis(Axis(0), ki), sm, out);
     });
 }
 
@@ -248,14 +272,14 @@ fn fold_channels_in<F: Float>(
     planes: &mut [F],
     buf: &mut [F],
 ) {
-    let (kh, kw, dh, ow) = (g.kernel.0, g.kernel.1, g.dilation.0, g.ow);
+    let (kh, kw, ow) = (g.kernel.0, g.kernel.1, g.ow);
     let nc = planes.len() / (g.h * g.w);
     let (srows, len, p) = (nc * kw, padded_rows(g) * ow, g.col_cols());
     let mut sm = ArrayViewMut2::from_shape((srows, len), &mut buf[..srows * len]).expect("sized");
     // Kernel row 0's window (the first `p` columns) is written, the rest added to.
     sm.slice_mut(s![.., p..]).fill(F::zero());
     for ki in 0..kh {
-        let at = ki * dh * ow;
+        let at = window_start(g, ki);
         let w = wr.index_axis(Axis(0), ki);
         let w = w.slice(s![.., c0 * kw..(c0 + nc) * kw]);
         let beta = if ki == 0 { F::zero() } else { F::one() };
@@ -287,10 +311,10 @@ enum Images<'a, F> {
 
 /// [`weight_grad`] for one block of channels, `images` their planes, `dw` their columns.
 fn weight_grad_channels<F: Float>(a: ArrayView3<F>, mut images: Images<F>, g: &ConvGeom, mut dw: ArrayViewMut2<F>) {
-    let (kh, kw, dh, ow) = (g.kernel.0, g.kernel.1, g.dilation.0, g.ow);
+    let (kh, kw) = g.kernel;
     let rows = a.shape()[1];
     let nc = dw.ncols() / (kh * kw);
-    let (srows, len, p) = (nc * kw, padded_rows(g) * ow, g.col_cols());
+    let (srows, len) = (nc * kw, padded_rows(g) * g.ow);
     F::with_scratch(srows * len, kh * rows * srows, |buf, acc| {
         for (j, aj) in a.outer_iter().enumerate() {
             let image = match &images {
@@ -305,18 +329,7 @@ fn weight_grad_channels<F: Float>(a: ArrayView3<F>, mut images: Images<F>, g: &C
                 buf,
             );
             let sm = ArrayView2::from_shape((srows, len), &*buf).expect("sized");
-            for ki in 0..kh {
-                let at = ki * dh * ow;
-                let dwk = ArrayViewMut2::from_shape((rows, srows), &mut acc[ki * rows * srows..][..rows * srows]);
-                let beta = if j == 0 { F::zero() } else { F::one() };
-                gemm(
-                    F::one(),
-                    aj,
-                    sm.slice(s![.., at..at + p]).t(),
-                    beta,
-                    dwk.expect("sized"),
-                );
-            }
+            strips_weight_grad(g, aj, sm, j > 0, acc);
             // The strips are spent: their buffer takes the input gradient's.
             if let Images::ReadThenFold(b, wr, c0) = &mut images {
                 let mut bj = b.row_mut(j);
@@ -374,8 +387,8 @@ pub(crate) fn backward_over_input<F: Float>(
             .for_each(|(i, (dwb, xb))| weight_grad_channels(dy3, Images::ReadThenFold(xb, &wr, i * per), g, dwb));
     }
     let mut x3 = x.into_shape_with_order((n, rows, p)).expect("standard layout");
-    let (kh, kw, dh, ow) = (g.kernel.0, g.kernel.1, g.dilation.0, g.ow);
-    let (srows, len) = (g.c * kw, padded_rows(g) * ow);
+    let (kh, kw) = g.kernel;
+    let (srows, len) = (g.c * kw, padded_rows(g) * g.ow);
     let per = rows.div_ceil(pieces(1, rows, rows * g.col_rows() * p));
     F::with_scratch(srows * len, 0, |buf, _| {
         for (dyj, mut xj) in dy.outer_iter().zip(x3.outer_iter_mut()) {
@@ -387,33 +400,23 @@ pub(crate) fn backward_over_input<F: Float>(
                 buf,
             );
             let sm = ArrayView2::from_shape((srows, len), &*buf).expect("sized");
-            let window = |ki: usize| sm.slice(s![.., ki * dh * ow..ki * dh * ow + p]);
             dw.axis_chunks_iter_mut(Axis(0), per)
                 .into_par_iter()
                 .zip(xj.axis_chunks_iter_mut(Axis(0), per).into_par_iter())
                 .enumerate()
-                .for_each(|(i, (dwb, mut xb))| {
-                    let nr = xb.nrows();
-                    F::with_scratch(kh * nr * srows, 0, |acc, _| {
-                        for ki in 0..kh {
-                            let acck = &mut acc[ki * nr * srows..][..nr * srows];
-                            let acck = ArrayViewMut2::from_shape((nr, srows), acck).expect("sized");
-                            gemm(F::one(), xb.view(), window(ki).t(), F::zero(), acck);
-                        }
+                .for_each(|(i, (dwb, xb))| {
+                    let rs = i * per..i * per + xb.nrows();
+                    F::with_scratch(kh * rs.len() * srows, 0, |acc, _| {
+                        strips_weight_grad(g, xb.view(), sm, false, acc);
                         add_by_kernel_rows(acc, g, dwb);
                     });
                     // The kept input is read: the input gradient goes over it.
-                    for ki in 0..kh {
-                        let w = wr.index_axis(Axis(0), ki);
-                        let beta = if ki == 0 { F::zero() } else { F::one() };
-                        gemm(
-                            F::one(),
-                            w.slice(s![i * per..i * per + nr, ..]),
-                            window(ki),
-                            beta,
-                            xb.view_mut(),
-                        );
-                    }
+                    times_strips(
+                        g,
+                        |ki| wr.index_axis(Axis(0), ki).slice_move(s![rs.clone(), ..]),
+                        sm,
+                        xb,
+                    );
                 });
         }
     });

@@ -39,34 +39,25 @@ impl<F: Float> DataParallel<dyn Vae<F>> {
         eps: ArrayView3<F>,
         cfg: &LossConfig,
     ) -> Result<LossParts<F>> {
-        on_worker(|| self.loss_and_grad_here(model, x, eps, cfg))
-    }
-
-    /// [`DataParallel::loss_and_grad`] on the calling thread.
-    fn loss_and_grad_here<M: Vae<F> + ?Sized>(
-        &mut self,
-        model: &mut M,
-        x: ArrayView4<F>,
-        eps: ArrayView3<F>,
-        cfg: &LossConfig,
-    ) -> Result<LossParts<F>> {
         cfg.objective.validate()?;
         check_input(model, &x, &eps)?;
         let b = x.shape()[0];
         let parts = self.split(b);
         let slices = |r: Range<usize>| (x.slice(s![r.clone(), .., .., ..]), eps.slice(s![r, .., ..]));
-        let results = self.run(
-            model,
-            &parts,
-            |m, r| {
-                let (xi, ei) = slices(r);
-                loss_and_grad_of_part(m, xi, ei, cfg, b)
-            },
-            |m, r| {
-                let (xi, ei) = slices(r);
-                loss_and_grad_of_part(m, xi, ei, cfg, b)
-            },
-        )?;
+        let results = on_worker(|| {
+            self.run(
+                model,
+                &parts,
+                |m, r| {
+                    let (xi, ei) = slices(r);
+                    loss_and_grad_of_part(m, xi, ei, cfg, b)
+                },
+                |m, r| {
+                    let (xi, ei) = slices(r);
+                    loss_and_grad_of_part(m, xi, ei, cfg, b)
+                },
+            )
+        })?;
         Ok(merge(results, &parts, cfg.reduction))
     }
 
