@@ -15,7 +15,7 @@
 //! large for the current heap (the DCGAN VAE's 44 MB activations) gets a heap of its own,
 //! and when it is freed glibc deletes a heap left empty unless the heap before it lacks
 //! `M_TOP_PAD` of room: each DCGAN step mapped and unmapped such heaps and faulted in
-//! 42 MB afresh (10,800 page faults a step, 4% of it). A top pad of one whole heap keeps
+//! 42 MB afresh (10,800 page faults a step, some 4% of its time). A top pad of one whole heap keeps
 //! them. (One arena for all threads, `M_ARENA_MAX = 1`, stopped the faults too, but the
 //! two threads of a data-parallel step then queued on its lock, some 80 times a step.)
 
@@ -31,9 +31,9 @@ const TOP_PAD: libc::c_int = 64 << 20;
 
 /// Tells the allocator to keep freed blocks in the process instead of returning them to
 /// the kernel: no mmap'd blocks, no trimming of the heap, no deleting of a thread's heaps.
-/// Process-wide; call it once at
-/// the start of a training program (the examples and benches do). Returns whether it
-/// applied: it does with glibc on Linux, and is a no-op elsewhere.
+/// Process-wide; call it once at the start of a training program (the examples and
+/// benches do). Returns whether it applied: it does with glibc on Linux, and is a no-op
+/// elsewhere.
 pub fn keep_freed_memory() -> bool {
     keep_freed_memory_impl()
 }
