@@ -6,8 +6,9 @@
 //! (each layer's products cut across the threads, Adam's passes over the large
 //! parameters); started on a worker, they share their work with the other workers
 //! directly, and only the step as a whole is handed over. On the Zen 3 host that took
-//! the step's median from 3.2–4.0 ms to 2.9–3.1 ms on two threads (alternated, see
-//! `docs/performance-log.md`). The steps go through [`on_worker`]:
+//! the library's step medians from 3.22–3.43 ms to 2.54–2.90 ms on two threads
+//! (alternated, see `docs/performance-log.md`; 3.23–4.04 to 2.91–3.10 ms in the probe that
+//! tried it first). The steps go through [`on_worker`]:
 //! [`crate::vae::loss_and_grad`], [`crate::vae::train_step`], [`crate::vae::evaluate`],
 //! [`crate::vae::posterior_loss_and_grad`] (the ELBO ascent), [`crate::vae::decode_images`],
 //! the data-parallel steps of the VAEs and the conv AE, [`crate::models::ConvAe`]'s
