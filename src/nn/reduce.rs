@@ -82,6 +82,29 @@ pub(crate) fn update_sum<F: Float>(y: &mut [F], t: &[F], f: impl Fn(&mut F, F) -
     acc.iter().fold(F::zero(), |s, &v| s + v)
 }
 
+/// `sum_i a[i]` in exactly ndarray's order for a contiguous array (`ArrayBase::sum`: eight
+/// running sums, combined as `((((0 + (s0 + s4)) + (s1 + s5)) + (s2 + s6)) + (s3 + s7))`,
+/// then the remainder added in turn), so that callers which sum many short planes can skip
+/// `sum`'s per-call layout checks and still give the same bits.
+#[inline]
+pub(crate) fn sum_as_ndarray<F: Float>(a: &[F]) -> F {
+    let mut p = [F::zero(); LANES];
+    let mut chunks = a.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            p[l] += c[l];
+        }
+    }
+    let mut acc = F::zero();
+    for l in 0..LANES / 2 {
+        acc += p[l] + p[l + LANES / 2];
+    }
+    for &v in chunks.remainder() {
+        acc += v;
+    }
+    acc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +121,11 @@ mod tests {
             );
             let (s1, s2) = sum_map2_pair(&a, &b, |x, y| x * y, |x, y| x - y);
             assert_eq!(sum_map2(&a, &b, |x, y| x * y), s1, "n = {n}");
+            let plane = ndarray::Array1::from_vec(a.clone());
+            assert_eq!(sum_as_ndarray(&a).to_bits(), plane.sum().to_bits(), "n = {n}");
+            let a32: Vec<f32> = a.iter().map(|&v| v as f32 * 1e3).collect();
+            let plane32 = ndarray::Array1::from_vec(a32.clone());
+            assert_eq!(sum_as_ndarray(&a32).to_bits(), plane32.sum().to_bits(), "n = {n}, f32");
             let d1: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             let d2: f64 = a.iter().zip(&b).map(|(x, y)| x - y).sum();
             assert!((s1 - d1).abs() <= 1e-12 * d1.abs().max(1.0) && (s2 - d2).abs() <= 1e-12 * d2.abs().max(1.0));
