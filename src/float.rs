@@ -54,6 +54,15 @@ pub trait Float:
     /// divide-by-zero) at zero; for `f64`, the standard library's `ln`.
     fn ln_lanes(self) -> Self;
 
+    /// Lane by lane (eight, an AVX register of `f32`), `a[l]` where `c[l]`, else `b[l]`: through and-masks on the bit
+    /// patterns, with the masks passed through [`std::hint::black_box`] so that LLVM
+    /// cannot turn them back into selects. Written as `if`, a select of a rectifier
+    /// compiles to a branch per lane that loads the chosen side only when needed (the
+    /// signs of activations are coin flips to a branch predictor), or, in place, to a
+    /// masked store of the entries that change, which is microcoded on AMD's cores. Both
+    /// measured 2-4x slower than this on Zen 3.
+    fn select_lanes(c: [bool; 8], a: [Self; 8], b: [Self; 8]) -> [Self; 8];
+
     /// Calls `f` with two scratch buffers of lengths `n1` and `n2`, reused across calls on
     /// the same thread (so the unfolding kernels do not allocate, and fault in, fresh
     /// pages on every call). Their contents on entry are unspecified: `f` must write
@@ -160,7 +169,7 @@ fn ln_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $exp:path, $ln:path) => {
+    ($t:ty, $bits:ty, $exp:path, $ln:path) => {
         impl Float for $t {
             const NAME: &'static str = stringify!($t);
 
@@ -192,6 +201,12 @@ macro_rules! impl_float {
                 let r = f(&mut a[..n1], &mut b[..n2]);
                 SCRATCH.with(|cell| *cell.borrow_mut() = (a, b));
                 r
+            }
+
+            #[inline(always)]
+            fn select_lanes(c: [bool; 8], a: [Self; 8], b: [Self; 8]) -> [Self; 8] {
+                let keep: [$bits; 8] = std::hint::black_box(std::array::from_fn(|l| (c[l] as $bits).wrapping_neg()));
+                std::array::from_fn(|l| <$t>::from_bits((a[l].to_bits() & keep[l]) | (b[l].to_bits() & !keep[l])))
             }
 
             #[inline(always)]
@@ -248,8 +263,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, exp_f32, ln_f32);
-impl_float!(f64, f64::exp, f64::ln);
+impl_float!(f32, u32, exp_f32, ln_f32);
+impl_float!(f64, u64, f64::exp, f64::ln);
 
 #[cfg(test)]
 mod tests {
@@ -272,6 +287,56 @@ mod tests {
         assert_eq!(total, 3.0 + 4.0 + 12.0 + 4.0);
         // The outer buffers are kept for the next call.
         f32::with_scratch(3, 2, |a, _| assert_eq!(a.len(), 3));
+    }
+
+    /// Each lane is the chosen value to the bit (NaN payloads, signed zeros and
+    /// infinities included), for both types and every pattern of conditions.
+    #[test]
+    fn select_lanes_keeps_the_chosen_bits() {
+        fn check<F: Float>(special: [F; 8], to_bits: impl Fn(F) -> u64) {
+            let other: [F; 8] = std::array::from_fn(|l| F::lit(l as f64 - 3.5));
+            for pattern in 0..256u32 {
+                let c: [bool; 8] = std::array::from_fn(|l| pattern >> l & 1 == 1);
+                let got = F::select_lanes(c, special, other);
+                for l in 0..8 {
+                    let want = if c[l] { special[l] } else { other[l] };
+                    assert_eq!(
+                        to_bits(got[l]),
+                        to_bits(want),
+                        "{} pattern {pattern:08b} lane {l}",
+                        F::NAME
+                    );
+                }
+            }
+        }
+        let nan32 = f32::from_bits(0x7fc0_1234);
+        check(
+            [
+                0.0,
+                -0.0,
+                1.5,
+                -2.25,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                nan32,
+                f32::MIN_POSITIVE / 4.0,
+            ],
+            |v| v.to_bits() as u64,
+        );
+        let nan64 = f64::from_bits(0xfff8_0000_0000_abcd);
+        check(
+            [
+                0.0,
+                -0.0,
+                1.5,
+                -2.25,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                nan64,
+                f64::MIN_POSITIVE / 4.0,
+            ],
+            f64::to_bits,
+        );
     }
 
     /// Distance in units in the last place between two finite `f32` of the same sign.

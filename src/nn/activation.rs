@@ -55,6 +55,21 @@ pub(crate) fn rectify<F: Float>(z: F, slope: Option<F>) -> F {
     }
 }
 
+/// [`rectify`] on eight lanes at once, selected by [`Float::select_lanes`]: the form the
+/// crate's loops over activations use.
+#[inline(always)]
+pub(crate) fn rectify_lanes<F: Float>(z: [F; 8], slope: Option<F>) -> [F; 8] {
+    let negative = std::array::from_fn(|l| slope.map_or(F::zero(), |s| s * z[l]));
+    F::select_lanes(std::array::from_fn(|l| z[l] > F::zero()), z, negative)
+}
+
+/// [`rectify_grad`] on eight lanes at once, given whether each input was positive.
+#[inline(always)]
+pub(crate) fn rectify_grad_lanes<F: Float>(positive: [bool; 8], g: [F; 8], slope: Option<F>) -> [F; 8] {
+    let negative = std::array::from_fn(|l| slope.map_or(F::zero(), |s| s * g[l]));
+    F::select_lanes(positive, g, negative)
+}
+
 /// A rectifier's gradient at input `z` for output gradient `g`: `g` where `z > 0`,
 /// elsewhere `slope g` (zero for ReLU), as PyTorch's; selected as [`rectify`].
 #[inline(always)]
@@ -144,20 +159,13 @@ pub(crate) fn negative_slope<F: Float>(act: Activation) -> Option<F> {
 /// standard-layout slice `x`; with `keep_signs`, returns `x > 0` for each entry.
 fn rectify_in_place<F: Float>(x: &mut [F], slope: Option<F>, keep_signs: bool) -> Option<Vec<bool>> {
     let mut positive = keep_signs.then(|| vec![false; x.len()]);
-    // Selects, not branches: the signs of activations are coin flips to a branch
-    // predictor, and selects vectorise.
-    // (One arm per slope, so that each loop is compiled with its slope known.)
+    // Eight lanes at a time through masks ([`rectify_lanes`]), not branches or masked
+    // stores. (One arm per slope, so that each loop is compiled with its slope known.)
     let run = |x: &mut [F], pos: Option<&mut [bool]>| match (pos, slope) {
-        (Some(pos), None) => x.iter_mut().zip(pos).for_each(|(v, p)| {
-            *p = *v > F::zero();
-            *v = rectify(*v, None);
-        }),
-        (Some(pos), Some(s)) => x.iter_mut().zip(pos).for_each(|(v, p)| {
-            *p = *v > F::zero();
-            *v = rectify(*v, Some(s));
-        }),
-        (None, None) => x.iter_mut().for_each(|v| *v = rectify(*v, None)),
-        (None, Some(s)) => x.iter_mut().for_each(|v| *v = rectify(*v, Some(s))),
+        (Some(pos), None) => rectify_slice(x, Some(pos), None),
+        (Some(pos), Some(s)) => rectify_slice(x, Some(pos), Some(s)),
+        (None, None) => rectify_slice(x, None, None),
+        (None, Some(s)) => rectify_slice(x, None, Some(s)),
     };
     match (&mut positive, x.len() >= PAR_MIN) {
         (Some(pos), true) => x
@@ -170,18 +178,40 @@ fn rectify_in_place<F: Float>(x: &mut [F], slope: Option<F>, keep_signs: bool) -
     positive
 }
 
+/// `x = rectify(x)` over a slice, eight lanes at a time, recording `x > 0` in `pos`
+/// when given.
+#[inline(always)]
+fn rectify_slice<F: Float>(x: &mut [F], mut pos: Option<&mut [bool]>, slope: Option<F>) {
+    let mut xs = x.chunks_exact_mut(8);
+    for (i, xc) in (&mut xs).enumerate() {
+        let z: [F; 8] = std::array::from_fn(|l| xc[l]);
+        if let Some(pos) = pos.as_deref_mut() {
+            for (p, &v) in pos[i * 8..i * 8 + 8].iter_mut().zip(&z) {
+                *p = v > F::zero();
+            }
+        }
+        xc.copy_from_slice(&rectify_lanes(z, slope));
+    }
+    // The last few entries through zero-padded lanes: a scalar loop here is vectorised
+    // by LLVM, with masked stores.
+    let tail = xs.into_remainder();
+    let z: [F; 8] = std::array::from_fn(|l| tail.get(l).copied().unwrap_or(F::zero()));
+    if let Some(pos) = pos {
+        let done = pos.len() - tail.len();
+        for (p, &v) in pos[done..].iter_mut().zip(&z) {
+            *p = v > F::zero();
+        }
+    }
+    let n = tail.len();
+    tail.copy_from_slice(&rectify_lanes(z, slope)[..n]);
+}
+
 /// `g` kept where the input was positive, replaced by `slope g` (zero for ReLU)
 /// elsewhere, in place over the standard-layout slice `g`.
 fn rectify_grad_in_place<F: Float>(g: &mut [F], positive: &[bool], slope: Option<F>) {
     let run = |g: &mut [F], pos: &[bool]| match slope {
-        None => g
-            .iter_mut()
-            .zip(pos)
-            .for_each(|(v, &p)| *v = if p { *v } else { F::zero() }),
-        Some(s) => g
-            .iter_mut()
-            .zip(pos)
-            .for_each(|(v, &p)| *v = if p { *v } else { s * *v }),
+        None => rectify_grad_slice(g, pos, None),
+        Some(s) => rectify_grad_slice(g, pos, Some(s)),
     };
     if g.len() >= PAR_MIN {
         g.par_chunks_mut(SIGN_CHUNK)
@@ -190,6 +220,22 @@ fn rectify_grad_in_place<F: Float>(g: &mut [F], positive: &[bool], slope: Option
     } else {
         run(g, positive);
     }
+}
+
+/// `g = rectify_grad(g)` over a slice given the input's signs, eight lanes at a time.
+#[inline(always)]
+fn rectify_grad_slice<F: Float>(g: &mut [F], positive: &[bool], slope: Option<F>) {
+    let mut gs = g.chunks_exact_mut(8);
+    let mut ps = positive.chunks_exact(8);
+    for (gc, pc) in (&mut gs).zip(&mut ps) {
+        let dy: [F; 8] = std::array::from_fn(|l| gc[l]);
+        gc.copy_from_slice(&rectify_grad_lanes(std::array::from_fn(|l| pc[l]), dy, slope));
+    }
+    let (tail, tail_pos) = (gs.into_remainder(), ps.remainder());
+    let dy: [F; 8] = std::array::from_fn(|l| tail.get(l).copied().unwrap_or(F::zero()));
+    let pos: [bool; 8] = std::array::from_fn(|l| tail_pos.get(l).copied().unwrap_or(false));
+    let n = tail.len();
+    tail.copy_from_slice(&rectify_grad_lanes(pos, dy, slope)[..n]);
 }
 
 impl<F: Float> ActivationLayer<F> {

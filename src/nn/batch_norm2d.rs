@@ -15,8 +15,8 @@ use ndarray::{Array1, Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, Arr
 
 use rayon::prelude::*;
 
-use super::activation::{negative_slope, rectify, rectify_grad};
-use super::reduce::{sum_map, sum_map2_pair};
+use super::activation::{negative_slope, rectify, rectify_grad, rectify_grad_lanes};
+use super::reduce::{sum_map, sum_map2_pair_lanes};
 use super::{to4, Activation, Layer, Mode, Module, Param};
 use crate::{Error, Float, Result};
 
@@ -39,6 +39,9 @@ trait Then<F>: Copy + Sync + Send {
     fn value(self, z: F) -> F;
     /// The gradient through it at `z` for the output gradient `g`.
     fn grad(self, z: F, g: F) -> F;
+    /// [`Then::grad`] on eight lanes, the form the backward's loops use (see
+    /// [`Float::select_lanes`] for why).
+    fn grad_lanes(self, z: [F; 8], g: [F; 8]) -> [F; 8];
 }
 
 /// Nothing: plain BatchNorm.
@@ -62,6 +65,10 @@ impl<F: Float> Then<F> for Identity {
     fn grad(self, _z: F, g: F) -> F {
         g
     }
+    #[inline(always)]
+    fn grad_lanes(self, _z: [F; 8], g: [F; 8]) -> [F; 8] {
+        g
+    }
 }
 
 impl<F: Float> Then<F> for Relu {
@@ -73,6 +80,10 @@ impl<F: Float> Then<F> for Relu {
     fn grad(self, z: F, g: F) -> F {
         rectify_grad(z, g, None)
     }
+    #[inline(always)]
+    fn grad_lanes(self, z: [F; 8], g: [F; 8]) -> [F; 8] {
+        rectify_grad_lanes(std::array::from_fn(|l| z[l] > F::zero()), g, None)
+    }
 }
 
 impl<F: Float> Then<F> for Leaky<F> {
@@ -83,6 +94,10 @@ impl<F: Float> Then<F> for Leaky<F> {
     #[inline(always)]
     fn grad(self, z: F, g: F) -> F {
         rectify_grad(z, g, Some(self.0))
+    }
+    #[inline(always)]
+    fn grad_lanes(self, z: [F; 8], g: [F; 8]) -> [F; 8] {
+        rectify_grad_lanes(std::array::from_fn(|l| z[l] > F::zero()), g, Some(self.0))
     }
 }
 
@@ -176,6 +191,8 @@ fn forward_then<F: Float>(
     per_plane(y.as_slice_mut().expect("fresh array"), hw, c, |ch, yp, at| {
         let xp = &xs[at..at + hw];
         let (a, b) = coef[ch];
+        // (Into a fresh array: selects compile to blends here, not to the branches or
+        // masked stores that `Then::grad_lanes` avoids.)
         for (o, &v) in yp.iter_mut().zip(xp) {
             *o = then.value(v * a + b);
         }
@@ -246,7 +263,15 @@ fn backward_then<F: Float>(
     let sums: Vec<(F, F)> = channel_sums(xs, dy.as_slice().expect("standard layout"), x.shape(), |ch, xp, dp| {
         let (mu, (zs, zt)) = (cache.mean[ch], zc[ch]);
         let dz = |v: F, d: F| then.grad(v * zs + zt, d);
-        sum_map2_pair(xp, dp, dz, |v, d| dz(v, d) * (v - mu))
+        sum_map2_pair_lanes(
+            xp,
+            dp,
+            |v, d| {
+                let g = then.grad_lanes(std::array::from_fn(|l| v[l] * zs + zt), d);
+                (g, std::array::from_fn(|l| g[l] * (v[l] - mu)))
+            },
+            |v, d| (dz(v, d), dz(v, d) * (v - mu)),
+        )
     })
     .into_iter()
     .enumerate()
@@ -279,14 +304,20 @@ fn backward_then<F: Float>(
                 let (a, b, c) = coef[ch];
                 let (zs, zt) = zc[ch];
                 let xp = &xs[at..at + hw];
-                if train {
-                    for (d, &v) in dp.iter_mut().zip(xp) {
-                        *d = then.grad(v * zs + zt, *d) * a + v * b + c;
+                let done = hw / 8 * 8;
+                let (dl, dr) = dp.split_at_mut(done);
+                let (xl, xr) = xp.split_at(done);
+                for (d, v) in dl.chunks_exact_mut(8).zip(xl.chunks_exact(8)) {
+                    let g = then.grad_lanes(std::array::from_fn(|l| v[l] * zs + zt), std::array::from_fn(|l| d[l]));
+                    if train {
+                        d.copy_from_slice(&std::array::from_fn::<F, 8, _>(|l| g[l] * a + v[l] * b + c));
+                    } else {
+                        d.copy_from_slice(&std::array::from_fn::<F, 8, _>(|l| g[l] * a));
                     }
-                } else {
-                    for (d, &v) in dp.iter_mut().zip(xp) {
-                        *d = then.grad(v * zs + zt, *d) * a;
-                    }
+                }
+                for (d, &v) in dr.iter_mut().zip(xr) {
+                    let g = then.grad(v * zs + zt, *d);
+                    *d = if train { g * a + v * b + c } else { g * a };
                 }
             },
         );

@@ -41,23 +41,33 @@ pub(crate) fn sum_map2<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F) -> F {
     acc.iter().fold(F::zero(), |s, &v| s + v)
 }
 
-/// `(sum_i f(a[i], b[i]), sum_i g(a[i], b[i]))`, in one pass over both slices.
+/// `(sum_i f(a[i], b[i]), sum_i g(a[i], b[i]))` in one pass over both slices, the terms
+/// of each eight entries from one call of `f8` (on lanes,
+/// for selects that must stay branch-free: see [`crate::Float::select_lanes`]) and those
+/// of the remainder from `f1` (`(f, g)` on one pair).
 #[inline]
-pub(crate) fn sum_map2_pair<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F, g: impl Fn(F, F) -> F) -> (F, F) {
+pub(crate) fn sum_map2_pair_lanes<F: Float>(
+    a: &[F],
+    b: &[F],
+    f8: impl Fn(&[F], [F; LANES]) -> ([F; LANES], [F; LANES]),
+    f1: impl Fn(F, F) -> (F, F),
+) -> (F, F) {
     debug_assert_eq!(a.len(), b.len());
     let mut acc_f = [F::zero(); LANES];
     let mut acc_g = [F::zero(); LANES];
     let mut ca = a.chunks_exact(LANES);
     let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
+        let (tf, tg) = f8(x, std::array::from_fn(|l| y[l]));
         for l in 0..LANES {
-            acc_f[l] += f(x[l], y[l]);
-            acc_g[l] += g(x[l], y[l]);
+            acc_f[l] += tf[l];
+            acc_g[l] += tg[l];
         }
     }
     for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        acc_f[0] += f(x, y);
-        acc_g[0] += g(x, y);
+        let (tf, tg) = f1(x, y);
+        acc_f[0] += tf;
+        acc_g[0] += tg;
     }
     let total = |acc: [F; LANES]| acc.iter().fold(F::zero(), |s, &v| s + v);
     (total(acc_f), total(acc_g))
@@ -119,7 +129,14 @@ mod tests {
                 (sum_map(&a, |x| x * x) - serial).abs() <= 1e-12 * serial.max(1.0),
                 "n = {n}"
             );
-            let (s1, s2) = sum_map2_pair(&a, &b, |x, y| x * y, |x, y| x - y);
+            let pair = |x: f64, y: f64| (x * y, x - y);
+            let lanes = |x: &[f64], y: [f64; 8]| -> ([f64; 8], [f64; 8]) {
+                (
+                    std::array::from_fn(|l| x[l] * y[l]),
+                    std::array::from_fn(|l| x[l] - y[l]),
+                )
+            };
+            let (s1, s2) = sum_map2_pair_lanes(&a, &b, lanes, pair);
             assert_eq!(sum_map2(&a, &b, |x, y| x * y), s1, "n = {n}");
             let plane = ndarray::Array1::from_vec(a.clone());
             assert_eq!(sum_as_ndarray(&a).to_bits(), plane.sum().to_bits(), "n = {n}");
