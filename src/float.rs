@@ -54,13 +54,13 @@ pub trait Float:
     /// divide-by-zero) at zero; for `f64`, the standard library's `ln`.
     fn ln_lanes(self) -> Self;
 
-    /// Lane by lane (eight, an AVX register of `f32`), `a[l]` where `c[l]`, else `b[l]`: through and-masks on the bit
-    /// patterns, with the masks passed through [`std::hint::black_box`] so that LLVM
-    /// cannot turn them back into selects. Written as `if`, a select of a rectifier
-    /// compiles to a branch per lane that loads the chosen side only when needed (the
-    /// signs of activations are coin flips to a branch predictor), or, in place, to a
-    /// masked store of the entries that change, which is microcoded on AMD's cores. Both
-    /// measured 2-4x slower than this on Zen 3.
+    /// Lane by lane (eight lanes, an AVX register of `f32`), `a[l]` where `c[l]`, else
+    /// `b[l]`: through and-masks on the bit patterns, with the masks passed through
+    /// [`std::hint::black_box`] so that LLVM cannot turn them back into selects. Written
+    /// as `if`, a rectifier's select compiles to a branch per lane that loads the chosen
+    /// side only when needed (the signs of activations are coin flips to a branch
+    /// predictor) or, in place, to a masked store of the entries that change, which is
+    /// microcoded on AMD's cores: both measured 2-4x slower than this on Zen 3.
     fn select_lanes(c: [bool; 8], a: [Self; 8], b: [Self; 8]) -> [Self; 8];
 
     /// Calls `f` with two scratch buffers of lengths `n1` and `n2`, reused across calls on
