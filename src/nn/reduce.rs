@@ -41,15 +41,14 @@ pub(crate) fn sum_map2<F: Float>(a: &[F], b: &[F], f: impl Fn(F, F) -> F) -> F {
     acc.iter().fold(F::zero(), |s, &v| s + v)
 }
 
-/// `(sum_i f(a[i], b[i]), sum_i g(a[i], b[i]))` in one pass over both slices, the terms
-/// of each eight entries from one call of `f8` (on lanes,
-/// for selects that must stay branch-free: see [`crate::Float::select_lanes`]) and those
-/// of the remainder from `f1` (`(f, g)` on one pair).
+/// `(sum_i f(a[i], b[i]), sum_i g(a[i], b[i]))` in one pass over both slices: the terms of
+/// each eight entries from one call of `f8` on lanes (for selects that must stay
+/// branch-free: see [`crate::Float::select_lanes`]), those of the remainder from `f1`.
 #[inline]
 pub(crate) fn sum_map2_pair_lanes<F: Float>(
     a: &[F],
     b: &[F],
-    f8: impl Fn(&[F], [F; LANES]) -> ([F; LANES], [F; LANES]),
+    f8: impl Fn([F; LANES], [F; LANES]) -> ([F; LANES], [F; LANES]),
     f1: impl Fn(F, F) -> (F, F),
 ) -> (F, F) {
     debug_assert_eq!(a.len(), b.len());
@@ -58,7 +57,7 @@ pub(crate) fn sum_map2_pair_lanes<F: Float>(
     let mut ca = a.chunks_exact(LANES);
     let mut cb = b.chunks_exact(LANES);
     for (x, y) in (&mut ca).zip(&mut cb) {
-        let (tf, tg) = f8(x, std::array::from_fn(|l| y[l]));
+        let (tf, tg) = f8(std::array::from_fn(|l| x[l]), std::array::from_fn(|l| y[l]));
         for l in 0..LANES {
             acc_f[l] += tf[l];
             acc_g[l] += tg[l];
@@ -130,7 +129,7 @@ mod tests {
                 "n = {n}"
             );
             let pair = |x: f64, y: f64| (x * y, x - y);
-            let lanes = |x: &[f64], y: [f64; 8]| -> ([f64; 8], [f64; 8]) {
+            let lanes = |x: [f64; 8], y: [f64; 8]| -> ([f64; 8], [f64; 8]) {
                 (
                     std::array::from_fn(|l| x[l] * y[l]),
                     std::array::from_fn(|l| x[l] - y[l]),
