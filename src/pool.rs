@@ -1,4 +1,4 @@
-//! Running a whole step on a worker of rayon's pool.
+//! Running a whole step on a worker of rayon's pool, with the other workers kept awake.
 //!
 //! A parallel operation started on a thread outside the pool (a program's main thread) is
 //! handed to the pool while the caller sleeps until it is done: a hand-off and a wake-up
@@ -8,20 +8,85 @@
 //! directly, and only the step as a whole is handed over. On the Zen 3 host that took
 //! the library's step medians from 3.22–3.43 ms to 2.54–2.90 ms on two threads
 //! (alternated, see `docs/performance-log.md`; 3.23–4.04 to 2.91–3.10 ms in the probe that
-//! tried it first). The steps go through [`on_worker`]:
-//! [`crate::vae::loss_and_grad`], [`crate::vae::train_step`], [`crate::vae::evaluate`],
+//! tried it first).
+//!
+//! Between two of those operations the other workers find nothing to do, and after some
+//! thirty rounds of `sched_yield` rayon puts them to sleep; the next operation's jobs then
+//! wait for a wake-up through the kernel (tens of microseconds in a VM), twenty times a
+//! step. So while a step runs, [`on_worker`] keeps every other worker looking for its
+//! jobs ([`rayon::yield_now`] and a short pause, no system calls), until the step ends
+//! or a worker has found nothing for [`SPIN_LIMIT`]. That took the batch-1 ConvVAE
+//! step's median from 3.00 to 2.51 ms on the Zen 3 host (eight alternations of 800 steps,
+//! a slow hour), and left the steps of larger batches, which keep both threads busy,
+//! where they were.
+//!
+//! The steps go through [`on_worker`]: [`crate::vae::loss_and_grad`],
+//! [`crate::vae::train_step`], [`crate::vae::evaluate`],
 //! [`crate::vae::posterior_loss_and_grad`] (the ELBO ascent), [`crate::vae::decode_images`],
 //! the data-parallel steps of the VAEs and the conv AE, [`crate::models::ConvAe`]'s
 //! `loss_and_grad` and `train_step`, and [`crate::models::LinearAe`]'s `train_step` and
 //! `train_step_rows`. The results are the same either way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a worker keeps looking for a step's jobs after it last found one, before it
+/// returns to rayon's own idling (and sleep): a step with a long serial stretch does not
+/// hold the other cores for more than this.
+pub const SPIN_LIMIT: Duration = Duration::from_millis(2);
+
 /// Runs `f` on a worker of rayon's pool: at once when called from one (nested calls cost
-/// nothing), otherwise handed to the global pool as one job while the caller waits.
+/// nothing), otherwise on the global pool's first worker while the others look for its
+/// jobs without sleeping (see the module's doc), and the caller waits. A panic in `f`
+/// reaches the caller.
 pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    let f = Mutex::new(Some(f));
+    let mut results = rayon::broadcast(|ctx| {
+        if ctx.index() != 0 {
+            help_until(&done);
+            return None;
+        }
+        // Set on the way out, panic or not, so that the helpers stop.
+        let _done = SetOnDrop(&done);
+        let f = f.lock().unwrap_or_else(|e| e.into_inner()).take();
+        Some(f.expect("the step runs once, on worker 0")())
+    });
+    results.swap_remove(0).expect("worker 0 ran the step")
+}
+
+/// Runs the pool's jobs on this worker until `done` is set or none has come for
+/// [`SPIN_LIMIT`]. The pause between looks keeps the worker off the deques' cache lines
+/// (and off the core's shared units, where the two vCPUs are one core's two threads).
+fn help_until(done: &AtomicBool) {
+    let mut idle_since: Option<Instant> = None;
+    let mut looks = 0u32;
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle_since = None;
+            continue;
+        }
+        looks = looks.wrapping_add(1);
+        // The clock only every 64 looks: reading it costs more than a look.
+        if looks % 64 == 0 && idle_since.get_or_insert_with(Instant::now).elapsed() > SPIN_LIMIT {
+            return;
+        }
+        for _ in 0..16 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -41,5 +106,31 @@ mod tests {
             let here = rayon::current_thread_index();
             assert_eq!(on_worker(rayon::current_thread_index), here);
         });
+    }
+
+    /// The jobs a step forks are run (by the helpers or by the step's own worker) and
+    /// joined, step after step, and each step returns once they are done.
+    #[test]
+    fn the_jobs_a_step_forks_all_run() {
+        use rayon::prelude::*;
+        for round in 0..200u64 {
+            let sum: u64 = on_worker(|| {
+                (0..1000u32)
+                    .into_par_iter()
+                    .with_min_len(10)
+                    .map(|i| u64::from(i) * round)
+                    .sum()
+            });
+            assert_eq!(sum, 499_500 * round);
+        }
+    }
+
+    /// A panic in the step reaches the caller, and the pool runs the next step.
+    #[test]
+    fn a_panic_in_the_step_reaches_the_caller() {
+        let caught = std::panic::catch_unwind(|| on_worker(|| panic!("the step failed")));
+        let message = caught.expect_err("the panic came back");
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"the step failed"));
+        assert_eq!(on_worker(|| 7), 7);
     }
 }
