@@ -9,9 +9,11 @@ use crate::{Error, Float, Result};
 pub(crate) const PAR_CHUNK: usize = 4096;
 
 /// Entries from which a pass that touches each entry once (zeroing, the finiteness check)
-/// is split over threads: below a megabyte of `f32` the fork costs more than it saves
-/// (the linear AE's 15680-entry weights, zeroed in parallel, made its epoch 6% slower).
-const PAR_MIN_LIGHT: usize = 1 << 18;
+/// is split over threads: below half a megabyte of `f32` the fork costs more than it
+/// saves (the linear AE's 15680-entry weights, zeroed in parallel, made its epoch 6%
+/// slower). Half, not one: the ConvVAE's `fc_up` weight (256,000 entries, 1.02 MB) fell
+/// just under 2^18.
+const PAR_MIN_LIGHT: usize = 1 << 17;
 
 /// Whether a pass that touches each of `len` entries once is split over threads
 /// ([`PAR_MIN_LIGHT`], and a pool of more than one thread).
