@@ -15,7 +15,8 @@
 //! wait for a wake-up through the kernel (tens of microseconds in a VM), twenty times a
 //! step. So while a step runs, [`on_worker`] keeps every other worker looking for its
 //! jobs ([`rayon::yield_now`] and a short pause, no system calls), until the step ends
-//! or a worker has found nothing for [`SPIN_LIMIT`]. That took the batch-1 ConvVAE
+//! or a worker has found nothing for [`SPIN_LIMIT`]; not when the pool has more workers
+//! than the process has CPUs. That took the batch-1 ConvVAE
 //! step's median from 3.00 to 2.51 ms on the Zen 3 host (eight alternations of 800 steps,
 //! a slow hour), and left the steps of larger batches, which keep both threads busy,
 //! where they were.
@@ -28,7 +29,7 @@
 //! `train_step_rows`. The results are the same either way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How long a worker keeps looking for a step's jobs after it last found one, before it
@@ -44,6 +45,10 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
+    if !workers_fit_the_cpus() {
+        // More workers than CPUs: a looking worker would take a CPU from a working one.
+        return rayon::scope(|_| f());
+    }
     let done = AtomicBool::new(false);
     let f = Mutex::new(Some(f));
     let mut results = rayon::broadcast(|ctx| {
@@ -57,6 +62,18 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         Some(f.expect("the step runs once, on worker 0")())
     });
     results.swap_remove(0).expect("worker 0 ran the step")
+}
+
+/// Whether the global pool has no more workers than the CPUs this process may run on
+/// (with `RAYON_NUM_THREADS=4` on two CPUs, three workers looking made the batch-1
+/// ConvVAE step's median 5.2–5.4 ms against 2.7–3.0 ms without; with this check it is
+/// 2.6–3.2 ms). Asked once: reading the affinity mask and cgroup quota costs system calls.
+fn workers_fit_the_cpus() -> bool {
+    static FIT: OnceLock<bool> = OnceLock::new();
+    *FIT.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        rayon::current_num_threads() <= cpus
+    })
 }
 
 /// Runs the pool's jobs on this worker until `done` is set or none has come for
