@@ -16,10 +16,13 @@
 //! step. So while a step runs, [`on_worker`] keeps every other worker looking for its
 //! jobs ([`rayon::yield_now`] and a short pause, no system calls), until the step ends
 //! or a worker has found nothing for [`SPIN_LIMIT`]; not when the pool has more workers
-//! than the process has CPUs. That took the batch-1 ConvVAE
-//! step's median from 3.00 to 2.51 ms on the Zen 3 host (eight alternations of 800 steps,
-//! a slow hour), and left the steps of larger batches, which keep both threads busy,
-//! where they were.
+//! than the process has CPUs. That took the batch-1 ConvVAE step's median from 3.00 to
+//! 2.51 ms on the Zen 3 host (eight alternations of 800 steps, a slow hour), and left the
+//! steps of larger batches, which keep both threads busy, where they were.
+//!
+//! Steps started from several threads at once share the workers: the helpers run any
+//! step's jobs, and a call returns once every worker has let go of it, which can be after
+//! a job of another step that a helper had taken up.
 //!
 //! The steps go through [`on_worker`]: [`crate::vae::loss_and_grad`],
 //! [`crate::vae::train_step`], [`crate::vae::evaluate`],
