@@ -16,8 +16,9 @@
 //! and when it is freed glibc deletes a heap left empty unless the heap before it lacks
 //! `M_TOP_PAD` of room: each DCGAN step mapped and unmapped such heaps and faulted in
 //! 42 MB afresh (10,800 page faults a step, some 4% of its time). A top pad of one whole
-//! heap keeps them. (One arena for all threads, `M_ARENA_MAX = 1`, stopped the faults too, but the
-//! two threads of a data-parallel step then queued on its lock, some 80 times a step.)
+//! heap keeps them. (One arena for all threads, `M_ARENA_MAX = 1`, stopped the faults
+//! too, but the two threads of a data-parallel step then queued on its lock, some 80
+//! times a step.)
 
 /// Largest block glibc allows below its mmap threshold (`HEAP_MAX_SIZE / 2` on 64-bit).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -270,7 +270,10 @@ fn backward_then<F: Float>(
                 let g = then.grad_lanes(std::array::from_fn(|l| v[l] * zs + zt), d);
                 (g, std::array::from_fn(|l| g[l] * (v[l] - mu)))
             },
-            |v, d| (dz(v, d), dz(v, d) * (v - mu)),
+            |v, d| {
+                let g = dz(v, d);
+                (g, g * (v - mu))
+            },
         )
     })
     .into_iter()
