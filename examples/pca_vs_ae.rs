@@ -311,9 +311,11 @@ fn run() -> latent::Result<()> {
         );
         if ev.test_mse > 0.9 * mean_image_mse || ev.code_spread < 1e-6 {
             println!(
-                "WARNING: the conv AE has collapsed: its test MSE {:.6} is the error of the mean image ({:.6}) \
-                 and its codes barely vary (largest standard deviation {:.2e}); the ReLUs feeding the code \
-                 are dead. This is the failure the notebook warns about: rerun with another --seed.",
+                "WARNING: the conv AE ends at the mean image: its test MSE {:.6} is the error of the mean \
+                 image ({:.6}) and its codes barely vary (largest standard deviation {:.2e}). Either the \
+                 ReLUs feeding the code have died (the collapse the notebook warns about) or it is still on \
+                 the plateau that comes before they recover (with --seed 0 it leaves it in its third \
+                 epoch): train longer (--conv-epochs) or rerun with another --seed.",
                 ev.test_mse, mean_image_mse, ev.code_spread
             );
         } else {
