@@ -311,11 +311,11 @@ fn run() -> latent::Result<()> {
         );
         if ev.test_mse > 0.9 * mean_image_mse || ev.code_spread < 1e-6 {
             println!(
-                "WARNING: the conv AE ends at the mean image: its test MSE {:.6} is the error of the mean \
-                 image ({:.6}) and its codes barely vary (largest standard deviation {:.2e}). Either the \
-                 ReLUs feeding the code have died (the collapse the notebook warns about) or it is still on \
-                 the plateau that comes before they recover (with --seed 0 it leaves it in its third \
-                 epoch): train longer (--conv-epochs) or rerun with another --seed.",
+                "WARNING: the conv AE ends near the mean image: its test MSE {:.6} is over 90% of the \
+                 mean image's ({:.6}), or its codes barely vary (largest standard deviation {:.2e}). \
+                 Either the ReLUs feeding the code have died (the collapse the notebook warns about) or it \
+                 is still on the plateau that comes before they recover (the default recipe with --seed 0 \
+                 leaves it in its third epoch): train longer (--conv-epochs) or rerun with another --seed.",
                 ev.test_mse, mean_image_mse, ev.code_spread
             );
         } else {
