@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, SafeTensors, View};
 
@@ -272,6 +272,18 @@ impl Checkpoint {
     /// Tensor names in the file.
     pub fn names(&self) -> impl Iterator<Item = &String> {
         self.tensors.keys()
+    }
+
+    /// The floating-point tensor `name` (float32 files widened to `f64`, exactly): for
+    /// reading what else a safetensors file holds, such as inputs and outputs saved beside
+    /// PyTorch weights. An error naming the file and the tensor if there is none of that
+    /// name, or if it is an integer counter.
+    pub fn tensor(&self, name: &str) -> Result<ArrayViewD<'_, f64>> {
+        match self.tensors.get(name) {
+            Some(Loaded::Float(a)) => Ok(a.view()),
+            Some(Loaded::Counter(_)) => Err(self.bad(format!("tensor {name} is an integer counter, not floats"))),
+            None => Err(self.bad(format!("no tensor {name}"))),
+        }
     }
 
     /// Sets `model`'s parameters, buffers and counters from the file. The file must hold

@@ -67,6 +67,22 @@ fn weights_round_trip_with_batchnorm_buffers() {
         "{names:?}"
     );
     assert!(names.contains(&"decode.gen.2.1.running_var".to_string()));
+    // Single tensors read back as written (f32 widened exactly); a counter or a name
+    // that is not there is an error naming the file and the tensor.
+    let file = checkpoint::load_weights(&path).unwrap();
+    let mut seen = 0;
+    a.visit_params(&mut |p| {
+        assert_eq!(file.tensor(&p.name).unwrap(), p.value.mapv(f64::from), "{}", p.name);
+        seen += 1;
+    });
+    assert!(seen > 10, "{seen} parameters");
+    for (name, what) in [
+        ("decode.gen.2.1.num_batches_tracked", "integer counter"),
+        ("no.such.tensor", "no tensor no.such.tensor"),
+    ] {
+        let e = file.tensor(name).unwrap_err().to_string();
+        assert!(e.contains("w.safetensors") && e.contains(what), "{e}");
+    }
     // Same outputs in evaluation mode.
     let x = images(3, 5);
     let qa = a.encode(x.view(), Mode::Eval).unwrap();

@@ -18,6 +18,26 @@ pub fn linear_forward<F: Float>(x: ArrayView2<F>, w: ArrayView2<F>, b: Option<Ar
 
 /// Backward of [`linear_forward`] given `dy` `[n, out]`: accumulates `dw += dy^T x` and
 /// `db += sum_rows(dy)`, and writes `dx = dy w` when `dx` is given.
+///
+/// ```
+/// use latent::nn::{linear_backward, linear_forward};
+/// use ndarray::{array, Array1, Array2};
+///
+/// let x = array![[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]; // [n = 2, in = 3]
+/// let w = array![[0.1, 0.2, 0.3], [-0.3, 0.0, 0.4]]; // [out = 2, in = 3]
+/// let b = array![0.5, -0.5];
+/// let mut y = Array2::zeros((2, 2));
+/// linear_forward(x.view(), w.view(), Some(b.view()), y.view_mut());
+/// assert!((y[[0, 0]] - 1.9_f64).abs() < 1e-12); // 0.1 + 0.4 + 0.9 + 0.5
+///
+/// // L = sum(y): dL/dy is all ones.
+/// let dy = Array2::ones((2, 2));
+/// let (mut dx, mut dw, mut db) = (Array2::zeros((2, 3)), Array2::zeros((2, 3)), Array1::zeros(2));
+/// linear_backward(x.view(), w.view(), dy.view(), Some(dx.view_mut()), dw.view_mut(), Some(db.view_mut()));
+/// assert_eq!(db, array![2.0, 2.0]); // one per row of the batch
+/// assert_eq!(dw.row(0), x.sum_axis(ndarray::Axis(0))); // dy^T x
+/// assert_eq!(dx.row(1), w.sum_axis(ndarray::Axis(0))); // dy w
+/// ```
 pub fn linear_backward<F: Float>(
     x: ArrayView2<F>,
     w: ArrayView2<F>,

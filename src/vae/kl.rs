@@ -49,6 +49,24 @@ pub fn kl_isotropic<F: Float>(phi: ArrayView2<F>) -> Result<Array1<F>> {
 
 /// Backward of [`kl_diag`] with upstream `dkl` `[b]`: *adds* `dkl * mu` to `dmu` and
 /// `dkl * (e^logvar - 1) / 2` to `dlogvar`.
+///
+/// ```
+/// use latent::vae::{kl_diag, kl_diag_backward, DiagGaussian};
+/// use ndarray::{array, Array2};
+///
+/// // Two posteriors over K = 2: the prior itself, and one moved off it.
+/// let q = DiagGaussian::new(array![[0.0, 0.0], [1.0, -2.0]], array![[0.0, 0.0], [0.5, -1.0]])?;
+/// let kl = kl_diag(&q);
+/// assert_eq!(kl[0], 0.0);
+/// let want = 0.5 * (1.0 + 4.0 + (0.5_f64.exp() - 1.0 - 0.5) + ((-1.0_f64).exp() - 1.0 + 1.0));
+/// assert!((kl[1] - want).abs() < 1e-12);
+///
+/// let (mut dmu, mut dlogvar) = (Array2::zeros((2, 2)), Array2::zeros((2, 2)));
+/// kl_diag_backward(&q, array![1.0, 1.0].view(), &mut dmu, &mut dlogvar)?;
+/// assert_eq!(dmu, q.mu); // dKL/dmu = mu
+/// assert!((dlogvar[[1, 0]] - 0.5 * 0.5_f64.exp_m1()).abs() < 1e-15); // (e^logvar - 1) / 2
+/// # Ok::<(), latent::Error>(())
+/// ```
 pub fn kl_diag_backward<F: Float>(
     q: &DiagGaussian<F>,
     dkl: ArrayView1<F>,
