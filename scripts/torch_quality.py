@@ -1,0 +1,138 @@
+"""The test figures of the cheaper recipes in PyTorch, in the form latent's examples print
+them, for README's result tables on a data set the issues give no reference for
+(Fashion-MNIST):
+
+    python scripts/torch_quality.py --data /usr/share/datasets/fashion-mnist --seed 0 \
+        [--models pca,linear,strided,dcgan]
+
+- pca: K = 20 from the float64 covariance; variance explained at K = 10/20/50/100 and the
+  test MSE per pixel of the projection (`pca_vs_ae`'s PCA rows).
+- linear: the notebook's linear AE (784 -> 20 -> 784), Adam 1e-3, weight decay 1e-5,
+  batch 250, 20 epochs; test MSE per pixel.
+- strided: the stride-2 VAE, Adam 1e-3, batch 128, 10 epochs, SSE + closed-form KL
+  summed; test loss per image (one sample of z, evaluation mode) and its two terms.
+- dcgan: the Coursera DCGAN VAE, Adam 2e-3, batch 1024, 10 epochs, BCE + KL summed; the
+  same test figures.
+"""
+
+import argparse
+import gzip
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from torch_cpu_speed import strided_vae_loss  # noqa: E402
+from torch_gpu_vae import dcgan_vae_loss  # noqa: E402
+from torch_interop import DcganVAE, StridedVAE  # noqa: E402
+
+
+def images(root, name):
+    with gzip.open(Path(root) / name) as f:
+        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16)
+    return torch.from_numpy(raw.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
+
+
+def pca(train, test):
+    x = train.reshape(len(train), -1).double()
+    mu = x.mean(0)
+    xc = x - mu
+    cov = xc.T @ xc / (len(x) - 1)
+    s, v = torch.linalg.eigh(cov)
+    s, v = s.flip(0), v.flip(1)
+    shares = [f"{100 * s[:k].sum() / s.sum():.2f}%" for k in (10, 20, 50, 100)]
+    t = test.reshape(len(test), -1).double() - mu
+    v20 = v[:, :20]
+    mse = ((t @ v20 @ v20.T - t) ** 2).mean().item()
+    print(f"PCA: variance explained K = 10/20/50/100: {' / '.join(shares)}; "
+          f"K = 20 test MSE per pixel {mse:.6f}", flush=True)
+
+
+def linear_ae(train, test, seed):
+    torch.manual_seed(seed)
+    x = train.reshape(len(train), -1)
+    model = nn.Sequential(nn.Linear(784, 20), nn.Linear(20, 784))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    for _ in range(20):
+        perm = torch.randperm(len(x))
+        for s in range(0, len(x), 250):
+            xb = x[perm[s : s + 250]]
+            loss = F.mse_loss(model(xb), xb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        t = test.reshape(len(test), -1)
+        mse = F.mse_loss(model(t), t).item()
+    print(f"linear AE (seed {seed}, 20 epochs): test MSE per pixel {mse:.6f}", flush=True)
+
+
+def vae(name, make, loss_fn, recon_fn, batch, lr, train, test, seed):
+    torch.manual_seed(seed)
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    start = time.perf_counter()
+    for _ in range(10):
+        model.train()
+        perm = torch.randperm(len(train))
+        for s in range(0, len(train), batch):
+            loss = loss_fn(model, train[perm[s : s + batch]])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    recon = kl = 0.0
+    with torch.no_grad():
+        for s in range(0, len(test), 1000):
+            x = test[s : s + 1000]
+            mu, logvar = model_posterior(model, x)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            recon += recon_fn(model_generate(model, z), x).item()
+            kl += (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()).item()
+    n = len(test)
+    print(f"{name} VAE (seed {seed}, 10 epochs, {time.perf_counter() - start:.0f} s): test loss per image "
+          f"{(recon + kl) / n:.2f} = {recon / n:.2f} + KL {kl / n:.2f}", flush=True)
+
+
+def model_posterior(model, x):
+    if isinstance(model, DcganVAE):
+        mean, std = model.encode(x)
+        return mean, 2 * std.log()
+    return model.posterior(x)
+
+
+def model_generate(model, z):
+    return model.decode(z) if isinstance(model, DcganVAE) else model.generate(z)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="data/mnist")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="pca,linear,strided")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    train = images(args.data, "train-images-idx3-ubyte.gz")
+    test = images(args.data, "t10k-images-idx3-ubyte.gz")
+    models = args.models.split(",")
+    print(f"PyTorch {torch.__version__}, {args.threads} threads, data {args.data}", flush=True)
+    if "pca" in models:
+        pca(train, test)
+    if "linear" in models:
+        linear_ae(train, test, args.seed)
+    sse = lambda out, x: (out - x).pow(2).sum()  # noqa: E731
+    bce = lambda out, x: F.binary_cross_entropy(out, x, reduction="sum")  # noqa: E731
+    if "strided" in models:
+        vae("strided", lambda: StridedVAE(32), strided_vae_loss, sse, 128, 1e-3, train, test, args.seed)
+    if "dcgan" in models:
+        vae("DCGAN", lambda: DcganVAE(z_dim=32), dcgan_vae_loss, bce, 1024, 2e-3, train, test, args.seed)
+
+
+if __name__ == "__main__":
+    main()
