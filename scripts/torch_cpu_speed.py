@@ -105,21 +105,31 @@ def step_rows(train, only):
         print(f"{name}: median step {t * 1e3:.3f} ms ({reps} steps)", flush=True)
 
 
+def linear_ae_and_adam():
+    """The notebook's linear AE (784 -> 20 -> 784) and its Adam (lr 1e-3, weight decay 1e-5)."""
+    model = nn.Sequential(nn.Linear(784, 20), nn.Linear(20, 784))
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+
+
+def linear_ae_epoch(model, opt, x, perm, batch=250):
+    """One epoch of MSE training on the rows of x, in the order perm."""
+    for s in range(0, len(x), batch):
+        xb = x[perm[s : s + batch]]
+        loss = F.mse_loss(model(xb), xb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def linear_epoch(train, reps):
     x = train.reshape(len(train), -1)
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 20), nn.Linear(20, 784))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    model, opt = linear_ae_and_adam()
     times = []
     for _ in range(reps):
         perm = torch.randperm(len(x))
         t = time.perf_counter()
-        for s in range(0, len(x), 250):
-            xb = x[perm[s : s + 250]]
-            loss = F.mse_loss(model(xb), xb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        linear_ae_epoch(model, opt, x, perm)
         times.append(time.perf_counter() - t)
     print(f"linear_ae_epoch_b250: median {statistics.median(times):.4f} s "
           f"(min {min(times):.4f}, max {max(times):.4f}, {reps} epochs)", flush=True)

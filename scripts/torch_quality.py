@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_cpu_speed import strided_vae_loss  # noqa: E402
+from torch_cpu_speed import linear_ae_and_adam, linear_ae_epoch, strided_vae_loss  # noqa: E402
 from torch_gpu_vae import dcgan_vae_loss  # noqa: E402
 from torch_interop import DcganVAE, StridedVAE  # noqa: E402
 
@@ -56,16 +55,9 @@ def pca(train, test):
 def linear_ae(train, test, seed):
     torch.manual_seed(seed)
     x = train.reshape(len(train), -1)
-    model = nn.Sequential(nn.Linear(784, 20), nn.Linear(20, 784))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    model, opt = linear_ae_and_adam()
     for _ in range(20):
-        perm = torch.randperm(len(x))
-        for s in range(0, len(x), 250):
-            xb = x[perm[s : s + 250]]
-            loss = F.mse_loss(model(xb), xb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        linear_ae_epoch(model, opt, x, torch.randperm(len(x)))
     with torch.no_grad():
         t = test.reshape(len(test), -1)
         mse = F.mse_loss(model(t), t).item()

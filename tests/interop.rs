@@ -124,21 +124,12 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
     assert_eq!(seen, 3, "the three VAE model fixtures");
 }
 
-/// The float32 tensors of a safetensors file.
+/// The tensors of a safetensors file of float32 values (PyTorch's), back in `f32`: the
+/// reader widens them to `f64` exactly, so narrowing is exact too.
 fn read_f32(path: &std::path::Path) -> std::collections::HashMap<String, ndarray::ArrayD<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name} in {}", path.display());
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            (name, ndarray::ArrayD::from_shape_vec(view.shape(), data).unwrap())
-        })
+    let file = checkpoint::load_weights(path).unwrap();
+    file.names()
+        .map(|name| (name.clone(), file.tensor(name).unwrap().mapv(|v| v as f32)))
         .collect()
 }
 
