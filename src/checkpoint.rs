@@ -8,6 +8,8 @@
 //!   (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`), and in the metadata the
 //!   model's description, the epoch, Adam's step count and the random generator's state,
 //!   so that a resumed run continues bit for bit.
+//! - [`Checkpoint::tensor`]: any floating-point tensor of a file, by name (the inputs and
+//!   outputs a PyTorch script saved beside its weights, say).
 //!
 //! Every file is written atomically: to a temporary file in the same folder, flushed to
 //! disk, then renamed over the target. A crash or an error mid-write leaves the previous
