@@ -19,26 +19,18 @@ no reference for (Fashion-MNIST):
 """
 
 import argparse
-import gzip
 import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_cpu_speed import linear_ae_and_adam, linear_ae_epoch, strided_vae_loss  # noqa: E402
+from torch_cpu_speed import linear_ae_and_adam, linear_ae_epoch, mnist, strided_vae_loss  # noqa: E402
 from torch_gpu_vae import conv_vae_loss, dcgan_vae_loss  # noqa: E402
 from torch_interop import ConvVAE, DcganVAE, StridedVAE  # noqa: E402
-
-
-def images(root, name):
-    with gzip.open(Path(root) / name) as f:
-        raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16)
-    return torch.from_numpy(raw.reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
 
 
 def pca(train, test):
@@ -86,9 +78,9 @@ def vae(name, make, loss_fn, recon_fn, batch, lr, wd, train, test, seed):
     with torch.no_grad():
         for s in range(0, len(test), 1000):
             x = test[s : s + 1000]
-            mu, logvar = model_posterior(model, x)
+            mu, logvar = model.posterior(x)
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            out = model_generate(model, z)
+            out = model.generate(z)
             recon += recon_fn(model, out, x).item()
             sse += (out - x).pow(2).sum().item()
             kl += (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()).item()
@@ -113,17 +105,6 @@ def gaussian_nll(model, out, x):
     return (0.5 * sse * torch.exp(-2 * ls) + d * ls + 0.5 * d * math.log(2 * math.pi)).sum()
 
 
-def model_posterior(model, x):
-    if isinstance(model, DcganVAE):
-        mean, std = model.encode(x)
-        return mean, 2 * std.log()
-    return model.posterior(x)
-
-
-def model_generate(model, z):
-    return model.decode(z) if isinstance(model, DcganVAE) else model.generate(z)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="data/mnist")
@@ -132,8 +113,8 @@ def main():
     ap.add_argument("--models", default="pca,linear,strided")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    train = images(args.data, "train-images-idx3-ubyte.gz")
-    test = images(args.data, "t10k-images-idx3-ubyte.gz")
+    train = mnist(args.data, "train-images-idx3-ubyte.gz")
+    test = mnist(args.data, "t10k-images-idx3-ubyte.gz")
     models = args.models.split(",")
     print(f"PyTorch {torch.__version__}, {args.threads} threads, data {args.data}", flush=True)
     if "pca" in models:
