@@ -2,7 +2,7 @@
 //! size, and the ConvVAE at batch 1, as `vae::DataParallel` runs it. `cargo bench --bench vae`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::models::VaeModel;
 use latent::optim::{Adam, AdamConfig};
 use latent::vae::{self, Vae};
 use ndarray::Array4;
@@ -25,12 +25,12 @@ fn bench(c: &mut Criterion) {
     latent::denormals::flush_denormals();
     latent::memory::keep_freed_memory();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut conv = ConvVae::<f32>::cis522(20, &mut rng).unwrap();
+    let mut conv = VaeModel::<f32>::conv_cis522(20, &mut rng).unwrap();
     step(c, "conv_vae_b1", &mut conv, 1, 1e-3);
     step(c, "conv_vae_b100", &mut conv, 100, 1e-3);
-    let mut strided = StridedVae::<f32>::new([1, 28, 28], 32, &mut rng).unwrap();
+    let mut strided = VaeModel::<f32>::strided([1, 28, 28], 32, &mut rng).unwrap();
     step(c, "strided_vae_b128", &mut strided, 128, 1e-3);
-    let mut dcgan = DcganVae::<f32>::coursera(32, &mut rng).unwrap();
+    let mut dcgan = VaeModel::<f32>::dcgan_coursera(32, &mut rng).unwrap();
     step(c, "dcgan_vae_b1024", &mut dcgan, 1024, 2e-3);
 }
 

@@ -15,7 +15,8 @@ use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::{epoch_batches, Dataset, DatasetKind, Split};
 use latent::device::DeviceRequest;
 use latent::loss::Reduction;
-use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::models::VaeModel;
+use latent::nn::Module;
 use latent::optim::{adam_update, Adam, AdamConfig};
 use latent::pca::Pca;
 use latent::plot::{
@@ -226,11 +227,11 @@ fn run() -> latent::Result<()> {
     );
 
     let mut rng = Rng64::seed_from_u64(seed);
-    let build = |rng: &mut Rng64| -> latent::Result<Box<dyn Vae<f32>>> {
+    let build = |rng: &mut Rng64| -> latent::Result<VaeModel<f32>> {
         Ok(match model_name.as_str() {
-            "conv" => Box::new(ConvVae::<f32>::cis522(latent, rng)?),
-            "dcgan" => Box::new(DcganVae::<f32>::coursera(latent, rng)?),
-            _ => Box::new(StridedVae::<f32>::new([1, 28, 28], latent, rng)?),
+            "conv" => VaeModel::<f32>::conv_cis522(latent, rng)?,
+            "dcgan" => VaeModel::<f32>::dcgan_coursera(latent, rng)?,
+            _ => VaeModel::<f32>::strided([1, 28, 28], latent, rng)?,
         })
     };
     let mut model = build(&mut rng)?;
@@ -276,13 +277,13 @@ fn run() -> latent::Result<()> {
                     meta.model
                 )));
             }
-            ck.restore_model(model.as_mut())?;
-            ck.restore_optimizer(&mut opt, model.as_mut())?;
+            ck.restore_model(&mut model)?;
+            ck.restore_optimizer(&mut opt, &mut model)?;
             rng = meta.rng;
             first_epoch = meta.epoch;
             eprintln!("resumed from {resume} after epoch {first_epoch}");
         }
-        let mut stepper = Stepper::new(&device, request, tf32, model.as_mut(), cfg, &opt, &train)?;
+        let mut stepper = Stepper::new(&device, request, tf32, &mut model, cfg, &opt, &train)?;
         let mut last_good: Option<PathBuf> = None;
         let mut curve = Vec::new();
         let mut epoch_means = Vec::new();
@@ -295,14 +296,7 @@ fn run() -> latent::Result<()> {
             for (i, idx) in batches.iter().enumerate() {
                 let check_now = epoch == 0 && i + 1 == check_step;
                 let (bound, mu) = stepper
-                    .step(
-                        model.as_mut(),
-                        (&train, idx, &mut xb),
-                        &cfg,
-                        &mut opt,
-                        &mut rng,
-                        check_now,
-                    )
+                    .step(&mut model, (&train, idx, &mut xb), &cfg, &mut opt, &mut rng, check_now)
                     .map_err(|e| {
                         let kept = match &last_good {
                             Some(p) => format!("; the last good checkpoint is {}", p.display()),
@@ -346,16 +340,16 @@ fn run() -> latent::Result<()> {
                     epoch: epoch + 1,
                     rng: rng.clone(),
                 };
-                stepper.download_into(model.as_mut(), &mut opt)?;
-                checkpoint::save_checkpoint(&ckpt_path, model.as_mut(), &opt, &meta)?;
+                stepper.download_into(&mut model, &mut opt)?;
+                checkpoint::save_checkpoint(&ckpt_path, &mut model, &opt, &meta)?;
                 last_good = Some(ckpt_path.clone());
             }
         }
-        stepper.download_into(model.as_mut(), &mut opt)?;
+        stepper.download_into(&mut model, &mut opt)?;
         break (curve, epoch_means, times, first_epoch);
     };
     let weights = out.join(format!("vae_{model_name}.safetensors"));
-    checkpoint::save_weights(&weights, model.as_mut())?;
+    checkpoint::save_weights(&weights, &mut model)?;
     eprintln!("wrote {} (PyTorch state_dict names)", weights.display());
 
     // Test metrics, in evaluation mode.
@@ -365,11 +359,11 @@ fn run() -> latent::Result<()> {
         kl: vae::KlEstimator::Closed,
         reduction: Reduction::Mean,
     };
-    let metrics = test_metrics(model.as_mut(), &test, &test_cfg, &mut rng)?;
+    let metrics = test_metrics(&mut model, &test, &test_cfg, &mut rng)?;
     let n_iwae = iwae_images.min(test.len());
     let iwae = if iwae_k > 0 && n_iwae > 0 {
         let ll = vae::iwae_log_likelihood(
-            model.as_mut(),
+            &mut model,
             test.images.slice(s![..n_iwae, .., .., ..]),
             iwae_k,
             10,
@@ -452,7 +446,7 @@ fn run() -> latent::Result<()> {
     println!("evaluation took {eval_time:.1} s");
 
     figures(
-        model.as_mut(),
+        &mut model,
         &model_name,
         &out,
         &test,
@@ -496,7 +490,7 @@ struct TestMetrics {
 }
 
 fn test_metrics(
-    model: &mut dyn Vae<f32>,
+    model: &mut VaeModel<f32>,
     test: &Dataset,
     cfg: &LossConfig,
     rng: &mut Rng64,
@@ -543,7 +537,7 @@ fn images(x: &Array4<f32>, n: usize) -> Vec<ArrayView2<'_, f32>> {
 
 #[allow(clippy::too_many_arguments)]
 fn figures(
-    model: &mut dyn Vae<f32>,
+    model: &mut VaeModel<f32>,
     model_name: &str,
     out: &Path,
     test: &Dataset,
@@ -711,7 +705,7 @@ fn figures(
 /// prior. Plots the ELBO per step against the encoder's, and the optimised q's mean with
 /// 2-sigma bars against the encoder's.
 fn elbo_ascent(
-    model: &mut dyn Vae<f32>,
+    model: &mut VaeModel<f32>,
     model_name: &str,
     out: &Path,
     test: &Dataset,
@@ -806,7 +800,7 @@ fn elbo_ascent(
 /// thread where the model allows it), or (with the `cuda` feature and a usable GPU) a
 /// [`latent::cuda::VaeTrainer`] holding a copy of it.
 enum Stepper {
-    Cpu(vae::DataParallel<dyn Vae<f32>>),
+    Cpu(vae::DataParallel<VaeModel<f32>>),
     #[cfg(feature = "cuda")]
     Gpu(Box<latent::cuda::VaeTrainer>, latent::cuda::DeviceImages),
 }
@@ -823,7 +817,7 @@ impl Stepper {
         device: &latent::device::Device,
         request: DeviceRequest,
         tf32: bool,
-        model: &mut dyn Vae<f32>,
+        model: &mut VaeModel<f32>,
         cfg: LossConfig,
         opt: &Adam<f32>,
         train: &Dataset,
@@ -856,7 +850,7 @@ impl Stepper {
     }
 
     /// Steps on the CPU, saying how a batch is shared among the threads.
-    fn cpu(model: &dyn Vae<f32>) -> Self {
+    fn cpu(model: &VaeModel<f32>) -> Self {
         let par = vae::DataParallel::vae(model);
         let threads = rayon::current_num_threads();
         if par.parts() > 1 {
@@ -874,7 +868,7 @@ impl Stepper {
     /// image and, if `want_mu`, the posterior means `[b, K]`.
     fn step(
         &mut self,
-        model: &mut dyn Vae<f32>,
+        model: &mut VaeModel<f32>,
         (train, idx, xb): Batch,
         cfg: &LossConfig,
         opt: &mut Adam<f32>,
@@ -899,7 +893,7 @@ impl Stepper {
 
     /// Brings the CPU model and optimizer up to date (a no-op on the CPU).
     #[allow(unused_variables)]
-    fn download_into(&mut self, model: &mut dyn Vae<f32>, opt: &mut Adam<f32>) -> latent::Result<()> {
+    fn download_into(&mut self, model: &mut VaeModel<f32>, opt: &mut Adam<f32>) -> latent::Result<()> {
         match self {
             Stepper::Cpu(_) => Ok(()),
             #[cfg(feature = "cuda")]

@@ -14,7 +14,7 @@
 //! on that image alone, so only models without batch-coupled layers (BatchNorm in
 //! training mode) are split; their steps differ from one-piece steps only in the order of
 //! the sums over images. The typed entry points are
-//! [`DataParallel::<dyn Vae<F>>`](crate::vae::Vae) for the VAEs
+//! [`DataParallel::<VaeModel<F>>`](crate::vae::VaeModel) for the VAEs
 //! ([`crate::vae`]'s `loss_and_grad` and `train_step`) and
 //! [`DataParallel::<ConvAe<F>>`](crate::models::ConvAe) for the conv autoencoder.
 

@@ -24,7 +24,7 @@
 //! programs (a finite-difference check, PCA on MNIST, a training loop, PyTorch weights).
 //!
 //! ```
-//! use latent::models::StridedVae;
+//! use latent::models::VaeModel;
 //! use latent::nn::Module;
 //! use latent::optim::{Adam, AdamConfig};
 //! use latent::vae::{self, Vae};
@@ -33,7 +33,7 @@
 //!
 //! # fn main() -> latent::Result<()> {
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-//! let mut model = StridedVae::<f32>::new([1, 28, 28], 8, &mut rng)?;
+//! let mut model = VaeModel::<f32>::strided([1, 28, 28], 8, &mut rng)?;
 //! let x = Array4::from_shape_simple_fn((16, 1, 28, 28), || rng.random::<f32>());
 //! let cfg = model.recipe(); // squared error + closed-form KL, summed over the batch
 //! let eps = vae::sample_noise(16, 1, model.latent_dim(), &mut rng);

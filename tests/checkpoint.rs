@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use latent::checkpoint::{self, CheckpointMeta};
 use latent::data::epoch_batches;
-use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::models::VaeModel;
 use latent::nn::{Mode, Module};
 use latent::optim::{Adam, AdamConfig};
 use latent::vae::{self, Vae};
@@ -27,8 +27,8 @@ fn images(n: usize, seed: u64) -> Array4<f32> {
     Array4::from_shape_simple_fn((n, 1, 28, 28), || rng.random_range(0.0f32..1.0))
 }
 
-fn small_dcgan(seed: u64) -> DcganVae<f32> {
-    DcganVae::new([1, 28, 28], 3, 2, 2, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap()
+fn small_dcgan(seed: u64) -> VaeModel<f32> {
+    VaeModel::dcgan([1, 28, 28], 3, 2, 2, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap()
 }
 
 /// Everything a `state_dict` holds, flattened, for bitwise comparison.
@@ -41,7 +41,7 @@ fn state(m: &mut impl Module<f32>) -> Vec<(String, Vec<u32>)> {
 }
 
 /// One epoch of the DCGAN VAE over `x` in batches of 4.
-fn epoch(m: &mut DcganVae<f32>, opt: &mut Adam<f32>, rng: &mut ChaCha8Rng, x: &Array4<f32>) {
+fn epoch(m: &mut VaeModel<f32>, opt: &mut Adam<f32>, rng: &mut ChaCha8Rng, x: &Array4<f32>) {
     let cfg = m.recipe();
     for idx in epoch_batches(x.shape()[0], 4, Some(&mut *rng)).unwrap() {
         let xb = x.select(Axis(0), &idx);
@@ -130,7 +130,7 @@ fn a_checkpoint_of_another_model_or_size_is_refused() {
     let path = dir.join("w.safetensors");
     checkpoint::save_weights(&path, &mut small_dcgan(1)).unwrap();
     let ck = checkpoint::load_weights(&path).unwrap();
-    let mut strided = StridedVae::<f32>::new([1, 28, 28], 3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
+    let mut strided = VaeModel::<f32>::strided([1, 28, 28], 3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
     let before = state(&mut strided);
     let e = ck.restore_model(&mut strided).unwrap_err().to_string();
     assert!(
@@ -138,10 +138,10 @@ fn a_checkpoint_of_another_model_or_size_is_refused() {
         "{e}"
     );
     assert_eq!(state(&mut strided), before, "a refused load changes nothing");
-    let mut wider = DcganVae::<f32>::new([1, 28, 28], 3, 4, 2, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut wider = VaeModel::<f32>::dcgan([1, 28, 28], 3, 4, 2, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     let e = ck.restore_model(&mut wider).unwrap_err().to_string();
     assert!(e.contains("shape") && e.contains("encode.disc.0.0"), "{e}");
-    let mut bigger_z = DcganVae::<f32>::new([1, 28, 28], 5, 2, 2, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut bigger_z = VaeModel::<f32>::dcgan([1, 28, 28], 5, 2, 2, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     assert!(ck.restore_model(&mut bigger_z).is_err());
     // A weights file is not a checkpoint: no training state.
     let e = ck.meta().unwrap_err().to_string();
@@ -171,7 +171,7 @@ fn missing_and_corrupt_files_are_named() {
 /// its last good values.
 #[test]
 fn a_non_finite_gradient_stops_training_and_changes_nothing() {
-    let mut m = ConvVae::<f32>::new([1, 7, 7], 2, 2, 3, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let mut m = VaeModel::<f32>::conv([1, 7, 7], 2, 2, 3, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
     let mut opt = Adam::new(AdamConfig::new(1e-3));
     let x = Array4::from_elem((2, 1, 7, 7), 0.5f32);
     let cfg = m.recipe();
@@ -196,7 +196,7 @@ fn a_non_finite_gradient_stops_training_and_changes_nothing() {
     }
     assert_eq!(opt.steps(), 1);
     // A finite loss with a NaN gradient: the optimizer names the parameter.
-    let mut m = ConvVae::<f32>::new([1, 7, 7], 2, 2, 3, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    let mut m = VaeModel::<f32>::conv([1, 7, 7], 2, 2, 3, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
     let eps = vae::sample_noise(2, 1, 2, &mut rng);
     vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap();
     m.visit_params(&mut |p| {

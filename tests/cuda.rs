@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use latent::cuda::{adam_update, Gpu, GpuSequential, VaeTrainer};
 use latent::device::{select, Device, DeviceRequest};
-use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::models::VaeModel;
 use latent::nn::{
     Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode,
     Module, PixelBias, Sequential, Unflatten,
@@ -224,7 +224,7 @@ fn adam_matches_the_cpu() {
 
 /// One step of `make()`'s model on the CPU and on the GPU from the same values, images
 /// and noise: the loss parts, every gradient and (after the update) the running statistics.
-fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig, b: usize, tol: f64) {
+fn compare_vae(name: &str, make: &dyn Fn() -> VaeModel<f32>, cfg: LossConfig, b: usize, tol: f64) {
     let Some(gpu) = gpu() else { return };
     let mut cpu = make();
     let mut on_gpu_model = make();
@@ -235,9 +235,9 @@ fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig
         r.random_range(-2.0f32..2.0)
     });
     let opt = Adam::new(AdamConfig::new(1e-3));
-    let mut trainer = VaeTrainer::new(gpu, on_gpu_model.as_mut(), cfg, &opt).unwrap();
+    let mut trainer = VaeTrainer::new(gpu, &mut on_gpu_model, cfg, &opt).unwrap();
     let stats = trainer.step(x.as_slice().unwrap(), eps.view()).unwrap();
-    let parts = vae::loss_and_grad(cpu.as_mut(), x.view(), eps.view(), &cfg).unwrap();
+    let parts = vae::loss_and_grad(&mut cpu, x.view(), eps.view(), &cfg).unwrap();
     for (what, g, c) in [
         ("loss", stats.loss, parts.loss),
         ("bound", stats.bound, parts.bound),
@@ -254,7 +254,7 @@ fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig
         v
     };
     let gpu_grads = trainer.grads().unwrap();
-    let cpu_grads = grads(cpu.as_mut());
+    let cpu_grads = grads(&mut cpu);
     let norm = |a: &ArrayD<f32>| a.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
     let total = cpu_grads.iter().map(|g| norm(g).powi(2)).sum::<f64>().sqrt();
     for ((n, g), c) in names.iter().zip(&gpu_grads).zip(&cpu_grads) {
@@ -272,17 +272,17 @@ fn compare_vae(name: &str, make: &dyn Fn() -> Box<dyn Vae<f32>>, cfg: LossConfig
         }
     }
     let mut opt_gpu = Adam::new(AdamConfig::new(1e-3));
-    trainer.download_into(on_gpu_model.as_mut(), &mut opt_gpu).unwrap();
+    trainer.download_into(&mut on_gpu_model, &mut opt_gpu).unwrap();
     assert_eq!(opt_gpu.steps(), 1);
-    let bufs = |m: &mut dyn Vae<f32>| {
+    let bufs = |m: &mut VaeModel<f32>| {
         let mut v = Vec::new();
         m.visit_buffers(&mut |_, a| v.push(a.to_owned()));
         let mut counts = Vec::new();
         m.visit_counters(&mut |_, c| counts.push(*c));
         (v, counts)
     };
-    let (gb, gc) = bufs(on_gpu_model.as_mut());
-    let (cb, cc) = bufs(cpu.as_mut());
+    let (gb, gc) = bufs(&mut on_gpu_model);
+    let (cb, cc) = bufs(&mut cpu);
     assert_eq!(gc, cc, "{name}: BatchNorm batch counts");
     for (i, (g, c)) in gb.iter().zip(&cb).enumerate() {
         check(&format!("{name} buffer {i}"), g, c, tol);
@@ -298,7 +298,7 @@ const MODEL_TOL: f64 = KERNEL_TOL;
 
 #[test]
 fn conv_vae_step_matches_the_cpu() {
-    let make = || -> Box<dyn Vae<f32>> { Box::new(ConvVae::new([1, 28, 28], 5, 4, 5, &mut rng(70)).unwrap()) };
+    let make = || VaeModel::conv([1, 28, 28], 5, 4, 5, &mut rng(70)).unwrap();
     let cfg = make().recipe();
     compare_vae("ConvVAE (MC KL, Gaussian, mean)", &make, cfg, 6, MODEL_TOL);
     let iwae = LossConfig {
@@ -310,7 +310,7 @@ fn conv_vae_step_matches_the_cpu() {
 
 #[test]
 fn dcgan_vae_step_matches_the_cpu() {
-    let make = || -> Box<dyn Vae<f32>> { Box::new(DcganVae::new([1, 28, 28], 4, 4, 6, &mut rng(71)).unwrap()) };
+    let make = || VaeModel::dcgan([1, 28, 28], 4, 4, 6, &mut rng(71)).unwrap();
     let cfg = make().recipe();
     compare_vae("DCGAN VAE (closed KL, BCE, sum)", &make, cfg, 8, MODEL_TOL);
     let beta = LossConfig {
@@ -323,7 +323,7 @@ fn dcgan_vae_step_matches_the_cpu() {
 
 #[test]
 fn strided_vae_step_matches_the_cpu() {
-    let make = || -> Box<dyn Vae<f32>> { Box::new(StridedVae::new([1, 28, 28], 6, &mut rng(72)).unwrap()) };
+    let make = || VaeModel::strided([1, 28, 28], 6, &mut rng(72)).unwrap();
     let cfg = make().recipe();
     compare_vae("strided VAE (linear heads, SSE, sum)", &make, cfg, 7, MODEL_TOL);
 }
@@ -331,7 +331,7 @@ fn strided_vae_step_matches_the_cpu() {
 #[test]
 fn a_non_finite_loss_is_an_error_and_nothing_is_updated() {
     let Some(gpu) = gpu() else { return };
-    let mut model = DcganVae::<f32>::new([1, 28, 28], 4, 4, 6, &mut rng(80)).unwrap();
+    let mut model = VaeModel::<f32>::dcgan([1, 28, 28], 4, 4, 6, &mut rng(80)).unwrap();
     let mut first = true;
     model.visit_params(&mut |p| {
         if first {
@@ -358,7 +358,7 @@ fn a_step_on_images_kept_on_the_gpu_equals_one_on_uploaded_images() {
     let idx = [17usize, 3, 3, 9, 0];
     let x = data.select(ndarray::Axis(0), &idx);
     let eps = Array3::from_shape_simple_fn((idx.len(), 1, 4), || r.random_range(-2.0f32..2.0));
-    let make = || DcganVae::<f32>::new([1, 28, 28], 4, 4, 6, &mut rng(91)).unwrap();
+    let make = || VaeModel::<f32>::dcgan([1, 28, 28], 4, 4, 6, &mut rng(91)).unwrap();
     let (mut m1, mut m2) = (make(), make());
     let cfg = m1.recipe();
     let opt = Adam::new(AdamConfig::new(1e-3));
@@ -374,54 +374,53 @@ fn a_step_on_images_kept_on_the_gpu_equals_one_on_uploaded_images() {
 
 /// The DCGAN VAE scored with the Bernoulli on logits (its sigmoid outputs read as
 /// logits), so that the likelihood kernels' fourth form is held against the CPU too.
-struct OnLogits(DcganVae<f32>);
-
-impl Module<f32> for OnLogits {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&mut latent::nn::Param<f32>)) {
-        self.0.visit_params(f)
-    }
-    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ndarray::ArrayViewMutD<f32>)) {
-        self.0.visit_buffers(f)
-    }
-    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
-        self.0.visit_counters(f)
-    }
-}
-
-impl Vae<f32> for OnLogits {
-    fn image_shape(&self) -> [usize; 3] {
-        self.0.image_shape()
-    }
-    fn latent_dim(&self) -> usize {
-        self.0.latent_dim()
-    }
-    fn encode(&mut self, x: ndarray::ArrayView4<f32>, mode: Mode) -> latent::Result<vae::DiagGaussian<f32>> {
-        self.0.encode(x, mode)
-    }
-    fn encode_backward(&mut self, dmu: Array2<f32>, dlogvar: Array2<f32>) -> latent::Result<()> {
-        self.0.encode_backward(dmu, dlogvar)
-    }
-    fn decode(&mut self, z: ndarray::ArrayView2<f32>, mode: Mode) -> latent::Result<Array4<f32>> {
-        self.0.decode(z, mode)
-    }
-    fn decode_backward(&mut self, dout: Array4<f32>) -> latent::Result<Array2<f32>> {
-        self.0.decode_backward(dout)
-    }
-    fn likelihood(&self) -> vae::Likelihood<f32> {
-        vae::Likelihood::BernoulliLogits
-    }
-    fn recipe(&self) -> LossConfig {
-        self.0.recipe()
-    }
-    fn layout(&self) -> Option<vae::VaeLayout> {
-        self.0.layout()
-    }
-}
-
 #[test]
 fn bernoulli_on_logits_matches_the_cpu() {
-    let make =
-        || -> Box<dyn Vae<f32>> { Box::new(OnLogits(DcganVae::new([1, 28, 28], 4, 4, 6, &mut rng(73)).unwrap())) };
+    let make = || {
+        VaeModel::dcgan([1, 28, 28], 4, 4, 6, &mut rng(73))
+            .unwrap()
+            .with_likelihood(vae::Likelihood::BernoulliLogits)
+    };
     let cfg = make().recipe();
     compare_vae("DCGAN VAE on logits", &make, cfg, 5, MODEL_TOL);
+}
+
+/// AntixK's VanillaVAE (stride-2 convolutions, BatchNorm with LeakyReLU(0.01), a Tanh
+/// output), small: its GPU plan is read off its layers like every preset's.
+#[test]
+fn vanilla_vae_step_matches_the_cpu() {
+    let params = latent::models::VanillaVaeParams {
+        image: [3, 16, 16],
+        latent: 4,
+        hidden: vec![4, 8],
+    };
+    let make = || params.build::<f32, _>(&mut rng(74)).unwrap();
+    let cfg = make().recipe();
+    compare_vae("VanillaVAE (linear heads, MSE, mean)", &make, cfg, 6, MODEL_TOL);
+}
+
+/// A model of the user's own, in none of the notebooks: an MLP encoder and decoder with
+/// Tanh, linear heads, Bernoulli on logits, beta = 4. Nothing in it mentions the GPU.
+#[test]
+fn a_user_built_mlp_vae_step_matches_the_cpu() {
+    let make = || {
+        let r = &mut rng(75);
+        let encoder = Sequential::new()
+            .push(Flatten::new())
+            .push(Linear::new("encoder.0", 784, 32, true, r))
+            .push(ActivationLayer::new(Activation::Tanh));
+        let head = vae::PosteriorHead::linear(("fc_mu", "fc_logvar"), 32, 5, r);
+        let decoder = Sequential::new()
+            .push(Linear::new("decoder.0", 5, 32, true, r))
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Linear::new("decoder.2", 32, 784, true, r))
+            .push(Unflatten::new(&[1, 28, 28]));
+        VaeModel::new([1, 28, 28], 5, encoder, head, decoder, vae::Likelihood::BernoulliLogits).unwrap()
+    };
+    let cfg = LossConfig {
+        objective: Objective::Elbo { samples: 2, beta: 4.0 },
+        kl: KlEstimator::Closed,
+        reduction: latent::loss::Reduction::Mean,
+    };
+    compare_vae("user-built MLP VAE (beta 4, logits)", &make, cfg, 5, MODEL_TOL);
 }

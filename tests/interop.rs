@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use common::Fixture;
 use latent::checkpoint;
-use latent::models::{ConvVae, DcganVae, StridedVae};
+use latent::models::VaeModel;
 use latent::nn::Mode;
 use latent::vae::{self, Vae};
 use ndarray::{Axis, Ix2, Ix3, Ix4};
@@ -52,7 +52,7 @@ fn torch_state_dict(fx: &Fixture, path: &std::path::Path) -> BTreeSet<String> {
     tensors.into_iter().map(|t| t.0).collect()
 }
 
-fn check<M: Vae<f32>>(fx: &Fixture, mut model: M, eps: ndarray::Array3<f32>) {
+fn check(fx: &Fixture, mut model: VaeModel<f32>, eps: ndarray::Array3<f32>) {
     let dir = std::env::temp_dir().join(format!("latent-interop-{}-{}", std::process::id(), fx.file));
     std::fs::create_dir_all(&dir).unwrap();
     let from_torch = dir.join("torch.safetensors");
@@ -90,10 +90,10 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
             "model_conv_vae" => {
                 let k = fx.setting_f64("K") as usize;
                 let eps = fx.get::<f32>("eps").into_dimensionality::<Ix3>().unwrap();
-                check(&fx, ConvVae::<f32>::cis522(k, &mut rng).unwrap(), eps);
+                check(&fx, VaeModel::<f32>::conv_cis522(k, &mut rng).unwrap(), eps);
             }
             "model_dcgan_vae" => {
-                let m = DcganVae::<f32>::new(
+                let m = VaeModel::<f32>::dcgan(
                     [1, 28, 28],
                     fx.setting_f64("z_dim") as usize,
                     fx.setting_f64("enc_hidden") as usize,
@@ -109,7 +109,7 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
                 check(&fx, m, eps);
             }
             "model_strided_vae" => {
-                let m = StridedVae::<f32>::new([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
+                let m = VaeModel::<f32>::strided([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
                 let eps = fx
                     .get::<f32>("eps")
                     .into_dimensionality::<Ix2>()
@@ -171,7 +171,7 @@ fn eval_outputs<M: Vae<f32>>(
 
 /// PyTorch -> latent with files PyTorch itself wrote, then latent -> PyTorch: one Adam
 /// step here, the weights and outputs written for `scripts/torch_interop.py check`.
-fn torch_round_trip<M: Vae<f32>>(name: &str, mut model: M, fresh: M, out: &std::path::Path) {
+fn torch_round_trip(name: &str, mut model: VaeModel<f32>, fresh: VaeModel<f32>, out: &std::path::Path) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop");
     checkpoint::load_weights(&dir.join(format!("{name}.torch.safetensors")))
         .unwrap()
@@ -220,11 +220,11 @@ fn state_dicts_saved_by_pytorch_give_its_outputs() {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("latent-torch-io-{}", std::process::id())));
     std::fs::create_dir_all(&out).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut conv = || ConvVae::<f32>::new([1, 28, 28], 3, 4, 5, &mut rng).unwrap();
+    let mut conv = || VaeModel::<f32>::conv([1, 28, 28], 3, 4, 5, &mut rng).unwrap();
     torch_round_trip("conv_vae", conv(), conv(), &out);
-    let mut dcgan = || DcganVae::<f32>::new([1, 28, 28], 8, 4, 8, &mut rng).unwrap();
+    let mut dcgan = || VaeModel::<f32>::dcgan([1, 28, 28], 8, 4, 8, &mut rng).unwrap();
     torch_round_trip("dcgan_vae", dcgan(), dcgan(), &out);
-    let mut strided = || StridedVae::<f32>::new([1, 28, 28], 32, &mut rng).unwrap();
+    let mut strided = || VaeModel::<f32>::strided([1, 28, 28], 32, &mut rng).unwrap();
     torch_round_trip("strided_vae", strided(), strided(), &out);
     if keep.is_none() {
         std::fs::remove_dir_all(out).unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Fixture, Report};
 use latent::loss::{self, Reduction};
-use latent::models::{ConvAe, ConvVae, DcganVae, StridedVae};
+use latent::models::{ConvAe, VaeModel};
 use latent::nn::{
     activation_backward, activation_forward, batch_norm2d_backward, batch_norm2d_forward, conv2d_backward,
     conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, linear_backward, linear_forward, Activation,
@@ -14,7 +14,7 @@ use latent::nn::{
 };
 use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};
-use latent::vae::{self, DiagGaussian, Likelihood, Vae};
+use latent::vae::{self, DiagGaussian, Likelihood};
 use latent::Float;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix1, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
@@ -342,12 +342,12 @@ fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
 
 /// Loads `param.*`, runs one training-mode loss and backward, and checks the loss, the
 /// named intermediates, every gradient and every buffer after the step.
-fn vae_model<F: Float, M: Vae<F>>(
+fn vae_model<F: Float>(
     fx: &Fixture,
     r: &mut Report,
-    model: &mut M,
+    model: &mut VaeModel<F>,
     eps: ndarray::Array3<F>,
-    check: &mut dyn FnMut(&mut M, &vae::LossParts<F>, &mut Report),
+    check: &mut dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report),
 ) {
     load_params(model, |name| {
         fx.has(&format!("param.{name}"))
@@ -398,20 +398,20 @@ fn vae_model<F: Float, M: Vae<F>>(
 fn model_conv_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let k = fx.setting_f64("K") as usize;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut m = ConvVae::<F>::cis522(k, &mut rng).unwrap();
+    let mut m = VaeModel::<F>::conv_cis522(k, &mut rng).unwrap();
     let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
     vae_model(fx, r, &mut m, eps, &mut |m, parts, r| {
         r.check(
             &fx.file,
             "phi",
-            &m.last_phi().unwrap().clone().into_dyn(),
+            &m.last_encoding().unwrap().clone().into_dyn(),
             &fx.get("phi"),
         );
         r.scalar(&fx.file, "kl_mc", parts.kl, scalar_of(fx, "kl_mc"));
         r.scalar(&fx.file, "log_p_x", -parts.recon, scalar_of(fx, "log_p_x"));
     });
     // mu_xs for both samples: decode the same codes again.
-    let phi = m.last_phi().unwrap().clone();
+    let phi = m.last_encoding().unwrap().clone();
     let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
     let z = DiagGaussian::from_isotropic(phi.view())
         .unwrap()
@@ -429,7 +429,7 @@ fn model_conv_vae<F: Float>(fx: &Fixture, r: &mut Report) {
 
 fn model_dcgan_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut m = DcganVae::<F>::new(
+    let mut m = VaeModel::<F>::dcgan(
         [1, 28, 28],
         fx.setting_f64("z_dim") as usize,
         fx.setting_f64("enc_hidden") as usize,
@@ -456,7 +456,7 @@ fn model_dcgan_vae<F: Float>(fx: &Fixture, r: &mut Report) {
 
 fn model_strided_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut m = StridedVae::<F>::new([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
+    let mut m = VaeModel::<F>::strided([1, 28, 28], fx.setting_f64("latent") as usize, &mut rng).unwrap();
     let eps = get2::<F>(fx, "eps").insert_axis(Axis(1));
     let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
     let b = F::lit(x.shape()[0] as f64);

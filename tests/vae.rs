@@ -6,7 +6,7 @@ mod common;
 
 use common::{fd_check, fd_check_h, rand_array};
 use latent::loss::Reduction;
-use latent::models::{ConvVae, DcganVae, StridedVae, VanillaVaeParams};
+use latent::models::{VaeModel, VanillaVaeParams};
 use latent::nn::Module;
 use latent::vae::{self, DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
 use ndarray::{Array1, Array2, Array3, ArrayD, Ix2, Ix3, Ix4};
@@ -233,7 +233,7 @@ fn jitter(model: &mut impl Module<f64>, seed: u64) {
 #[test]
 fn conv_vae_gradients_match_finite_differences() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(16);
-    let mut m = ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
+    let mut m = VaeModel::<f64>::conv([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
     jitter(&mut m, 17);
     for cfg in objectives() {
         check_model("ConvVae", &mut m, 2, cfg, 8);
@@ -243,7 +243,7 @@ fn conv_vae_gradients_match_finite_differences() {
 #[test]
 fn strided_vae_gradients_match_finite_differences() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
-    let mut m = StridedVae::<f64>::new([1, 28, 28], 2, &mut rng).unwrap();
+    let mut m = VaeModel::<f64>::strided([1, 28, 28], 2, &mut rng).unwrap();
     jitter(&mut m, 19);
     for cfg in objectives() {
         check_model("StridedVae", &mut m, 2, cfg, 5);
@@ -253,7 +253,7 @@ fn strided_vae_gradients_match_finite_differences() {
 #[test]
 fn dcgan_vae_gradients_match_finite_differences() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(20);
-    let mut m = DcganVae::<f64>::new([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
+    let mut m = VaeModel::<f64>::dcgan([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
     jitter(&mut m, 21);
     for cfg in objectives() {
         check_model("DcganVae", &mut m, 3, cfg, 5);
@@ -301,7 +301,7 @@ fn vanilla_vae_default_shapes() {
 #[test]
 fn bad_inputs_are_named() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(25);
-    let mut m = StridedVae::<f32>::new([1, 28, 28], 4, &mut rng).unwrap();
+    let mut m = VaeModel::<f32>::strided([1, 28, 28], 4, &mut rng).unwrap();
     let cfg = m.recipe();
     let x = ndarray::Array4::<f32>::zeros((2, 1, 27, 28));
     let e = vae::loss_and_grad(&mut m, x.view(), Array3::zeros((2, 1, 4)).view(), &cfg).unwrap_err();
@@ -319,8 +319,8 @@ fn bad_inputs_are_named() {
     };
     let e = vae::loss_and_grad(&mut m, x.view(), Array3::zeros((2, 0, 4)).view(), &zero).unwrap_err();
     assert!(e.to_string().contains("samples"), "{e}");
-    assert!(StridedVae::<f32>::new([1, 32, 32], 4, &mut rng).is_err());
-    assert!(DcganVae::<f32>::new([1, 32, 32], 4, 2, 2, &mut rng).is_err());
+    assert!(VaeModel::<f32>::strided([1, 32, 32], 4, &mut rng).is_err());
+    assert!(VaeModel::<f32>::dcgan([1, 32, 32], 4, 2, 2, &mut rng).is_err());
     assert!(VanillaVaeParams {
         image: [3, 60, 60],
         ..Default::default()
@@ -334,7 +334,7 @@ fn bad_inputs_are_named() {
 #[test]
 fn iwae_bounds_the_elbo_from_above() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(26);
-    let mut m = ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
+    let mut m = VaeModel::<f64>::conv([1, 7, 7], 2, 2, 3, &mut rng).unwrap();
     let x = rand_array(&[4, 1, 7, 7], 27)
         .mapv(|v| (v + 1.0) / 2.0)
         .into_dimensionality::<Ix4>()
@@ -354,7 +354,10 @@ fn iwae_bounds_the_elbo_from_above() {
     assert!(i >= e, "IWAE {i} < ELBO {e}");
     // A sharp likelihood (sigma_x = e^-1.5) makes the posterior far from q, so the gap
     // between the bounds is wide; average over repetitions to beat the sampling noise.
-    m.log_sig_x.value.fill(-1.5);
+    let latent::vae::PixelLikelihood::LearnedGaussian { log_sig_x, .. } = &mut m.likelihood else {
+        panic!("the ConvVAE learns sigma_x")
+    };
+    log_sig_x.value.fill(-1.5);
     let mut mean_ll = |k, reps| {
         (0..reps)
             .map(|_| {
@@ -376,7 +379,7 @@ fn iwae_bounds_the_elbo_from_above() {
 #[test]
 fn posterior_gradient_through_a_frozen_decoder_matches_finite_differences() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(29);
-    let mut m = DcganVae::<f64>::new([1, 28, 28], 3, 2, 2, &mut rng).unwrap();
+    let mut m = VaeModel::<f64>::dcgan([1, 28, 28], 3, 2, 2, &mut rng).unwrap();
     jitter(&mut m, 30);
     m.visit_buffers(&mut |name, mut v| {
         if name.ends_with("running_var") {
@@ -425,16 +428,23 @@ fn posterior_gradient_through_a_frozen_decoder_matches_finite_differences() {
 
 /// Each notebook model's `layout` (what the GPU trainer builds its layers from) accounts
 /// for every parameter, in the order `visit_params` visits them, with the shapes its
-/// layers expect; the VanillaVAE, which does not describe itself, says so with `None`.
+/// layers expect; it is read off the layers, so AntixK's VanillaVAE has one too, and a
+/// model with a layer that does not describe itself is refused, naming the layer.
 #[test]
 fn model_layouts_account_for_every_parameter_in_order() {
     use latent::nn::LayerSpec;
     use latent::vae::PosteriorForm;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let models: Vec<Box<dyn Vae<f32>>> = vec![
-        Box::new(ConvVae::cis522(20, &mut rng).unwrap()),
-        Box::new(DcganVae::coursera(32, &mut rng).unwrap()),
-        Box::new(StridedVae::new([1, 28, 28], 32, &mut rng).unwrap()),
+    let small = VanillaVaeParams {
+        image: [3, 16, 16],
+        latent: 4,
+        hidden: vec![4, 8],
+    };
+    let models: Vec<VaeModel<f32>> = vec![
+        VaeModel::conv_cis522(20, &mut rng).unwrap(),
+        VaeModel::dcgan_coursera(32, &mut rng).unwrap(),
+        VaeModel::strided([1, 28, 28], 32, &mut rng).unwrap(),
+        small.build(&mut rng).unwrap(),
     ];
     for mut m in models {
         let layout = m.layout().expect("notebook models describe themselves");
@@ -462,8 +472,30 @@ fn model_layouts_account_for_every_parameter_in_order() {
             .chain(&layout.decoder)
             .all(|l| !matches!(l, LayerSpec::Opaque(_))));
     }
-    let vanilla = VanillaVaeParams::default().build::<f32, _>(&mut rng).unwrap();
-    assert!(vanilla.layout().is_none());
+    let mut opaque = VaeModel::<f32>::strided([1, 28, 28], 4, &mut rng).unwrap();
+    opaque.encoder = std::mem::take(&mut opaque.encoder).push(Opaque);
+    let err = opaque.layout().unwrap_err().to_string();
+    assert!(
+        err.contains("Opaque") && err.contains("does not describe itself"),
+        "{err}"
+    );
+}
+
+/// A layer of a user's own that does not describe itself (the identity).
+#[derive(Clone)]
+struct Opaque;
+
+impl latent::nn::Module<f32> for Opaque {
+    fn visit_params(&mut self, _f: &mut dyn FnMut(&mut latent::nn::Param<f32>)) {}
+}
+
+impl latent::nn::Layer<f32> for Opaque {
+    fn forward(&mut self, x: ndarray::ArrayD<f32>, _mode: latent::nn::Mode) -> latent::Result<ndarray::ArrayD<f32>> {
+        Ok(x)
+    }
+    fn backward(&mut self, dy: ndarray::ArrayD<f32>, _need_dx: bool) -> latent::Result<Option<ndarray::ArrayD<f32>>> {
+        Ok(Some(dy))
+    }
 }
 
 /// The relative distance `|a - b| / |b|` of two arrays (0 for two zeros).
@@ -477,7 +509,7 @@ fn rel(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
     }
 }
 
-fn grads_of(model: &mut dyn Vae<f64>) -> Vec<ArrayD<f64>> {
+fn grads_of(model: &mut VaeModel<f64>) -> Vec<ArrayD<f64>> {
     let mut g = Vec::new();
     model.visit_params(&mut |p| g.push(p.grad.clone()));
     g
@@ -492,9 +524,9 @@ fn grads_of(model: &mut dyn Vae<f64>) -> Vec<ArrayD<f64>> {
 fn data_parallel_steps_equal_whole_batch_steps() {
     use latent::optim::{Adam, AdamConfig};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(40);
-    let models: Vec<(Box<dyn Vae<f64>>, usize)> = vec![
-        (Box::new(ConvVae::<f64>::new([1, 7, 7], 2, 2, 3, &mut rng).unwrap()), 3),
-        (Box::new(StridedVae::<f64>::new([1, 28, 28], 3, &mut rng).unwrap()), 2),
+    let models: Vec<(VaeModel<f64>, usize)> = vec![
+        (VaeModel::<f64>::conv([1, 7, 7], 2, 2, 3, &mut rng).unwrap(), 3),
+        (VaeModel::<f64>::strided([1, 28, 28], 3, &mut rng).unwrap(), 2),
     ];
     for (mut model, parts) in models {
         let batch = 8 * parts + 1;
@@ -504,12 +536,12 @@ fn data_parallel_steps_equal_whole_batch_steps() {
             .into_dimensionality::<Ix4>()
             .unwrap();
         for cfg in objectives() {
-            let mut par = vae::DataParallel::vae_in_parts(model.as_ref(), parts);
+            let mut par = vae::DataParallel::vae_in_parts(&model, parts);
             assert_eq!(par.parts(), parts);
-            let mut twin = model.replica().unwrap();
+            let mut twin = model.clone();
             let eps = arr3([batch, cfg.objective.samples(), model.latent_dim()], 42);
-            let whole = vae::loss_and_grad(twin.as_mut(), x.view(), eps.view(), &cfg).unwrap();
-            let split = par.loss_and_grad(model.as_mut(), x.view(), eps.view(), &cfg).unwrap();
+            let whole = vae::loss_and_grad(&mut twin, x.view(), eps.view(), &cfg).unwrap();
+            let split = par.loss_and_grad(&mut model, x.view(), eps.view(), &cfg).unwrap();
             for (what, a, b) in [
                 ("loss", split.loss, whole.loss),
                 ("bound", split.bound, whole.bound),
@@ -521,11 +553,7 @@ fn data_parallel_steps_equal_whole_batch_steps() {
             assert!(rel(&split.output.into_dyn(), &whole.output.into_dyn()) < 1e-13);
             assert!(rel(&split.posterior.mu.into_dyn(), &whole.posterior.mu.into_dyn()) < 1e-13);
             assert!(rel(&split.posterior.logvar.into_dyn(), &whole.posterior.logvar.into_dyn()) < 1e-13);
-            for (i, (a, b)) in grads_of(model.as_mut())
-                .iter()
-                .zip(&grads_of(twin.as_mut()))
-                .enumerate()
-            {
+            for (i, (a, b)) in grads_of(&mut model).iter().zip(&grads_of(&mut twin)).enumerate() {
                 assert!(rel(a, b) < 1e-12, "{cfg:?}: gradient {i} {:.2e}", rel(a, b));
             }
             // Two steps each, from the same parameters and noise.
@@ -535,9 +563,9 @@ fn data_parallel_steps_equal_whole_batch_steps() {
                 rand_chacha::ChaCha8Rng::seed_from_u64(43),
             );
             for _ in 0..2 {
-                par.train_step(model.as_mut(), x.view(), &cfg, &mut opt_a, &mut rng_a)
+                par.train_step(&mut model, x.view(), &cfg, &mut opt_a, &mut rng_a)
                     .unwrap();
-                vae::train_step(twin.as_mut(), x.view(), &cfg, &mut opt_b, &mut rng_b).unwrap();
+                vae::train_step(&mut twin, x.view(), &cfg, &mut opt_b, &mut rng_b).unwrap();
             }
             let mut values = Vec::new();
             twin.visit_params(&mut |p| values.push(p.value.clone()));
@@ -554,15 +582,22 @@ fn data_parallel_steps_equal_whole_batch_steps() {
     }
 }
 
-/// A model whose batch is coupled (BatchNorm) has no replica, and a batch too small to cut
+/// A model whose batch is coupled (BatchNorm) is not cut, nor is one with a layer that does
+/// not describe itself, and a batch too small to cut
 /// is not cut: either way `DataParallel` is the one-piece step, to the bit.
 #[test]
 fn data_parallel_leaves_coupled_models_and_small_batches_whole() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(44);
-    let dcgan = DcganVae::<f64>::new([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
-    assert!(dcgan.replica().is_none());
+    let dcgan = VaeModel::<f64>::dcgan([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
+    assert!(dcgan.couples_batch());
     assert_eq!(vae::DataParallel::vae_in_parts(&dcgan, 4).parts(), 1);
-    let mut m = StridedVae::<f64>::new([1, 28, 28], 3, &mut rng).unwrap();
+    let mut opaque = VaeModel::<f32>::strided([1, 28, 28], 4, &mut rng).unwrap();
+    assert!(!opaque.couples_batch());
+    assert_eq!(vae::DataParallel::vae_in_parts(&opaque, 2).parts(), 2);
+    opaque.decoder = std::mem::take(&mut opaque.decoder).push(Opaque);
+    assert!(opaque.couples_batch());
+    assert_eq!(vae::DataParallel::vae_in_parts(&opaque, 2).parts(), 1);
+    let mut m = VaeModel::<f64>::strided([1, 28, 28], 3, &mut rng).unwrap();
     let mut par = vae::DataParallel::vae_in_parts(&m, 2);
     let mut twin = m.clone();
     let cfg = m.recipe();

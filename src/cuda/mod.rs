@@ -15,7 +15,7 @@
 //! use std::sync::Arc;
 //! use latent::cuda::{Gpu, VaeTrainer};
 //! use latent::device::{select, Device, DeviceRequest};
-//! use latent::models::DcganVae;
+//! use latent::models::VaeModel;
 //! use latent::optim::{Adam, AdamConfig};
 //! use latent::vae::{sample_noise, Vae};
 //! use ndarray::Array2;
@@ -23,7 +23,7 @@
 //!
 //! # fn main() -> latent::Result<()> {
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-//! let mut model = DcganVae::<f32>::coursera(32, &mut rng)?;
+//! let mut model = VaeModel::<f32>::dcgan_coursera(32, &mut rng)?;
 //! let Device::Cuda(ctx) = select(DeviceRequest::Cuda)?.0 else { unreachable!() };
 //! let gpu = Arc::new(Gpu::new(ctx)?);
 //! let images = Array2::<f32>::zeros((4096, 784)); // rows of pixels in [0, 1]

@@ -17,7 +17,7 @@ use super::store::{ParamStore, SlotCursor};
 use crate::loss::Reduction;
 use crate::nn::LayerSpec;
 use crate::optim::{Adam, AdamConfig};
-use crate::vae::{KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, HALF_LN_2PI};
+use crate::vae::{KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeModel, HALF_LN_2PI};
 use crate::{Error, Result};
 
 /// What one step reports, per image as [`crate::vae::LossParts`].
@@ -76,11 +76,10 @@ fn objective_code(cfg: &LossConfig) -> Result<(i32, f32)> {
 impl VaeTrainer {
     /// A trainer for `model` with the loss `cfg` and the optimizer `opt` (its
     /// configuration, and its moments and step count if it has taken steps: a resumed run
-    /// continues where it was). The model must describe itself ([`Vae::layout`]).
-    pub fn new(gpu: Arc<Gpu>, model: &mut dyn Vae<f32>, cfg: LossConfig, opt: &Adam<f32>) -> Result<Self> {
-        let layout = model.layout().ok_or_else(|| {
-            Error::Device("this model does not describe its layers, so it cannot train on the GPU".into())
-        })?;
+    /// continues where it was). The plan is read off the model's layers
+    /// ([`VaeModel::layout`]); a layer the GPU has no kernels for is an error naming it.
+    pub fn new(gpu: Arc<Gpu>, model: &mut VaeModel<f32>, cfg: LossConfig, opt: &Adam<f32>) -> Result<Self> {
+        let layout = model.layout()?;
         objective_code(&cfg)?;
         let image = model.image_shape();
         let latent = model.latent_dim();
@@ -492,7 +491,7 @@ impl VaeTrainer {
 
     /// Copies the parameters, BatchNorm's running statistics (and its count of batches),
     /// Adam's moments and step count back into `model` and `opt`.
-    pub fn download_into(&mut self, model: &mut dyn Vae<f32>, opt: &mut Adam<f32>) -> Result<()> {
+    pub fn download_into(&mut self, model: &mut VaeModel<f32>, opt: &mut Adam<f32>) -> Result<()> {
         self.store.download_into(&self.gpu, model)?;
         let steps = self.unsynced_steps;
         model.visit_counters(&mut |_, c| *c += steps);

@@ -3,38 +3,27 @@
 //! standard deviation. Decoder: ConvTranspose2d + BatchNorm2d + ReLU three times, then a
 //! ConvTranspose2d and a Sigmoid. Loss: BCE (sum) + closed-form KL (sum) over the batch.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
-use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain};
 use crate::loss::Reduction;
 use crate::nn::{
-    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Mode, Module,
-    Param, Sequential, Unflatten,
+    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Sequential, Unflatten,
 };
-use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeLayout};
+use crate::vae::{KlEstimator, Likelihood, LossConfig, Objective, PosteriorHead, VaeModel};
 use crate::{Error, Float, Result};
-
-/// The lab's `VAE(z_dim, im_chan)` with its `state_dict` names (`encode.disc.0.0.weight`,
-/// `encode.disc.0.1.running_mean`, ..., `decode.gen.3.0.bias`).
-pub struct DcganVae<F> {
-    /// Image to `[b, 2 z]` (mean, log std).
-    pub encoder: Sequential<F>,
-    /// Code to pixel probabilities.
-    pub decoder: Sequential<F>,
-    image: [usize; 3],
-    z_dim: usize,
-}
 
 /// Output side of a `k`x`k`, stride-`s` convolution without padding.
 fn conv_out(n: usize, k: usize, s: usize) -> Option<usize> {
     n.checked_sub(k).map(|r| r / s + 1)
 }
 
-impl<F: Float> DcganVae<F> {
-    /// A VAE for `image = [c, 28, 28]` images with `z_dim` latent dimensions, encoder
-    /// width `enc_hidden` (the lab: 16) and decoder width `dec_hidden` (the lab: 64).
-    pub fn new<R: Rng + ?Sized>(
+impl<F: Float> VaeModel<F> {
+    /// The lab's `VAE(z_dim, im_chan)` for `image = [c, 28, 28]` images with `z_dim`
+    /// latent dimensions, encoder width `enc_hidden` (the lab: 16) and decoder width
+    /// `dec_hidden` (the lab: 64), with its `state_dict` names (`encode.disc.0.0.weight`,
+    /// `encode.disc.0.1.running_mean`, ..., `decode.gen.3.0.bias`) and its loss as
+    /// [`VaeModel::recipe`].
+    pub fn dcgan<R: Rng + ?Sized>(
         image: [usize; 3],
         z_dim: usize,
         enc_hidden: usize,
@@ -78,83 +67,23 @@ impl<F: Float> DcganVae<F> {
             .push(BatchNorm2d::new("decode.gen.2.1", d1).with_rectifier(Activation::Relu)?)
             .push(ConvTranspose2d::new("decode.gen.3.0", d1, c, (4, 4), s2, rng))
             .push(ActivationLayer::new(Activation::Sigmoid));
-        Ok(DcganVae {
-            encoder,
-            decoder,
+        let model = VaeModel::new(
             image,
             z_dim,
-        })
-    }
-
-    /// The lab's configuration for MNIST: z = 32, widths 16 and 64.
-    pub fn coursera<R: Rng + ?Sized>(z_dim: usize, rng: &mut R) -> Result<Self> {
-        Self::new([1, 28, 28], z_dim, 16, 64, rng)
-    }
-}
-
-impl<F: Float> Module<F> for DcganVae<F> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
-        self.encoder.visit_params(f);
-        self.decoder.visit_params(f);
-    }
-
-    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {
-        self.encoder.visit_buffers(f);
-        self.decoder.visit_buffers(f);
-    }
-
-    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
-        self.encoder.visit_counters(f);
-        self.decoder.visit_counters(f);
-    }
-}
-
-impl<F: Float> Vae<F> for DcganVae<F> {
-    fn image_shape(&self) -> [usize; 3] {
-        self.image
-    }
-
-    fn latent_dim(&self) -> usize {
-        self.z_dim
-    }
-
-    fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let enc = encode_chain(&mut self.encoder, x, mode)?;
-        DiagGaussian::from_mean_log_std(enc.view())
-    }
-
-    fn encode_backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>) -> Result<()> {
-        let denc = DiagGaussian::mean_log_std_grad(dmu.view(), dlogvar.view());
-        self.encoder.backward(denc.into_dyn(), false)?;
-        Ok(())
-    }
-
-    fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        decode_chain(&mut self.decoder, z, mode)
-    }
-
-    fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        decode_chain_backward(&mut self.decoder, dout)
-    }
-
-    fn likelihood(&self) -> Likelihood<F> {
-        Likelihood::Bernoulli
-    }
-
-    fn layout(&self) -> Option<VaeLayout> {
-        Some(VaeLayout {
-            learned_log_sig_x: false,
-            encoder: self.encoder.spec().flattened(),
-            posterior: PosteriorForm::MeanLogStd,
-            decoder: self.decoder.spec().flattened(),
-        })
-    }
-
-    fn recipe(&self) -> LossConfig {
-        LossConfig {
+            encoder,
+            PosteriorHead::MeanLogStd,
+            decoder,
+            Likelihood::Bernoulli,
+        )?;
+        Ok(model.with_recipe(LossConfig {
             objective: Objective::Elbo { samples: 1, beta: 1.0 },
             kl: KlEstimator::Closed,
             reduction: Reduction::Sum,
-        }
+        }))
+    }
+
+    /// The Coursera lab's configuration for MNIST: z = 32, widths 16 and 64.
+    pub fn dcgan_coursera<R: Rng + ?Sized>(z_dim: usize, rng: &mut R) -> Result<Self> {
+        Self::dcgan([1, 28, 28], z_dim, 16, 64, rng)
     }
 }

@@ -4,19 +4,17 @@
 //! blocks, and a final block (ConvTranspose2d, BatchNorm2d, LeakyReLU, Conv2d 3x3 to the
 //! image channels, Tanh). The defaults: widths [32, 64, 128, 256, 512] on 3x64x64 images.
 
-use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD};
 use rand::Rng;
 
-use super::vae_parts::{decode_chain, decode_chain_backward, encode_chain, GaussianHeads};
 use crate::loss::Reduction;
 use crate::nn::{
-    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Layer, Linear, Mode,
-    Module, Param, Sequential, Unflatten,
+    Activation, ActivationLayer, BatchNorm2d, Conv2d, ConvOptions, ConvTranspose2d, Flatten, Linear, Sequential,
+    Unflatten,
 };
-use crate::vae::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, Vae};
+use crate::vae::{KlEstimator, Likelihood, LossConfig, Objective, PosteriorHead, VaeModel};
 use crate::{Error, Float, Result};
 
-/// Configuration of a [`VanillaVae`].
+/// Configuration of AntixK's `VanillaVAE`, built as a [`VaeModel`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct VanillaVaeParams {
     /// One image's shape `[c, h, w]`; `h` and `w` must be divisible by `2^hidden.len()`.
@@ -39,29 +37,14 @@ impl Default for VanillaVaeParams {
 }
 
 impl VanillaVaeParams {
-    /// Builds the model with PyTorch's default initialisation.
-    pub fn build<F: Float, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<VanillaVae<F>> {
-        VanillaVae::new(self, rng)
-    }
-}
+    /// Builds the model with PyTorch's default initialisation and AntixK's `state_dict`
+    /// names (`encoder.0.0.weight`, `encoder.0.1.running_mean`, `fc_mu.*`, `fc_var.*`,
+    /// `decoder_input.*`, `decoder.0.0.*`, `final_layer.0.*`, `final_layer.1.*`,
+    /// `final_layer.3.*`). It is scored with squared error (AntixK trains on
+    /// `mse_loss(recons, input)` + a weighted KL), averaged over the batch.
+    pub fn build<F: Float, R: Rng + ?Sized>(&self, rng: &mut R) -> Result<VaeModel<F>> {
+        let params = self;
 
-/// The built model, with AntixK's `state_dict` names (`encoder.0.0.weight`,
-/// `encoder.0.1.running_mean`, `fc_mu.*`, `fc_var.*`, `decoder_input.*`, `decoder.0.0.*`,
-/// `final_layer.0.*`, `final_layer.1.*`, `final_layer.3.*`).
-pub struct VanillaVae<F> {
-    /// Image to features.
-    pub encoder: Sequential<F>,
-    /// `fc_mu` and `fc_var`: features to the posterior's mean and log variance.
-    pub heads: GaussianHeads<F>,
-    /// Code to image in [-1, 1]: `decoder_input`, the blocks, the final layer.
-    pub decoder: Sequential<F>,
-    image: [usize; 3],
-    latent: usize,
-}
-
-impl<F: Float> VanillaVae<F> {
-    /// Builds the model described by `params`.
-    pub fn new<R: Rng + ?Sized>(params: &VanillaVaeParams, rng: &mut R) -> Result<Self> {
         let [c, h, w] = params.image;
         let depth = params.hidden.len();
         let f = 1usize.checked_shl(depth as u32).unwrap_or(0);
@@ -97,7 +80,7 @@ impl<F: Float> VanillaVae<F> {
             in_ch = hd;
         }
         encoder = encoder.push(Flatten::new());
-        let heads = GaussianHeads::new(("fc_mu", "fc_var"), flat, params.latent, rng);
+        let head = PosteriorHead::linear(("fc_mu", "fc_var"), flat, params.latent, rng);
         let mut decoder = Sequential::new()
             .push(Linear::new("decoder_input", params.latent, flat, true, rng))
             .push(Unflatten::new(&[last, hb, wb]));
@@ -127,72 +110,18 @@ impl<F: Float> VanillaVae<F> {
                 rng,
             ))
             .push(ActivationLayer::new(Activation::Tanh));
-        Ok(VanillaVae {
+        let model = VaeModel::new(
+            params.image,
+            params.latent,
             encoder,
-            heads,
+            head,
             decoder,
-            image: params.image,
-            latent: params.latent,
-        })
-    }
-}
-
-impl<F: Float> Module<F> for VanillaVae<F> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
-        self.encoder.visit_params(f);
-        self.heads.visit_params(f);
-        self.decoder.visit_params(f);
-    }
-
-    fn visit_buffers(&mut self, f: &mut dyn FnMut(&str, ArrayViewMutD<F>)) {
-        self.encoder.visit_buffers(f);
-        self.decoder.visit_buffers(f);
-    }
-
-    fn visit_counters(&mut self, f: &mut dyn FnMut(&str, &mut u64)) {
-        self.encoder.visit_counters(f);
-        self.decoder.visit_counters(f);
-    }
-}
-
-impl<F: Float> Vae<F> for VanillaVae<F> {
-    fn image_shape(&self) -> [usize; 3] {
-        self.image
-    }
-
-    fn latent_dim(&self) -> usize {
-        self.latent
-    }
-
-    fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let h = encode_chain(&mut self.encoder, x, mode)?;
-        self.heads.forward(h.view())
-    }
-
-    fn encode_backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>) -> Result<()> {
-        let dh = self.heads.backward(dmu, dlogvar)?;
-        self.encoder.backward(dh.into_dyn(), false)?;
-        Ok(())
-    }
-
-    fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        decode_chain(&mut self.decoder, z, mode)
-    }
-
-    fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
-        decode_chain_backward(&mut self.decoder, dout)
-    }
-
-    /// Squared error: AntixK trains on `mse_loss(recons, input)` + a weighted KL.
-    fn likelihood(&self) -> Likelihood<F> {
-        Likelihood::SquaredError
-    }
-
-    fn recipe(&self) -> LossConfig {
-        LossConfig {
+            Likelihood::SquaredError,
+        )?;
+        Ok(model.with_recipe(LossConfig {
             objective: Objective::Elbo { samples: 1, beta: 1.0 },
             kl: KlEstimator::Closed,
             reduction: Reduction::Mean,
-        }
+        }))
     }
 }

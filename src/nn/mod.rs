@@ -119,6 +119,14 @@ pub trait Layer<F: Float>: Module<F> + CloneLayer<F> + Send {
     fn spec(&self) -> LayerSpec {
         LayerSpec::Opaque(std::any::type_name::<Self>())
     }
+
+    /// Whether the training output for one sample depends on the other samples of the
+    /// batch ([`LayerSpec::couples_batch`] of [`Layer::spec`]); a layer of one's own that
+    /// is opaque but treats samples independently may say `false`, so that batches can
+    /// be cut across threads ([`crate::vae::DataParallel`]).
+    fn couples_batch(&self) -> bool {
+        self.spec().couples_batch()
+    }
 }
 
 /// A dynamic array as NCHW, or an error naming the layer.

@@ -67,6 +67,10 @@ impl<F: Float> Layer<F> for Sequential<F> {
         super::LayerSpec::Sequential(self.layers.iter().map(|l| l.spec()).collect())
     }
 
+    fn couples_batch(&self) -> bool {
+        self.layers.iter().any(|l| l.couples_batch())
+    }
+
     fn forward(&mut self, mut x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         for l in &mut self.layers {
             x = l.forward(x, mode)?;

@@ -109,6 +109,17 @@ impl LayerSpec {
         }
     }
 
+    /// Whether the layer's training output for one sample depends on the other samples
+    /// of its batch: BatchNorm (batch statistics), and, to be safe, a layer that does not
+    /// describe itself.
+    pub fn couples_batch(&self) -> bool {
+        match self {
+            LayerSpec::BatchNorm2d { .. } | LayerSpec::Opaque(_) => true,
+            LayerSpec::Sequential(layers) => layers.iter().any(LayerSpec::couples_batch),
+            _ => false,
+        }
+    }
+
     /// The layers in order, with nested [`LayerSpec::Sequential`]s flattened.
     pub fn flattened(&self) -> Vec<LayerSpec> {
         match self {

@@ -9,24 +9,25 @@ use ndarray::{s, ArrayView3, ArrayView4};
 use rand::Rng;
 
 use super::step::{check_input, loss_and_grad_of_part};
-use super::{sample_noise, DiagGaussian, LossConfig, LossParts, Vae};
+use super::{sample_noise, DiagGaussian, LossConfig, LossParts, Vae, VaeModel};
 use crate::data_parallel::{concat_parts, DataParallel};
 use crate::loss::Reduction;
 use crate::optim::Adam;
 use crate::pool::on_worker;
 use crate::{Float, Result};
 
-impl<F: Float> DataParallel<dyn Vae<F>> {
-    /// As many parts as rayon's pool has threads, or one (no copies) where `model` has
-    /// no [`Vae::replica`] (BatchNorm couples its batch).
-    pub fn vae(model: &dyn Vae<F>) -> Self {
+impl<F: Float> DataParallel<VaeModel<F>> {
+    /// As many parts as rayon's pool has threads, or one (no copies) where a layer of
+    /// `model` couples the images of a batch ([`VaeModel::couples_batch`]: BatchNorm).
+    pub fn vae(model: &VaeModel<F>) -> Self {
         Self::vae_in_parts(model, rayon::current_num_threads())
     }
 
     /// Up to `parts` parts per batch (one per thread is the useful number; more take
-    /// turns), or one where `model` has no [`Vae::replica`].
-    pub fn vae_in_parts(model: &dyn Vae<F>, parts: usize) -> Self {
-        Self::from_replicas((1..parts.max(1)).map_while(|_| model.replica()).collect())
+    /// turns), or one where a layer of `model` couples the images of a batch.
+    pub fn vae_in_parts(model: &VaeModel<F>, parts: usize) -> Self {
+        let copies = if model.couples_batch() { 0 } else { parts.max(1) - 1 };
+        Self::from_replicas((0..copies).map(|_| Box::new(model.clone())).collect())
     }
 
     /// [`super::loss_and_grad`] on images `x` `[b, c, h, w]` with noise `eps` `[b, n, K]`,

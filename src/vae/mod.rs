@@ -10,7 +10,9 @@
 //! - posterior collapse: [`active_units`], [`posterior_mean_variance`];
 //! - [`Vae`] and [`loss_and_grad`]: one training step for any model, with the backward
 //!   pass through every estimator written out; [`DataParallel`]: the same step with the
-//!   batch cut into one part per thread.
+//!   batch cut into one part per thread;
+//! - [`VaeModel`]: a VAE assembled from an encoder, a [`PosteriorHead`], a decoder and a
+//!   [`PixelLikelihood`] (the notebooks' models are presets of it, in [`crate::models`]).
 
 mod bound;
 mod collapse;
@@ -18,6 +20,7 @@ mod data_parallel;
 mod kl;
 mod layout;
 mod likelihood;
+mod model;
 mod posterior;
 mod step;
 
@@ -31,6 +34,7 @@ pub use layout::{PosteriorForm, VaeLayout};
 pub use likelihood::{
     log_likelihood, log_likelihood_backward, log_p_x_gaussian, log_p_x_gaussian_backward, Likelihood, HALF_LN_2PI,
 };
+pub use model::{GaussianHeads, PixelLikelihood, PosteriorHead, VaeModel};
 pub use posterior::DiagGaussian;
 pub use step::{
     decode_images, evaluate, iwae_log_likelihood, loss_and_grad, one_sample, posterior_loss_and_grad, sample_noise,

@@ -14,9 +14,13 @@ use crate::optim::Adam;
 use crate::pool::on_worker;
 use crate::{Error, Float, Result};
 
-/// A variational autoencoder: an encoder to a diagonal Gaussian q(z|x), a decoder from z
-/// to the parameters of p(x|z), and the likelihood that scores them. The forward calls
-/// in [`Mode::Train`] keep what the matching backward needs.
+/// A variational autoencoder's maths: an encoder to a diagonal Gaussian q(z|x), a decoder
+/// from z to the parameters of p(x|z), and the likelihood that scores them. The forward
+/// calls in [`Mode::Train`] keep what the matching backward needs.
+///
+/// [`super::VaeModel`] implements it for any encoder, head, decoder and likelihood; the
+/// training policy (the loss, the optimizer, the batch) and what backends need (may a
+/// batch be split? the GPU's plan) are not part of it.
 pub trait Vae<F: Float>: Module<F> + Send {
     /// One image's shape `[c, h, w]`.
     fn image_shape(&self) -> [usize; 3];
@@ -42,23 +46,6 @@ pub trait Vae<F: Float>: Module<F> + Send {
 
     /// Accumulates the gradient with respect to a learned `log sigma_x`, if the model has one.
     fn likelihood_backward(&mut self, _dlog_sig_x: F) {}
-
-    /// The loss of the notebook the model comes from.
-    fn recipe(&self) -> LossConfig;
-
-    /// The architecture as data, for backends that train the model elsewhere (the
-    /// `cuda` feature's trainer); `None` (the default) if the model does not describe itself.
-    fn layout(&self) -> Option<super::VaeLayout> {
-        None
-    }
-
-    /// A copy of the model that can take part of a batch on another thread
-    /// ([`super::DataParallel`]), or `None` (the default) where splitting a batch would
-    /// change the loss: a model whose training forward couples the images of a batch
-    /// (BatchNorm's batch statistics), or one that does not say.
-    fn replica(&self) -> Option<Box<dyn Vae<F>>> {
-        None
-    }
 }
 
 /// How the KL term of the ELBO is computed.
