@@ -4,11 +4,11 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use latent::models::VaeModel;
 use latent::optim::{Adam, AdamConfig};
-use latent::vae::{self, Vae};
+use latent::vae;
 use ndarray::Array4;
 use rand::{Rng, SeedableRng};
 
-fn step(c: &mut Criterion, name: &str, model: &mut dyn Vae<f32>, batch: usize, lr: f32) {
+fn step(c: &mut Criterion, name: &str, model: &mut VaeModel<f32>, batch: usize, lr: f32) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let x = Array4::from_shape_simple_fn((batch, 1, 28, 28), || rng.random_range(0.0f32..1.0));
     let cfg = model.recipe();

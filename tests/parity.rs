@@ -340,6 +340,9 @@ fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
     r.check(&fx.file, "dlogvar", &dlv.into_dyn(), &fx.get("dlogvar"));
 }
 
+/// What a model case checks after its step, beyond the loss and the gradients.
+type ModelCheck<F> = dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report);
+
 /// Loads `param.*`, runs one training-mode loss and backward, and checks the loss, the
 /// named intermediates, every gradient and every buffer after the step.
 fn vae_model<F: Float>(
@@ -347,7 +350,7 @@ fn vae_model<F: Float>(
     r: &mut Report,
     model: &mut VaeModel<F>,
     eps: ndarray::Array3<F>,
-    check: &mut dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report),
+    check: &mut ModelCheck<F>,
 ) {
     load_params(model, |name| {
         fx.has(&format!("param.{name}"))

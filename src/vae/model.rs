@@ -67,6 +67,8 @@ impl<F: Float> Module<F> for GaussianHeads<F> {
 }
 
 /// How the encoder's output `[b, d]` becomes q(z|x).
+// One per model, never in a collection: the size of the unboxed heads costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PosteriorHead<F> {
     /// Two Linear heads from `d` features to `mu` and `logvar` (the strided VAE, AntixK,
@@ -107,6 +109,7 @@ impl<F: Float> PosteriorHead<F> {
 
 /// How images are scored against the decoder's output: a fixed [`Likelihood`], or a
 /// Gaussian whose scalar `log sigma_x` is a parameter of the model (CIS-522's ConvVAE).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum PixelLikelihood<F> {
     /// A likelihood with nothing to learn (a Gaussian with a fixed sigma_x, squared error,
