@@ -341,7 +341,7 @@ fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
 }
 
 /// What a model case checks after its step, beyond the loss and the gradients.
-type ModelCheck<F> = dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report);
+type ModelCheck<'a, F> = dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report) + 'a;
 
 /// Loads `param.*`, runs one training-mode loss and backward, and checks the loss, the
 /// named intermediates, every gradient and every buffer after the step.
@@ -350,7 +350,7 @@ fn vae_model<F: Float>(
     r: &mut Report,
     model: &mut VaeModel<F>,
     eps: ndarray::Array3<F>,
-    check: &mut ModelCheck<F>,
+    check: &mut ModelCheck<'_, F>,
 ) {
     load_params(model, |name| {
         fx.has(&format!("param.{name}"))
