@@ -15,7 +15,7 @@ use super::gpu::{int, Arg, DeviceBuf, DeviceImages, Gpu};
 use super::layers::{GpuChain, Shape, Tensor};
 use super::store::{ParamStore, SlotCursor};
 use crate::loss::Reduction;
-use crate::nn::LayerSpec;
+use crate::nn::{LayerSpec, Module};
 use crate::optim::{Adam, AdamConfig};
 use crate::vae::{KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeModel, HALF_LN_2PI};
 use crate::{Error, Result};
