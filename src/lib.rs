@@ -8,10 +8,14 @@
 //! - [`pca`]: streamed moments, top-K eigenvectors, the whitened encoder/decoder.
 //! - [`nn`]: layers as forward/backward pairs; [`loss`]; [`optim`] (Adam).
 //! - [`models`]: the notebooks' models, with PyTorch `state_dict` names.
-//! - [`vae`]: the ELBO, its estimators and gradients, one VAE training step.
+//! - [`vae`]: the ELBO, its estimators and gradients, one VAE training step, and
+//!   [`vae::VaeModel`], a VAE assembled from parts (the notebooks' models are presets).
+//! - [`train`]: [`train::Trainer`], the training loop (progress, history, checkpoints and
+//!   resume, collapse restarts, evaluation, hooks).
 //! - [`device`]: CPU or (feature `cuda`) GPU, with a loud fallback.
 //! - [`checkpoint`]: weights and training checkpoints as safetensors, PyTorch names.
-//! - [`plot`]: loss curves, image grids, spectra as PNG.
+//! - [`plot`]: loss curves, image grids, spectra as PNG; [`figures`]: the figures of any
+//!   trained VAE.
 //!
 //! Images are NCHW `f32` as in PyTorch; everything numeric is generic over [`Float`] so
 //! that gradient checks run in `f64`.
@@ -58,6 +62,7 @@ pub mod data_parallel;
 pub mod denormals;
 pub mod device;
 mod error;
+pub mod figures;
 mod float;
 pub mod gemm;
 pub mod loss;
@@ -69,6 +74,7 @@ pub mod pca;
 pub mod plot;
 pub mod pool;
 pub mod progress;
+pub mod train;
 pub mod vae;
 
 pub use error::{Error, Result};

@@ -178,6 +178,15 @@ impl VaeTrainer {
         })
     }
 
+    /// Changes the loss and Adam's hyper-parameters from the next step on (a KL warm-up,
+    /// a learning-rate schedule); the objective is checked as in [`VaeTrainer::new`].
+    pub fn set_config(&mut self, cfg: LossConfig, adam: AdamConfig<f32>) -> Result<()> {
+        objective_code(&cfg)?;
+        self.cfg = cfg;
+        self.adam = adam;
+        Ok(())
+    }
+
     /// Adam steps taken (counting a resumed optimizer's).
     pub fn steps(&self) -> u64 {
         self.step

@@ -1,0 +1,219 @@
+//! The end-of-run evaluation on a test set: for a VAE the bound per image split into
+//! reconstruction and KL, the reconstruction error, an IWAE-k log-likelihood estimate and
+//! the active units; for an autoencoder the reconstruction error and the codes.
+
+use std::time::Instant;
+
+use ndarray::{s, Array2, Array4, ArrayView2, Axis};
+use rand_chacha::ChaCha8Rng;
+
+use super::engine::Pixels;
+use crate::data::Dataset;
+use crate::loss::Reduction;
+use crate::vae::{
+    active_units, evaluate, iwae_log_likelihood, sample_noise, KlEstimator, LossConfig, Objective, Vae,
+    ACTIVE_UNIT_THRESHOLD,
+};
+use crate::{Error, Float, Result};
+
+/// What the evaluation computes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// Importance samples of the IWAE log-likelihood estimate (0: none).
+    pub iwae_k: usize,
+    /// Test images of the IWAE estimate (the first ones).
+    pub iwae_images: usize,
+    /// Images per pass of the bound and the reconstructions.
+    pub chunk: usize,
+    /// Images per pass of the IWAE estimate (`iwae_chunk * iwae_k` decoder passes are in
+    /// memory at once).
+    pub iwae_chunk: usize,
+}
+
+impl Default for EvalConfig {
+    /// IWAE-100 on the first 1000 test images, 500 images per pass.
+    fn default() -> Self {
+        EvalConfig {
+            iwae_k: 100,
+            iwae_images: 1000,
+            chunk: 500,
+            iwae_chunk: 10,
+        }
+    }
+}
+
+/// The IWAE-k estimate of the test log-likelihood.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IwaeEstimate {
+    /// Importance samples per image.
+    pub k: usize,
+    /// Images scored.
+    pub images: usize,
+    /// Mean log-likelihood per image, nats (a Gaussian likelihood as a normalised density).
+    pub mean: f64,
+    /// Its standard error over the images.
+    pub stderr: f64,
+}
+
+/// A VAE's terms on the test set, per image (one sample of z each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaeEvaluation {
+    /// The ELBO (beta 1, closed-form KL) in the likelihood's own form (the notebook's
+    /// Gaussian has no `0.5 log 2 pi` terms: see [`crate::vae::Likelihood`]).
+    pub bound: f64,
+    /// `-E_q log p(x|z)`, in the same form.
+    pub recon: f64,
+    /// `KL(q(z|x) || p(z))`.
+    pub kl: f64,
+    /// Latent dimensions whose posterior mean varies over the test set by more than
+    /// [`ACTIVE_UNIT_THRESHOLD`] (Burda et al.'s active units).
+    pub active_units: usize,
+    /// The IWAE estimate, if asked for.
+    pub iwae: Option<IwaeEstimate>,
+}
+
+/// A trained model on the test set.
+#[derive(Debug, Clone)]
+pub struct Evaluation<F> {
+    /// Mean squared reconstruction error per pixel (a VAE's from one sample of q).
+    pub mse: f64,
+    /// One code per test image: a VAE's posterior means, an autoencoder's codes, `[n, K]`.
+    pub codes: Array2<F>,
+    /// The reconstructions of the first pass's images (a VAE's decoder output), `[m, c, h, w]`.
+    pub reconstructions: Array4<F>,
+    /// The VAE's terms.
+    pub vae: Option<VaeEvaluation>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+fn check(test: &Dataset, cfg: &EvalConfig) -> Result<()> {
+    if test.is_empty() || cfg.chunk == 0 || (cfg.iwae_k > 0 && cfg.iwae_chunk == 0) {
+        return Err(Error::InvalidArgument(format!(
+            "evaluation: {} test images, chunk {} and iwae_chunk {} must be >= 1",
+            test.len(),
+            cfg.chunk,
+            cfg.iwae_chunk
+        )));
+    }
+    Ok(())
+}
+
+/// [`Evaluation`] of a VAE: the bound with one sample per image (noise from `rng`, in
+/// passes of `cfg.chunk` images), then the IWAE estimate (noise from `rng`).
+pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
+    model: &mut M,
+    test: &Dataset,
+    cfg: &EvalConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Evaluation<F>> {
+    check(test, cfg)?;
+    let t = Instant::now();
+    let elbo = LossConfig {
+        objective: Objective::Elbo { samples: 1, beta: 1.0 },
+        kl: KlEstimator::Closed,
+        reduction: Reduction::Mean,
+    };
+    let pixels = Pixels::<F>::of(test);
+    let shape = test.images.shape()[1..].to_vec();
+    let (mut bound, mut recon, mut kl, mut sse) = (0.0, 0.0, 0.0, 0.0);
+    let mut means = Vec::new();
+    let mut first = None;
+    for chunk in pixels.view().axis_chunks_iter(Axis(0), cfg.chunk) {
+        let b = chunk.nrows();
+        let x = chunk
+            .into_shape_with_order((b, shape[0], shape[1], shape[2]))
+            .expect("whole images");
+        let eps = sample_noise(b, 1, model.latent_dim(), rng);
+        let parts = evaluate(model, x, eps.view(), &elbo)?;
+        let w = b as f64;
+        bound += parts.bound.to_f64_lossless() * w;
+        recon += parts.recon.to_f64_lossless() * w;
+        kl += parts.kl.to_f64_lossless() * w;
+        sse += parts
+            .output
+            .iter()
+            .zip(x.iter())
+            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
+            .sum::<f64>();
+        means.push(parts.posterior.mu);
+        if first.is_none() {
+            first = Some(parts.output);
+        }
+    }
+    let n = test.len() as f64;
+    let views: Vec<_> = means.iter().map(|m| m.view()).collect();
+    let codes = ndarray::concatenate(Axis(0), &views).expect("same widths");
+    let n_iwae = cfg.iwae_images.min(test.len());
+    let iwae = if cfg.iwae_k > 0 && n_iwae > 0 {
+        let x = pixels
+            .view()
+            .slice_move(s![..n_iwae, ..])
+            .into_shape_with_order((n_iwae, shape[0], shape[1], shape[2]))
+            .expect("whole images");
+        let ll = iwae_log_likelihood(model, x, cfg.iwae_k, cfg.iwae_chunk, rng)?;
+        let mean = ll.mean().expect("non-empty").to_f64_lossless();
+        let stderr = ll.mapv(|v| v.to_f64_lossless()).std(1.0) / (n_iwae as f64).sqrt();
+        Some(IwaeEstimate {
+            k: cfg.iwae_k,
+            images: n_iwae,
+            mean,
+            stderr,
+        })
+    } else {
+        None
+    };
+    Ok(Evaluation {
+        mse: sse / (n * test.dim() as f64),
+        vae: Some(VaeEvaluation {
+            bound: bound / n,
+            recon: recon / n,
+            kl: kl / n,
+            active_units: active_units(codes.view(), ACTIVE_UNIT_THRESHOLD)?,
+            iwae,
+        }),
+        codes,
+        reconstructions: first.expect("at least one test image"),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// [`Evaluation`] of an autoencoder, given its reconstruction of rows of pixels
+/// (`[m, pixels]`, with the codes `[m, K]`).
+pub(super) fn evaluate_ae<F: Float>(
+    test: &Dataset,
+    cfg: &EvalConfig,
+    mut reconstruct: impl FnMut(ArrayView2<F>) -> Result<(Array2<F>, Array2<F>)>,
+) -> Result<Evaluation<F>> {
+    check(test, cfg)?;
+    let t = Instant::now();
+    let pixels = Pixels::<F>::of(test);
+    let shape = test.images.shape()[1..].to_vec();
+    let mut sse = 0.0;
+    let mut codes = Vec::new();
+    let mut first = None;
+    for chunk in pixels.view().axis_chunks_iter(Axis(0), cfg.chunk) {
+        let (rec, h) = reconstruct(chunk)?;
+        sse += rec
+            .iter()
+            .zip(chunk.iter())
+            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
+            .sum::<f64>();
+        codes.push(h);
+        if first.is_none() {
+            let m = rec.nrows();
+            first = Some(
+                rec.into_shape_with_order((m, shape[0], shape[1], shape[2]))
+                    .expect("whole images"),
+            );
+        }
+    }
+    let views: Vec<_> = codes.iter().map(|c| c.view()).collect();
+    Ok(Evaluation {
+        mse: sse / (test.len() * test.dim()) as f64,
+        codes: ndarray::concatenate(Axis(0), &views).expect("same widths"),
+        reconstructions: first.expect("at least one test image"),
+        vae: None,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
