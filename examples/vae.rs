@@ -17,7 +17,7 @@ use latent::figures::{vae_figures, FigureSet};
 use latent::nn::Module;
 use latent::optim::AdamConfig;
 use latent::train::{CollapsePolicy, EvalConfig, Trainer};
-use latent::vae::{self, Likelihood, LossConfig, Objective, Vae, VaeModel};
+use latent::vae::{LossConfig, Objective, Vae, VaeModel};
 use latent::Error;
 
 fn main() {
@@ -41,67 +41,29 @@ fn recipe(model: &str) -> latent::Result<(usize, f32, f32, usize)> {
     })
 }
 
+/// `(flag, default, help)`; one per line, as a table.
+#[rustfmt::skip]
 const FLAGS: &[(&str, &str, &str)] = &[
     ("model", "conv", "conv, dcgan or strided"),
-    (
-        "device",
-        "auto",
-        "auto (the GPU if usable, else the CPU, saying why), cpu, or cuda (an error without a GPU)",
-    ),
-    (
-        "tf32",
-        "off",
-        "on: GPU products in TF32 on the tensor cores (PyTorch's default for convolutions); off: true f32",
-    ),
+    ("device", "auto", "auto (the GPU if usable, else the CPU, saying why), cpu, or cuda (an error without a GPU)"),
+    ("tf32", "off", "on: GPU products in TF32 on the tensor cores (PyTorch's default for convolutions); off: true f32"),
     ("dataset", "mnist", "mnist or fashion"),
-    (
-        "data-dir",
-        "",
-        "folder with the four IDX .gz files (default: data/mnist, or Debian's Fashion-MNIST folder)",
-    ),
+    ("data-dir", "", "folder with the four IDX .gz files (default: data/mnist, or Debian's Fashion-MNIST folder)"),
     ("epochs", "10", "training epochs"),
     ("batch", "recipe", "batch size (conv 100, dcgan 1024, strided 128)"),
-    (
-        "lr",
-        "recipe",
-        "Adam learning rate (conv 1e-3, dcgan 2e-3, strided 1e-3)",
-    ),
+    ("lr", "recipe", "Adam learning rate (conv 1e-3, dcgan 2e-3, strided 1e-3)"),
     ("weight-decay", "recipe", "Adam L2 weight decay (conv 1e-6, others 0)"),
     ("latent", "recipe", "latent dimensions (conv 20, dcgan 32, strided 32)"),
     ("beta", "1", "weight of the KL term in the ELBO"),
-    (
-        "samples",
-        "1",
-        "samples of z per image (ELBO) or importance samples (IWAE)",
-    ),
+    ("samples", "1", "samples of z per image (ELBO) or importance samples (IWAE)"),
     ("objective", "elbo", "elbo or iwae"),
-    (
-        "iwae-k",
-        "100",
-        "importance samples of the test log-likelihood estimate",
-    ),
-    (
-        "iwae-images",
-        "1000",
-        "test images of the IWAE estimate (the first ones)",
-    ),
-    (
-        "train-images",
-        "all",
-        "train on the first N training images only (quick runs)",
-    ),
+    ("iwae-k", "100", "importance samples of the test log-likelihood estimate"),
+    ("iwae-images", "1000", "test images of the IWAE estimate (the first ones)"),
+    ("train-images", "all", "train on the first N training images only (quick runs)"),
     ("seed", "0", "random seed (initialisation, shuffling, noise)"),
     ("out", "out", "folder for the PNG figures and the final weights"),
-    (
-        "checkpoint-every",
-        "1",
-        "write a checkpoint every N epochs to --out/vae_MODEL.ckpt.safetensors (0: never)",
-    ),
-    (
-        "resume",
-        "",
-        "continue training from this checkpoint (same model, sizes and dataset)",
-    ),
+    ("checkpoint-every", "1", "write a checkpoint every N epochs to --out/vae_MODEL.ckpt.safetensors (0: never)"),
+    ("resume", "", "continue training from this checkpoint (same model, sizes and dataset)"),
 ];
 
 fn run() -> latent::Result<()> {
@@ -218,7 +180,6 @@ fn run() -> latent::Result<()> {
     eprintln!("wrote {} (PyTorch state_dict names)", weights.display());
 
     let eval = fitted.evaluation.as_ref().expect("a test set was given");
-    let v = eval.vae.as_ref().expect("a VAE's evaluation");
     let epochs = fitted.first_epoch + fitted.history.epochs.len();
     println!();
     println!(
@@ -231,58 +192,7 @@ fn run() -> latent::Result<()> {
             f => format!(" (epochs {}..{epochs} of this run)", f + 1),
         }
     );
-    let like = fitted.model.likelihood();
-    match like {
-        Likelihood::Gaussian { log_sig_x, .. } => {
-            let lift = test.dim() as f64 * vae::HALF_LN_2PI;
-            println!(
-                "test ELBO per image: {:.1} nats with the 0.5 log 2pi terms ({:.1} in the notebook's form without them)",
-                v.bound - lift,
-                v.bound
-            );
-            println!(
-                "  reconstruction term -E log p(x|z): {:.1} (notebook form {:.1}), KL: {:.2}",
-                v.recon + lift,
-                v.recon,
-                v.kl
-            );
-            println!("  learned sigma_x: {:.4}", (log_sig_x as f64).exp());
-        }
-        _ => {
-            let what = if like == Likelihood::SquaredError { "SSE" } else { "BCE" };
-            println!(
-                "test loss per image: {:.2} = {what} {:.2} + KL {:.2}",
-                -v.bound, v.recon, v.kl
-            );
-        }
-    }
-    println!("  reconstruction MSE per pixel (z ~ q): {:.5}", eval.mse);
-    println!(
-        "  active latent dimensions (Var_x E_q[z_k] > {}): {} of {latent}",
-        vae::ACTIVE_UNIT_THRESHOLD,
-        v.active_units
-    );
-    if v.active_units == 0 {
-        println!(
-            "WARNING: the posterior has collapsed: q(z|x) is the same for every test image, the decoder \
-             answers the mean image and these figures describe no latent structure; rerun with another --seed"
-        );
-    }
-    if let Some(iwae) = v.iwae {
-        let gaussian = matches!(like, Likelihood::Gaussian { .. });
-        println!(
-            "IWAE-{} log-likelihood on the first {} test images: {:.1} ± {:.1} nats (standard error){}",
-            iwae.k,
-            iwae.images,
-            iwae.mean,
-            iwae.stderr,
-            if gaussian {
-                ", a normalised Gaussian density"
-            } else {
-                ""
-            }
-        );
-    }
+    print!("{}", eval.report(fitted.model.likelihood()));
     println!("evaluation took {:.1} s", eval.seconds);
 
     let set = FigureSet {

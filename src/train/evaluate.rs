@@ -2,6 +2,7 @@
 //! reconstruction and KL, the reconstruction error, an IWAE-k log-likelihood estimate and
 //! the active units; for an autoencoder the reconstruction error and the codes.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use ndarray::{s, Array2, Array4, ArrayView2, Axis};
@@ -11,8 +12,8 @@ use super::engine::Pixels;
 use crate::data::Dataset;
 use crate::loss::Reduction;
 use crate::vae::{
-    active_units, evaluate, iwae_log_likelihood, sample_noise, KlEstimator, LossConfig, Objective, Vae,
-    ACTIVE_UNIT_THRESHOLD,
+    active_units, evaluate, iwae_log_likelihood, sample_noise, KlEstimator, Likelihood, LossConfig, Objective, Vae,
+    ACTIVE_UNIT_THRESHOLD, HALF_LN_2PI,
 };
 use crate::{Error, Float, Result};
 
@@ -75,16 +76,98 @@ pub struct VaeEvaluation {
 /// A trained model on the test set.
 #[derive(Debug, Clone)]
 pub struct Evaluation<F> {
-    /// Mean squared reconstruction error per pixel (a VAE's from one sample of q).
+    /// Mean squared reconstruction error per pixel (a VAE's from one sample of q, of the
+    /// likelihood's mean: probabilities where the decoder gives logits).
     pub mse: f64,
     /// One code per test image: a VAE's posterior means, an autoencoder's codes, `[n, K]`.
     pub codes: Array2<F>,
-    /// The reconstructions of the first pass's images (a VAE's decoder output), `[m, c, h, w]`.
+    /// The reconstructions of the first pass's images (a VAE's likelihood means), `[m, c, h, w]`.
     pub reconstructions: Array4<F>,
     /// The VAE's terms.
     pub vae: Option<VaeEvaluation>,
     /// Wall-clock seconds.
     pub seconds: f64,
+}
+
+impl<F: Float> Evaluation<F> {
+    /// The evaluation as lines of text: a VAE's bound with its terms in the likelihood's
+    /// form (a Gaussian's also as a density, with its learned sigma_x), the reconstruction
+    /// error, the active units (with a warning when none is) and the IWAE estimate; an
+    /// autoencoder's reconstruction error.
+    pub fn report(&self, likelihood: Likelihood<F>) -> String {
+        let mut s = String::new();
+        let Some(v) = &self.vae else {
+            let _ = writeln!(s, "test reconstruction MSE per pixel: {:.6}", self.mse);
+            return s;
+        };
+        match likelihood {
+            Likelihood::Gaussian { log_sig_x, normalised } => {
+                let lift = if normalised { 0.0 } else { self.pixels() * HALF_LN_2PI };
+                let _ = writeln!(
+                    s,
+                    "test ELBO per image: {:.1} nats with the 0.5 log 2pi terms ({:.1} in the notebook's form without them)",
+                    v.bound - lift,
+                    v.bound
+                );
+                let _ = writeln!(
+                    s,
+                    "  reconstruction term -E log p(x|z): {:.1} (notebook form {:.1}), KL: {:.2}",
+                    v.recon + lift,
+                    v.recon,
+                    v.kl
+                );
+                let _ = writeln!(s, "  learned sigma_x: {:.4}", log_sig_x.to_f64_lossless().exp());
+            }
+            _ => {
+                let what = if likelihood == Likelihood::SquaredError {
+                    "SSE"
+                } else {
+                    "BCE"
+                };
+                let _ = writeln!(
+                    s,
+                    "test loss per image: {:.2} = {what} {:.2} + KL {:.2}",
+                    -v.bound, v.recon, v.kl
+                );
+            }
+        }
+        let _ = writeln!(s, "  reconstruction MSE per pixel (z ~ q): {:.5}", self.mse);
+        let _ = writeln!(
+            s,
+            "  active latent dimensions (Var_x E_q[z_k] > {ACTIVE_UNIT_THRESHOLD}): {} of {}",
+            v.active_units,
+            self.codes.ncols()
+        );
+        if v.active_units == 0 {
+            let _ = writeln!(
+                s,
+                "WARNING: the posterior has collapsed: q(z|x) is the same for every test image, the decoder \
+                 answers the mean image and these figures describe no latent structure; rerun with another --seed"
+            );
+        }
+        if let Some(iwae) = v.iwae {
+            let gaussian = matches!(likelihood, Likelihood::Gaussian { .. });
+            let _ = writeln!(
+                s,
+                "IWAE-{} log-likelihood on the first {} test images: {:.1} ± {:.1} nats (standard error){}",
+                iwae.k,
+                iwae.images,
+                iwae.mean,
+                iwae.stderr,
+                if gaussian {
+                    ", a normalised Gaussian density"
+                } else {
+                    ""
+                }
+            );
+        }
+        s
+    }
+
+    /// Pixels per image.
+    fn pixels(&self) -> f64 {
+        self.reconstructions.shape()[1..].iter().product::<usize>() as f64
+    }
 }
 
 fn check(test: &Dataset, cfg: &EvalConfig) -> Result<()> {
@@ -126,19 +209,19 @@ pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
             .expect("whole images");
         let eps = sample_noise(b, 1, model.latent_dim(), rng);
         let parts = evaluate(model, x, eps.view(), &elbo)?;
+        let output = model.likelihood().mean_of(parts.output);
         let w = b as f64;
         bound += parts.bound.to_f64_lossless() * w;
         recon += parts.recon.to_f64_lossless() * w;
         kl += parts.kl.to_f64_lossless() * w;
-        sse += parts
-            .output
+        sse += output
             .iter()
             .zip(x.iter())
             .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
             .sum::<f64>();
         means.push(parts.posterior.mu);
         if first.is_none() {
-            first = Some(parts.output);
+            first = Some(output);
         }
     }
     let n = test.len() as f64;

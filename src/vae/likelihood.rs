@@ -33,6 +33,15 @@ pub enum Likelihood<F> {
 }
 
 impl<F: Float> Likelihood<F> {
+    /// The mean of p(x|z) from the decoder's output: the output itself, but for
+    /// [`Likelihood::BernoulliLogits`], whose logits go through the sigmoid.
+    pub fn mean_of<D: ndarray::Dimension>(&self, out: ndarray::Array<F, D>) -> ndarray::Array<F, D> {
+        match self {
+            Likelihood::BernoulliLogits => out.mapv_into(sigmoid),
+            _ => out,
+        }
+    }
+
     /// A short description for printed output, e.g. which Gaussian form is reported.
     pub fn describe(&self) -> String {
         match self {

@@ -69,6 +69,27 @@ pub struct LossConfig {
     pub reduction: Reduction,
 }
 
+impl LossConfig {
+    /// The ELBO with `samples` draws of z per image and the KL weighted by `beta`, the KL
+    /// in closed form, averaged over the batch.
+    pub fn elbo(samples: usize, beta: f64) -> Self {
+        LossConfig {
+            objective: Objective::Elbo { samples, beta },
+            kl: KlEstimator::Closed,
+            reduction: Reduction::Mean,
+        }
+    }
+
+    /// The importance-weighted bound with `k` samples per image, averaged over the batch.
+    pub fn iwae(k: usize) -> Self {
+        LossConfig {
+            objective: Objective::Iwae { samples: k },
+            kl: KlEstimator::MonteCarlo,
+            reduction: Reduction::Mean,
+        }
+    }
+}
+
 /// The parts of a VAE loss on one batch, averaged per image.
 #[derive(Debug, Clone)]
 pub struct LossParts<F> {
@@ -422,7 +443,8 @@ pub fn iwae_log_likelihood<F: Float, M: Vae<F> + ?Sized, R: Rng + ?Sized>(
     Ok(Array1::from(out))
 }
 
-/// The decoder's output for codes `z` `[m, K]` in evaluation mode, as images.
+/// The images the decoder gives for codes `z` `[m, K]` in evaluation mode: the mean of
+/// p(x|z) ([`Likelihood::mean_of`]: probabilities, not logits).
 pub fn decode_images<F: Float, M: Vae<F> + ?Sized>(model: &mut M, z: ArrayView2<F>) -> Result<Array4<F>> {
     if z.ncols() != model.latent_dim() {
         return Err(Error::shape(
@@ -431,7 +453,8 @@ pub fn decode_images<F: Float, M: Vae<F> + ?Sized>(model: &mut M, z: ArrayView2<
             z.shape(),
         ));
     }
-    on_worker(|| model.decode(z, Mode::Eval))
+    let out = on_worker(|| model.decode(z, Mode::Eval))?;
+    Ok(model.likelihood().mean_of(out))
 }
 
 /// Reshapes `[b, K]` noise for one sample per image into `[b, 1, K]`.
