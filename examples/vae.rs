@@ -141,7 +141,7 @@ fn run() -> latent::Result<()> {
         .label(format!("{model_name} VAE"))
         .name(format!(
             "{model_name} VAE, latent {latent}, {} ({} training images)",
-            name(kind),
+            kind.name(),
             train.len()
         ))
         .checkpoint(
@@ -184,7 +184,7 @@ fn run() -> latent::Result<()> {
     println!();
     println!(
         "{} {model_name} VAE, {epochs} epochs, batch {batch}, {}: median {:.2} s/epoch{}",
-        name(kind),
+        kind.name(),
         describe(&cfg.objective),
         fitted.history.median_epoch_seconds(),
         match fitted.first_epoch {
@@ -219,12 +219,5 @@ fn describe(o: &Objective) -> String {
     match *o {
         Objective::Elbo { samples, beta } => format!("ELBO with {samples} sample(s), beta = {beta}"),
         Objective::Iwae { samples } => format!("IWAE with {samples} importance samples"),
-    }
-}
-
-fn name(kind: DatasetKind) -> &'static str {
-    match kind {
-        DatasetKind::Mnist => "MNIST",
-        DatasetKind::FashionMnist => "Fashion-MNIST",
     }
 }

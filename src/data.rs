@@ -35,6 +35,14 @@ impl DatasetKind {
         }
     }
 
+    /// The data set's name, as printed: `MNIST` or `Fashion-MNIST`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "MNIST",
+            DatasetKind::FashionMnist => "Fashion-MNIST",
+        }
+    }
+
     /// The class names, index = label.
     pub fn class_names(self) -> [&'static str; 10] {
         match self {

@@ -6,9 +6,8 @@
 //! over the threads pays a fork and a join per layer for little work (the strided VAE's
 //! convolutions have 8 to 32 channels on 4x4 to 14x14 planes). Splitting the batch once,
 //! at the top, leaves each thread a whole step on its share of the images: on two
-//! threads the strided VAE's step at batch 128 went from about 7 ms to about 5, the conv
-//! AE's at batch 250 from about 190 ms to about 155 (`docs/performance-log.md`, 2026-11-28
-//! late morning).
+//! threads the strided VAE's step at batch 128 took about 0.7 of the time, the conv AE's
+//! at batch 250 about 0.8 (`docs/performance-log.md`).
 //!
 //! The loss is the same function of the parameters as long as every image's term depends
 //! on that image alone, so only models without batch-coupled layers (BatchNorm in

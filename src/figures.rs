@@ -4,6 +4,20 @@
 //! [`vae_figures`] writes them all (the loss curve, reconstructions, samples from the
 //! prior, interpolations between posterior means, the latent space by class, the
 //! notebook's rsample figure and the ELBO ascent on phi); each is also its own function.
+//!
+//! Models are compared through their codes ([`Codec`]: PCA, the autoencoders, a VAE's
+//! posterior mean): [`reconstruction_grid`], [`code_interpolation`], [`codes_by_class`],
+//! [`decoded_noise`]; beside them [`training_curves`] and PCA's [`explained_variance`];
+//! [`pca_vs_autoencoders`] is the set of the `pca_vs_ae` example.
+
+mod codec;
+mod compare;
+
+pub use codec::Codec;
+pub use compare::{
+    code_interpolation, codes_by_class, decoded_noise, explained_variance, pca_vs_autoencoders, reconstruction_grid,
+    training_curves, Labelled, Trained,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -13,10 +27,7 @@ use rand::Rng;
 use crate::data::Dataset;
 use crate::loss::Reduction;
 use crate::optim::{adam_update, AdamConfig};
-use crate::pca::Pca;
-use crate::plot::{
-    error_bars, gaussian_samples, image_grid, scatter_by_class, ErrorSeries, GaussianSamples, LineChart, Series,
-};
+use crate::plot::{error_bars, gaussian_samples, image_grid, ErrorSeries, GaussianSamples, LineChart, Series};
 use crate::train::{Evaluation, History};
 use crate::vae::{self, DiagGaussian, KlEstimator, LossConfig, Objective, Vae};
 use crate::{Error, Result};
@@ -177,31 +188,9 @@ pub fn interpolation<M: Vae<f32> + ?Sized>(
 /// principal components when K > 2).
 pub fn latent_space(test: &Dataset, eval: &Evaluation<f32>, class_names: &[&str], set: &FigureSet) -> Result<PathBuf> {
     let path = set.path("latent");
-    let means = &eval.codes;
-    let k = means.ncols();
-    let pts: Vec<(f64, f64)> = if k <= 2 {
-        means
-            .rows()
-            .into_iter()
-            .map(|r| (r[0] as f64, r.get(1).copied().unwrap_or(0.0) as f64))
-            .collect()
-    } else {
-        let proj = Pca::params(2).fit(means.view())?.transform(means.view())?;
-        proj.rows().into_iter().map(|r| (r[0] as f64, r[1] as f64)).collect()
-    };
-    let labels = test.labels.slice(s![..means.nrows()]).to_vec();
-    scatter_by_class(
-        &path,
-        &format!("{}: posterior means of the test images", set.title),
-        if k <= 2 {
-            ("z1", "z2")
-        } else {
-            ("principal component 1", "principal component 2")
-        },
-        &pts,
-        &labels,
-        class_names,
-    )?;
+    let labels = test.labels.as_slice().expect("contiguous");
+    let title = format!("{}: posterior means of the test images", set.title);
+    codes_by_class(&path, &title, eval.codes.view(), labels, class_names)?;
     Ok(path)
 }
 

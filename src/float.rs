@@ -60,7 +60,7 @@ pub trait Float:
     /// as `if`, a rectifier's select compiles to a branch per lane that loads the chosen
     /// side only when needed (the signs of activations are coin flips to a branch
     /// predictor) or, in place, to a masked store of the entries that change, which is
-    /// microcoded on AMD's cores: both measured 2-4x slower than this on Zen 3.
+    /// microcoded on AMD's cores: both measured 2-4x slower than this.
     fn select_lanes(c: [bool; 8], a: [Self; 8], b: [Self; 8]) -> [Self; 8];
 
     /// Calls `f` with two scratch buffers of lengths `n1` and `n2`, reused across calls on

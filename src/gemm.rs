@@ -4,7 +4,7 @@
 //! never a kernel library directly, so that a faster or GPU backend has one seam to
 //! replace. The kernels are faer's: on this crate's shapes (a 20-wide code, a 784-wide
 //! image) they measured 1.4x faster than matrixmultiply's on one thread when the crate
-//! chose them (2026-11-23, the first host; not re-run since).
+//! chose them (`docs/performance-log.md`).
 //! Kernels run single-threaded: parallelism is explicit, over rayon, one level only.
 //!
 //! faer's kernels run along the output's contiguous side, 16 lanes at a time: an output

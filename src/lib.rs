@@ -24,8 +24,9 @@
 //!
 //! [`vae::loss_and_grad`] runs a VAE's forward (encode, sample `z = mu + sigma * eps`,
 //! decode, score) and its whole backward; the loss comes back in its parts, and the
-//! gradients sit in the model's parameters for the optimizer. The README has longer
-//! programs (a finite-difference check, PCA on MNIST, a training loop, PyTorch weights).
+//! gradients sit in the model's parameters for the optimizer. The README trains a VAE of
+//! one's own with [`train::Trainer`]; `docs/library.md` has more programs (a
+//! finite-difference check, PCA on MNIST, PyTorch weights).
 //!
 //! ```
 //! use latent::models::VaeModel;
@@ -84,3 +85,8 @@ pub use float::Float;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The programs of `docs/library.md`, compiled and run by `cargo test` as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+pub struct LibraryDocDoctests;

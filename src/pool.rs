@@ -5,10 +5,8 @@
 //! per operation. A ConvVAE training step at batch 1 has some twenty such operations
 //! (each layer's products cut across the threads, Adam's passes over the large
 //! parameters); started on a worker, they share their work with the other workers
-//! directly, and only the step as a whole is handed over. On the Zen 3 host that took
-//! the library's step medians from 3.22–3.43 ms to 2.54–2.90 ms on two threads
-//! (alternated, see `docs/performance-log.md`; 3.23–4.04 to 2.91–3.10 ms in the probe that
-//! tried it first).
+//! directly, and only the step as a whole is handed over: on two threads a fifth of a
+//! batch-1 step's time (the measurements are in `docs/performance-log.md`).
 //!
 //! Between two of those operations the other workers find nothing to do, and after some
 //! thirty rounds of `sched_yield` rayon puts them to sleep; the next operation's jobs then
@@ -16,9 +14,8 @@
 //! step. So while a step runs, [`on_worker`] keeps every other worker looking for its
 //! jobs ([`rayon::yield_now`] and a short pause, no system calls), until the step ends
 //! or a worker has found nothing for [`SPIN_LIMIT`]; not when the pool has more workers
-//! than the process has CPUs. That took the batch-1 ConvVAE step's median from 3.00 to
-//! 2.51 ms on the Zen 3 host (eight alternations of 800 steps, a slow hour), and left the
-//! steps of larger batches, which keep both threads busy, where they were.
+//! than the process has CPUs. That saves another sixth of a batch-1 ConvVAE step and
+//! leaves the steps of larger batches, which keep both threads busy, where they were.
 //!
 //! Steps started from several threads at once share the workers: the helpers run any
 //! step's jobs, and a call returns once every worker has let go of it, which can be after

@@ -93,6 +93,41 @@ fn weights_round_trip_with_batchnorm_buffers() {
 
 /// Two epochs straight, or one epoch, a checkpoint, a fresh process's worth of objects
 /// restored from it, and the second epoch: the same parameters, bit for bit.
+/// A BatchNorm added to a preset's encoder is in its weights file (buffers and batch
+/// count) and comes back from it: the model's buffers are read off its layers.
+#[test]
+fn a_batchnorm_added_to_a_preset_is_saved_and_restored() {
+    let mut m = VaeModel::<f32>::strided([1, 28, 28], 3, &mut ChaCha8Rng::seed_from_u64(7)).unwrap();
+    m.encoder = latent::nn::Sequential::new()
+        .push(latent::nn::BatchNorm2d::new("pre", 1))
+        .push(std::mem::take(&mut m.encoder));
+    assert!(m.couples_batch());
+    let x = images(6, 8);
+    let cfg = m.recipe();
+    let eps = vae::sample_noise(6, 1, 3, &mut ChaCha8Rng::seed_from_u64(9));
+    vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap();
+    let dir = temp("bn-added");
+    let path = dir.join("w.safetensors");
+    checkpoint::save_weights(&path, &mut m).unwrap();
+    let file = checkpoint::load_weights(&path).unwrap();
+    let names: Vec<&String> = file.names().collect();
+    for want in [
+        "pre.running_mean",
+        "pre.running_var",
+        "pre.num_batches_tracked",
+        "pre.weight",
+    ] {
+        assert!(names.iter().any(|n| *n == want), "{want} missing from {names:?}");
+    }
+    let mut fresh = VaeModel::<f32>::strided([1, 28, 28], 3, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
+    fresh.encoder = latent::nn::Sequential::new()
+        .push(latent::nn::BatchNorm2d::new("pre", 1))
+        .push(std::mem::take(&mut fresh.encoder));
+    file.restore_model(&mut fresh).unwrap();
+    assert_eq!(state(&mut fresh), state(&mut m));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn resuming_from_a_checkpoint_is_bit_for_bit() {
     let dir = temp("resume");

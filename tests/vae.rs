@@ -445,6 +445,7 @@ fn model_layouts_account_for_every_parameter_in_order() {
         VaeModel::dcgan_coursera(32, &mut rng).unwrap(),
         VaeModel::strided([1, 28, 28], 32, &mut rng).unwrap(),
         small.build(&mut rng).unwrap(),
+        user_mlp_vae(&mut rng),
     ];
     for mut m in models {
         let layout = m.layout().expect("notebook models describe themselves");
@@ -479,6 +480,23 @@ fn model_layouts_account_for_every_parameter_in_order() {
         err.contains("Opaque") && err.contains("does not describe itself"),
         "{err}"
     );
+}
+
+/// A VAE in none of the notebooks, assembled by hand: Flatten, Linear, Tanh, linear heads;
+/// Linear, Tanh, Linear, Unflatten; Bernoulli on logits.
+fn user_mlp_vae(rng: &mut rand_chacha::ChaCha8Rng) -> VaeModel<f32> {
+    use latent::nn::{Activation, ActivationLayer, Flatten, Linear, Sequential, Unflatten};
+    let encoder = Sequential::new()
+        .push(Flatten::new())
+        .push(Linear::new("encoder.0", 784, 16, true, rng))
+        .push(ActivationLayer::new(Activation::Tanh));
+    let head = latent::vae::PosteriorHead::linear(("fc_mu", "fc_logvar"), 16, 4, rng);
+    let decoder = Sequential::new()
+        .push(Linear::new("decoder.0", 4, 16, true, rng))
+        .push(ActivationLayer::new(Activation::Tanh))
+        .push(Linear::new("decoder.2", 16, 784, true, rng))
+        .push(Unflatten::new(&[1, 28, 28]));
+    VaeModel::new([1, 28, 28], 4, encoder, head, decoder, Likelihood::BernoulliLogits).unwrap()
 }
 
 /// A layer of a user's own that does not describe itself (the identity).
@@ -610,4 +628,87 @@ fn data_parallel_leaves_coupled_models_and_small_batches_whole() {
     let b = vae::loss_and_grad(&mut twin, x.view(), eps.view(), &cfg).unwrap();
     assert_eq!(a.loss, b.loss);
     assert_eq!(grads_of(&mut m), grads_of(&mut twin));
+}
+
+/// Parts that do not fit together are refused when the model is assembled, with an error
+/// that says which: an encoder too wide for its head, a decoder that does not give the
+/// images back, heads of another latent size.
+#[test]
+fn mismatched_parts_are_named_when_the_model_is_assembled() {
+    use latent::nn::{Activation, ActivationLayer, Flatten, Linear, Sequential, Unflatten};
+    use latent::vae::PosteriorHead;
+    let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(50);
+    let mut encoder = |out| {
+        Sequential::<f32>::new()
+            .push(Flatten::new())
+            .push(Linear::new("e", 64, out, true, rng))
+    };
+    let (e6, e7) = (encoder(6), encoder(7));
+    let rng = &mut rand_chacha::ChaCha8Rng::seed_from_u64(51);
+    let mut decoder = |side: usize| {
+        Sequential::<f32>::new()
+            .push(Linear::new("d", 3, side * side, true, rng))
+            .push(ActivationLayer::new(Activation::Sigmoid))
+            .push(Unflatten::new(&[1, side, side]))
+    };
+    let (d8, d7) = (decoder(8), decoder(7));
+    let ok = VaeModel::new(
+        [1, 8, 8],
+        3,
+        e6.clone(),
+        PosteriorHead::MeanLogStd,
+        d8.clone(),
+        Likelihood::Bernoulli,
+    );
+    assert!(ok.is_ok());
+    let err = VaeModel::new(
+        [1, 8, 8],
+        3,
+        e7,
+        PosteriorHead::MeanLogStd,
+        d8.clone(),
+        Likelihood::Bernoulli,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("encoder gives [1, 7]") && err.contains("[1, 6]"), "{err}");
+    let err = VaeModel::new(
+        [1, 8, 8],
+        3,
+        e6.clone(),
+        PosteriorHead::MeanLogStd,
+        d7,
+        Likelihood::Bernoulli,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("decoder gives [1, 1, 7, 7]"), "{err}");
+    let heads = PosteriorHead::linear(("mu", "logvar"), 6, 4, rng);
+    let err = VaeModel::new([1, 8, 8], 3, e6.clone(), heads, d8.clone(), Likelihood::Bernoulli)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not latent = 3"), "{err}");
+    let err = VaeModel::new([1, 9, 9], 3, e6, PosteriorHead::MeanLogStd, d8, Likelihood::Bernoulli)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("encoder cannot take [1, 9, 9] images"), "{err}");
+}
+
+/// An evaluation-mode encode keeps nothing for backward (the linear heads included), so a
+/// backward after it is an error rather than a gradient of stale features; a training
+/// encode keeps what the backward needs.
+#[test]
+fn an_evaluation_forward_keeps_nothing_for_backward() {
+    let mut m = VaeModel::<f32>::strided([1, 28, 28], 3, &mut rand_chacha::ChaCha8Rng::seed_from_u64(52)).unwrap();
+    let x = ndarray::Array4::<f32>::from_elem((2, 1, 28, 28), 0.5);
+    m.encode(x.view(), latent::nn::Mode::Eval).unwrap();
+    let d = Array2::<f32>::ones((2, 3));
+    let err = m.encode_backward(d.clone(), d.clone()).unwrap_err().to_string();
+    assert!(err.contains("backward before forward"), "{err}");
+    m.encode(x.view(), latent::nn::Mode::Train).unwrap();
+    m.encode_backward(d.clone(), d).unwrap();
 }

@@ -93,6 +93,11 @@ impl<F: Float> ConvAe<F> {
         Self::new([1, 28, 28], k, 32, 5, rng)
     }
 
+    /// One image's shape `[c, h, w]`.
+    pub fn image_shape(&self) -> [usize; 3] {
+        self.image
+    }
+
     /// Latent dimensions.
     pub fn k(&self) -> usize {
         self.k

@@ -369,7 +369,7 @@ impl Taps {
 fn gather<F: Float>(src: &[F], taps: &[u32], dst: &mut [F]) {
     if cfg!(target_feature = "avx512f") {
         // Branch-free (a clamped read, then a select), so that the loop compiles to vector
-        // gathers: faster with AVX-512 (the Intel host).
+        // gathers: faster with AVX-512.
         let last = src.len() - 1;
         for (d, &o) in dst.iter_mut().zip(taps) {
             let o = o as usize;
@@ -378,8 +378,8 @@ fn gather<F: Float>(src: &[F], taps: &[u32], dst: &mut [F]) {
         }
     } else {
         // Without AVX-512 the compiler gathers the branch-free form lane by lane (inserts
-        // and conditional moves), and a checked read is faster: 0.35-0.39 against
-        // 0.43-0.47 ns per value at the strided VAE's shapes on the AMD host (Zen 3).
+        // and conditional moves), and a checked read is faster (by a fifth per value at the
+        // strided VAE's shapes, on AVX2).
         for (d, &o) in dst.iter_mut().zip(taps) {
             *d = src.get(o as usize).copied().unwrap_or(F::zero());
         }

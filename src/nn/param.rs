@@ -69,8 +69,8 @@ impl<F: Float> Param<F> {
         Ok(())
     }
 
-    /// The value as a matrix view (for weights that are matrices).
-    pub(crate) fn value2(&self) -> ArrayView2<'_, F> {
+    /// The value as a matrix view (for weights that are matrices; panics on another rank).
+    pub fn value2(&self) -> ArrayView2<'_, F> {
         self.value
             .view()
             .into_dimensionality::<Ix2>()

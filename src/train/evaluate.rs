@@ -164,6 +164,13 @@ impl<F: Float> Evaluation<F> {
         s
     }
 
+    /// The largest standard deviation over the test set of any code dimension (near zero:
+    /// the codes are the same for every image, a collapsed model).
+    pub fn code_spread(&self) -> f64 {
+        let codes = self.codes.mapv(|v| v.to_f64_lossless());
+        codes.std_axis(Axis(0), 0.0).iter().copied().fold(0.0, f64::max)
+    }
+
     /// Pixels per image.
     fn pixels(&self) -> f64 {
         self.reconstructions.shape()[1..].iter().product::<usize>() as f64

@@ -42,13 +42,18 @@ pub struct History {
 impl History {
     /// The median of the epochs' seconds (0 with no epoch).
     pub fn median_epoch_seconds(&self) -> f64 {
-        let mut t: Vec<f64> = self.epochs.iter().map(|e| e.seconds).collect();
+        let mut t = self.epoch_seconds();
         t.sort_by(f64::total_cmp);
         match t.len() {
             0 => 0.0,
             n if n % 2 == 1 => t[n / 2],
             n => 0.5 * (t[n / 2 - 1] + t[n / 2]),
         }
+    }
+
+    /// The seconds of each epoch.
+    pub fn epoch_seconds(&self) -> Vec<f64> {
+        self.epochs.iter().map(|e| e.seconds).collect()
     }
 
     /// `(epoch, mean loss)` per epoch, for a loss curve.
