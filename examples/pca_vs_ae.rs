@@ -214,7 +214,7 @@ fn run() -> latent::Result<()> {
     }
     println!("(mean-image test MSE, what a collapsed model gets: {mean_image_mse:.6})");
     println!("(PCA training-set MSE, the best any linear AE can reach on the training data: {pca_train:.6})");
-    let linear_fig = (epochs > 0).then(|| (&mut linear.model as &mut dyn Codec, &linear.history, ae_test));
+    let linear_fig = (epochs > 0).then_some((&mut linear.model as &mut dyn Codec, &linear.history, ae_test));
     let conv_fig = match &conv.evaluation {
         Some(ev) => Some(((&mut conv.model as &mut dyn Codec, &conv.history, ev.mse), ev)),
         None => None,
