@@ -117,22 +117,42 @@ impl<'d, F: Float> Pixels<'d, F> {
     }
 }
 
-/// Copies rows `idx` of `data` into `out` (resized to `[idx.len(), pixels]` if needed).
-fn gather<F: Float>(data: ArrayView2<F>, idx: &[usize], out: &mut Array2<F>) {
-    if out.dim() != (idx.len(), data.ncols()) {
-        *out = Array2::zeros((idx.len(), data.ncols()));
-    }
-    use rayon::prelude::*;
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(idx.par_iter())
-        .for_each(|(mut row, &i)| row.assign(&data.row(i)));
-}
-
 /// Rows of pixels as a batch of `[c, h, w]` images.
 fn as_images<'a, F: Float>(x: ArrayView2<'a, F>, shape: &[usize]) -> ArrayView4<'a, F> {
     x.into_shape_with_order((x.nrows(), shape[0], shape[1], shape[2]))
         .expect("rows of whole images")
+}
+
+/// The training images and a buffer that a batch's images are gathered into.
+struct Batches<'d, F: Float> {
+    data: Pixels<'d, F>,
+    shape: Vec<usize>,
+    xb: Array2<F>,
+}
+
+impl<'d, F: Float> Batches<'d, F> {
+    fn new(train: &'d Dataset) -> Self {
+        Batches {
+            data: Pixels::of(train),
+            shape: train.images.shape()[1..].to_vec(),
+            xb: Array2::zeros((0, train.dim())),
+        }
+    }
+
+    /// The images `idx`, copied row by row over the threads into the buffer.
+    fn gather(&mut self, idx: &[usize]) -> ArrayView4<'_, F> {
+        let data = self.data.view();
+        if self.xb.dim() != (idx.len(), data.ncols()) {
+            self.xb = Array2::zeros((idx.len(), data.ncols()));
+        }
+        use rayon::prelude::*;
+        self.xb
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(idx.par_iter())
+            .for_each(|(mut row, &i)| row.assign(&data.row(i)));
+        as_images(self.xb.view(), &self.shape)
+    }
 }
 
 /// What the CPU is told to say about how a batch is shared.
@@ -148,9 +168,7 @@ fn cpu_line(parts: usize) -> String {
 /// A VAE's steps on the CPU.
 struct VaeCpu<'d, F: Float> {
     par: DataParallel<VaeModel<F>>,
-    data: Pixels<'d, F>,
-    shape: Vec<usize>,
-    xb: Array2<F>,
+    batches: Batches<'d, F>,
 }
 
 impl<F: Float> Engine<F, VaeModel<F>> for VaeCpu<'_, F> {
@@ -167,8 +185,7 @@ impl<F: Float> Engine<F, VaeModel<F>> for VaeCpu<'_, F> {
         rng: &mut ChaCha8Rng,
         want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
-        gather(self.data.view(), idx, &mut self.xb);
-        let x = as_images(self.xb.view(), &self.shape);
+        let x = self.batches.gather(idx);
         let parts = self.par.train_step(model, x, loss, opt, rng)?;
         let stats = StepStats {
             loss: -parts.bound.to_f64_lossless(),
@@ -202,9 +219,7 @@ impl<F: Float> Engines<F> for VaeModel<F> {
         }
         Ok(Box::new(VaeCpu {
             par: DataParallel::vae(self),
-            data: Pixels::of(setup.train),
-            shape: setup.train.images.shape()[1..].to_vec(),
-            xb: Array2::zeros((0, setup.train.dim())),
+            batches: Batches::new(setup.train),
         }))
     }
 
@@ -308,9 +323,7 @@ mod gpu {
 /// The conv autoencoder's steps (always on the CPU), its batch cut into one part per thread.
 struct ConvAeCpu<'d, F: Float> {
     par: DataParallel<ConvAe<F>>,
-    data: Pixels<'d, F>,
-    shape: Vec<usize>,
-    xb: Array2<F>,
+    batches: Batches<'d, F>,
 }
 
 impl<F: Float> Engine<F, ConvAe<F>> for ConvAeCpu<'_, F> {
@@ -327,8 +340,7 @@ impl<F: Float> Engine<F, ConvAe<F>> for ConvAeCpu<'_, F> {
         _rng: &mut ChaCha8Rng,
         want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
-        gather(self.data.view(), idx, &mut self.xb);
-        let x = as_images(self.xb.view(), &self.shape);
+        let x = self.batches.gather(idx);
         let loss = self.par.train_step(model, x, opt)?;
         let spread = want_spread.then(|| model.code_spread().map_or(0.0, |s| s.to_f64_lossless()));
         Ok((StepStats::mse(loss.to_f64_lossless()), spread))
@@ -350,9 +362,7 @@ impl<F: Float> Engines<F> for ConvAe<F> {
         cpu_only(&setup, "conv autoencoder")?;
         Ok(Box::new(ConvAeCpu {
             par: DataParallel::conv_ae(self),
-            data: Pixels::of(setup.train),
-            shape: setup.train.images.shape()[1..].to_vec(),
-            xb: Array2::zeros((0, setup.train.dim())),
+            batches: Batches::new(setup.train),
         }))
     }
 
