@@ -13,8 +13,7 @@ fn rand4(rng: &mut impl Rng, shape: (usize, usize, usize, usize)) -> Array4<f32>
 }
 
 fn bench(c: &mut Criterion) {
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut g = c.benchmark_group("conv");
     g.sample_size(10);

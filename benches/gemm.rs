@@ -11,7 +11,7 @@ use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 
 fn bench(c: &mut Criterion) {
-    latent::denormals::flush_denormals();
+    latent::runtime::Runtime::training().apply();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut g = c.benchmark_group("gemm");
     g.sample_size(20);

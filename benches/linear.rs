@@ -8,8 +8,7 @@ use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 
 fn bench(c: &mut Criterion) {
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let x = Array2::from_shape_simple_fn((250, 784), || rng.random_range(0.0..1.0f32));
     let mut ae = LinearAe::<f32>::new(784, 20, &mut rng).unwrap();

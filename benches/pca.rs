@@ -6,8 +6,7 @@ use latent::data::{Dataset, DatasetKind, Split};
 use latent::pca::{eigh_descending, Moments, Pca, Solver};
 
 fn bench(c: &mut Criterion) {
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let train = Dataset::load(DatasetKind::Mnist, None, Split::Train).expect("MNIST");
     let x = train.flat();
     let mut g = c.benchmark_group("pca_mnist_60000x784");

@@ -22,8 +22,7 @@ fn step(c: &mut Criterion, name: &str, model: &mut VaeModel<f32>, batch: usize, 
 }
 
 fn bench(c: &mut Criterion) {
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut conv = VaeModel::<f32>::conv_cis522(20, &mut rng).unwrap();
     step(c, "conv_vae_b1", &mut conv, 1, 1e-3);

@@ -57,8 +57,7 @@ fn run() -> latent::Result<()> {
     let repeats: usize = flags.get::<usize>("pca-repeats").max(1);
     // An --out that cannot be made is an error now, not after the training.
     std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let t = Instant::now();
     let train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
     let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;

@@ -108,8 +108,7 @@ fn run() -> latent::Result<()> {
         "off" => false,
         other => return Err(Error::InvalidArgument(format!("--tf32 {other}: expected on or off"))),
     };
-    latent::denormals::flush_denormals();
-    latent::memory::keep_freed_memory();
+    latent::runtime::Runtime::training().apply();
     let mut train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
     let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;
     if flags.raw("train-images") != "all" {

@@ -23,11 +23,9 @@ use ndarray::ArrayD;
 use rayon::prelude::*;
 
 use crate::nn::Module;
+use crate::tuning;
+pub use crate::tuning::MIN_PART;
 use crate::{Error, Float, Result};
-
-/// Images per part below which a batch is not cut further: a part of a few images
-/// leaves each layer's products too small to be worth a thread.
-pub const MIN_PART: usize = 8;
 
 /// Copies of a model, one per part of a batch after the first (which the model takes
 /// itself). The copies keep nothing between steps that matters: each step first sets
@@ -49,9 +47,9 @@ impl<M: ?Sized> DataParallel<M> {
     }
 
     /// The parts of a batch of `b` images: contiguous, as equal as can be (the larger
-    /// ones first), none under [`MIN_PART`] images unless the batch is one part.
+    /// ones first), none under [`tuning::MIN_PART`] images unless the batch is one part.
     pub fn split(&self, b: usize) -> Vec<Range<usize>> {
-        let k = self.parts().min(b / MIN_PART).max(1);
+        let k = self.parts().min(b / tuning::MIN_PART).max(1);
         let mut start = 0;
         (0..k)
             .map(|i| {
@@ -176,9 +174,9 @@ mod tests {
             assert_eq!(parts[0].start, 0);
             assert_eq!(parts.last().unwrap().end, b);
             assert!(parts.windows(2).all(|w| w[0].end == w[1].start));
-            assert!(parts.len() == 1 || parts.iter().all(|p| p.len() >= MIN_PART));
+            assert!(parts.len() == 1 || parts.iter().all(|p| p.len() >= tuning::MIN_PART));
             assert!(parts.iter().all(|p| p.len() + 1 >= parts[0].len()));
-            assert_eq!(parts.len(), (b / MIN_PART).clamp(1, 3));
+            assert_eq!(parts.len(), (b / tuning::MIN_PART).clamp(1, 3));
         }
     }
 }

@@ -8,6 +8,7 @@
 
 /// Sets flush-to-zero and denormals-are-zero on this thread and on every thread of rayon's
 /// global pool. A no-op on architectures other than x86-64. Returns whether it applied.
+/// Process-wide: a program asks for it through [`crate::runtime::Runtime`].
 pub fn flush_denormals() -> bool {
     let here = set_this_thread();
     rayon::broadcast(|_| set_this_thread());

@@ -15,13 +15,8 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
+use crate::tuning;
 use crate::Float;
-
-/// Below this many multiply-adds a product is not worth splitting across threads. 2^17
-/// since the other workers stay awake through a step ([`crate::pool::on_worker`]): the
-/// ConvVAE's `fc_up` at batch 1 (256,000, bound by reading its megabyte of weights) is
-/// now split, and the batch-1 step's median fell 8% against 2^18 (eight alternations).
-const PAR_MIN_WORK: usize = 1 << 17;
 
 /// `C = alpha A B + beta C`, on the calling thread.
 ///
@@ -57,7 +52,7 @@ pub fn gemm_par<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F,
     let (m, k) = a.dim();
     let n = b.ncols();
     let threads = rayon::current_num_threads();
-    if threads <= 1 || m * n * k < PAR_MIN_WORK {
+    if threads <= 1 || m * n * k < tuning::GEMM_PAR_MIN_WORK {
         return gemm(alpha, a, b, beta, c);
     }
     split(alpha, a, b, beta, c, threads);
@@ -66,7 +61,7 @@ pub fn gemm_par<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F,
 fn split<F: Float>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c: ArrayViewMut2<F>, parts: usize) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    if parts <= 1 || m * n * k < PAR_MIN_WORK {
+    if parts <= 1 || m * n * k < tuning::GEMM_PAR_MIN_WORK {
         return gemm(alpha, a, b, beta, c);
     }
     let left = parts / 2;

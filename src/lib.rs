@@ -75,7 +75,9 @@ pub mod pca;
 pub mod plot;
 pub mod pool;
 pub mod progress;
+pub mod runtime;
 pub mod train;
+pub mod tuning;
 pub mod vae;
 
 pub use error::{Error, Result};

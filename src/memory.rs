@@ -32,8 +32,8 @@ const TOP_PAD: libc::c_int = 64 << 20;
 
 /// Tells the allocator to keep freed blocks in the process instead of returning them to
 /// the kernel: no mmap'd blocks, no trimming of the heap, no deleting of a thread's heaps.
-/// Process-wide; call it once at the start of a training program (the examples and
-/// benches do). Returns whether it applied: it does with glibc on Linux, and is a no-op
+/// Process-wide: a program asks for it through [`crate::runtime::Runtime`] (the
+/// `Trainer`, the examples and the benches do); no other library call makes it. Returns whether it applied: it does with glibc on Linux, and is a no-op
 /// elsewhere.
 pub fn keep_freed_memory() -> bool {
     keep_freed_memory_impl()

@@ -2,8 +2,9 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::nn::param::{split_light_pass, PAR_CHUNK};
+use crate::nn::param::split_light_pass;
 use crate::nn::{Module, Param};
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// Adam's hyper-parameters.
@@ -79,12 +80,12 @@ pub fn adam_update<F: Float>(
     // independent of the others, so the result is the same to the bit).
     match (p.as_slice_mut(), g.as_slice(), m.as_slice_mut(), v.as_slice_mut()) {
         (Some(p), Some(g), Some(m), Some(v)) if p.len() == g.len() && p.len() == m.len() && p.len() == v.len() => {
-            if p.len() >= 2 * PAR_CHUNK && rayon::current_num_threads() > 1 {
+            if p.len() >= 2 * tuning::PARAM_PAR_CHUNK && rayon::current_num_threads() > 1 {
                 use rayon::prelude::*;
-                p.par_chunks_mut(PAR_CHUNK)
-                    .zip(g.par_chunks(PAR_CHUNK))
-                    .zip(m.par_chunks_mut(PAR_CHUNK))
-                    .zip(v.par_chunks_mut(PAR_CHUNK))
+                p.par_chunks_mut(tuning::PARAM_PAR_CHUNK)
+                    .zip(g.par_chunks(tuning::PARAM_PAR_CHUNK))
+                    .zip(m.par_chunks_mut(tuning::PARAM_PAR_CHUNK))
+                    .zip(v.par_chunks_mut(tuning::PARAM_PAR_CHUNK))
                     .for_each(|(((p, g), m), v)| run(p, g, m, v));
             } else {
                 run(p, g, m, v);
@@ -103,7 +104,7 @@ fn all_finite<F: Float>(a: &ArrayD<F>) -> bool {
     match a.as_slice_memory_order() {
         Some(s) if split_light_pass(s.len()) => {
             use rayon::prelude::*;
-            s.par_chunks(PAR_CHUNK).all(crate::float::all_finite::<F>)
+            s.par_chunks(tuning::PARAM_PAR_CHUNK).all(crate::float::all_finite::<F>)
         }
         _ => crate::float::all_finite_array(a.view()),
     }

@@ -11,7 +11,9 @@
 //! Between two of those operations the other workers find nothing to do, and after some
 //! thirty rounds of `sched_yield` rayon puts them to sleep; the next operation's jobs then
 //! wait for a wake-up through the kernel (tens of microseconds in a VM), twenty times a
-//! step. So while a step runs, [`on_worker`] keeps every other worker looking for its
+//! step. So while a step runs, when the program has asked for it
+//! ([`crate::runtime::Runtime::spin_workers`]: the `Trainer` and the examples do, a plain
+//! library call does not), [`on_worker`] keeps every other worker looking for its
 //! jobs ([`rayon::yield_now`] and a short pause, no system calls), until the step ends
 //! or a worker has found nothing for [`SPIN_LIMIT`]; not when the pool has more workers
 //! than the process has CPUs. That saves another sixth of a batch-1 ConvVAE step and
@@ -28,14 +30,11 @@
 //! `loss_and_grad` and `train_step`, and [`crate::models::LinearAe`]'s `train_step` and
 //! `train_step_rows`. The results are the same either way.
 
+use crate::tuning;
+pub use crate::tuning::SPIN_LIMIT;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
-
-/// How long a worker keeps looking for a step's jobs after it last found one, before it
-/// returns to rayon's own idling (and sleep): a step with a long serial stretch does not
-/// hold the other cores for more than this.
-pub const SPIN_LIMIT: Duration = Duration::from_millis(2);
+use std::time::Instant;
 
 /// Runs `f` on a worker of rayon's pool: at once when called from one (nested calls cost
 /// nothing), otherwise on the global pool's first worker while the others look for its
@@ -45,8 +44,9 @@ pub fn on_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    if !workers_fit_the_cpus() {
-        // More workers than CPUs: a looking worker would take a CPU from a working one.
+    if !crate::runtime::spin_workers() || !workers_fit_the_cpus() {
+        // Not asked for ([`crate::runtime::Runtime`]), or more workers than CPUs (a
+        // looking worker would take a CPU from a working one): a plain hand-off.
         return rayon::scope(|_| f());
     }
     let done = AtomicBool::new(false);
@@ -77,7 +77,7 @@ fn workers_fit_the_cpus() -> bool {
 }
 
 /// Runs the pool's jobs on this worker until `done` is set or none has come for
-/// [`SPIN_LIMIT`]. The pause between looks keeps the worker off the deques' cache lines
+/// [`tuning::SPIN_LIMIT`]. The pause between looks keeps the worker off the deques' cache lines
 /// (and off the core's shared units, where the two vCPUs are one core's two threads).
 fn help_until(done: &AtomicBool) {
     let mut idle_since: Option<Instant> = None;
@@ -89,7 +89,7 @@ fn help_until(done: &AtomicBool) {
         }
         looks = looks.wrapping_add(1);
         // The clock only every 64 looks: reading it costs more than a look.
-        if looks % 64 == 0 && idle_since.get_or_insert_with(Instant::now).elapsed() > SPIN_LIMIT {
+        if looks % 64 == 0 && idle_since.get_or_insert_with(Instant::now).elapsed() > tuning::SPIN_LIMIT {
             return;
         }
         for _ in 0..16 {

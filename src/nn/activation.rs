@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::{Layer, Mode, Module, Param};
 use crate::loss::sigmoid;
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// Which activation.
@@ -20,12 +21,9 @@ pub enum Activation {
     Tanh,
 }
 
-/// Arrays at least this long are processed in parallel.
-const PAR_MIN: usize = 1 << 15;
-
 /// `f` over `x`, in parallel for large arrays.
 fn map<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F> {
-    if x.len() >= PAR_MIN {
+    if x.len() >= tuning::ACTIVATION_PAR_MIN {
         Zip::from(&x).par_map_collect(|&v| f(v))
     } else {
         x.mapv(f)
@@ -35,7 +33,7 @@ fn map<F: Float>(x: ArrayViewD<F>, f: impl Fn(F) -> F + Sync + Send) -> ArrayD<F
 /// `g = f(saved, g)` in place over `dy`, in parallel for large arrays.
 fn map_grad<F: Float>(saved: ArrayViewD<F>, dy: &mut ArrayD<F>, f: impl Fn(F, F) -> F + Sync + Send) {
     let z = Zip::from(dy).and(&saved);
-    if saved.len() >= PAR_MIN {
+    if saved.len() >= tuning::ACTIVATION_PAR_MIN {
         z.par_for_each(|g, &s| *g = f(s, *g));
     } else {
         z.for_each(|g, &s| *g = f(s, *g));
@@ -142,9 +140,6 @@ pub struct ActivationLayer<F> {
     saved: Option<Saved<F>>,
 }
 
-/// Entries per task of the in-place ReLU passes.
-const SIGN_CHUNK: usize = 1 << 14;
-
 /// The factor a rectifier applies where its input is not positive: `None` for ReLU (the
 /// result is a plain zero there, as PyTorch's, whatever the input: not `0 * x`, which is
 /// `-0` or NaN for some), `Some(slope)` for LeakyReLU.
@@ -167,12 +162,12 @@ fn rectify_in_place<F: Float>(x: &mut [F], slope: Option<F>, keep_signs: bool) -
         (None, None) => rectify_slice(x, None, None),
         (None, Some(s)) => rectify_slice(x, None, Some(s)),
     };
-    match (&mut positive, x.len() >= PAR_MIN) {
+    match (&mut positive, x.len() >= tuning::ACTIVATION_PAR_MIN) {
         (Some(pos), true) => x
-            .par_chunks_mut(SIGN_CHUNK)
-            .zip(pos.par_chunks_mut(SIGN_CHUNK))
+            .par_chunks_mut(tuning::RELU_SIGN_CHUNK)
+            .zip(pos.par_chunks_mut(tuning::RELU_SIGN_CHUNK))
             .for_each(|(x, p)| run(x, Some(p))),
-        (None, true) => x.par_chunks_mut(SIGN_CHUNK).for_each(|x| run(x, None)),
+        (None, true) => x.par_chunks_mut(tuning::RELU_SIGN_CHUNK).for_each(|x| run(x, None)),
         (pos, false) => run(x, pos.as_deref_mut()),
     }
     positive
@@ -213,9 +208,9 @@ fn rectify_grad_in_place<F: Float>(g: &mut [F], positive: &[bool], slope: Option
         None => rectify_grad_slice(g, pos, None),
         Some(s) => rectify_grad_slice(g, pos, Some(s)),
     };
-    if g.len() >= PAR_MIN {
-        g.par_chunks_mut(SIGN_CHUNK)
-            .zip(positive.par_chunks(SIGN_CHUNK))
+    if g.len() >= tuning::ACTIVATION_PAR_MIN {
+        g.par_chunks_mut(tuning::RELU_SIGN_CHUNK)
+            .zip(positive.par_chunks(tuning::RELU_SIGN_CHUNK))
             .for_each(|(g, p)| run(g, p));
     } else {
         run(g, positive);

@@ -4,9 +4,10 @@ use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis
 use rayon::prelude::*;
 
 use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
-use super::im2col::{ConvGeom, PAR_MIN_BIAS};
+use super::im2col::ConvGeom;
 use super::reduce::sum_as_ndarray;
 use super::spectral::KernelCache;
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
@@ -180,7 +181,7 @@ pub(crate) fn channel_bias_grad<F: Float>(dy: ArrayView4<F>, mut db: ArrayViewMu
     };
     let db = db.as_slice_mut().expect("contiguous bias gradient");
     let threads = rayon::current_num_threads();
-    if dy.len() < PAR_MIN_BIAS || threads < 2 || channels < 2 {
+    if dy.len() < tuning::PAR_MIN_BIAS || threads < 2 || channels < 2 {
         sum(0, db);
         return Ok(());
     }

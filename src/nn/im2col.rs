@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::single_image;
 use crate::gemm::{gemm, gemm_par};
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// Sizes of one convolution, seen from the side of the image that is unfolded.
@@ -410,10 +411,6 @@ pub(crate) fn add_bias_per_channel<F: Float>(image: &mut [F], b: &[F]) {
     }
 }
 
-/// Below this many values a bias pass over a batch (adding the bias, or summing its
-/// gradient) stays on the calling thread.
-pub(crate) const PAR_MIN_BIAS: usize = 1 << 16;
-
 /// [`add_bias_per_channel`] for each image (row) of `y` `[N, channels * plane]`, parallel
 /// over the images: for the paths that do not add the bias as they write.
 pub(crate) fn add_bias_to_images<F: Float>(mut y: ArrayViewMut2<F>, b: &[F]) {
@@ -422,16 +419,12 @@ pub(crate) fn add_bias_to_images<F: Float>(mut y: ArrayViewMut2<F>, b: &[F]) {
     }
     let add =
         |mut yn: ndarray::ArrayViewMut1<F>| add_bias_per_channel(yn.as_slice_mut().expect("contiguous sample"), b);
-    if y.len() < PAR_MIN_BIAS {
+    if y.len() < tuning::PAR_MIN_BIAS {
         y.outer_iter_mut().for_each(add);
     } else {
         y.outer_iter_mut().into_par_iter().for_each(add);
     }
 }
-
-/// Columns per GEMM that make a product worth its call: images with fewer output
-/// positions than this are unfolded several at a time, side by side.
-const MIN_GEMM_COLS: usize = 512;
 
 /// The product of one group of images: split over the thread pool when there are fewer
 /// groups than threads (a batch of one then uses every core), on the calling thread
@@ -451,7 +444,7 @@ fn too_few(groups: usize) -> bool {
 
 /// Images per GEMM for `p` output positions each and a batch of `n`.
 fn group_size(p: usize, n: usize) -> usize {
-    MIN_GEMM_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
+    tuning::IM2COL_MIN_GEMM_COLS.div_ceil(p.max(1)).clamp(1, n.max(1))
 }
 
 /// For every sample `n`: `out[n] = wmat · im2col(inp[n])`, with `wmat` `[rows, c*kh*kw]`,

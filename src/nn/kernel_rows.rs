@@ -32,21 +32,8 @@ use rayon::prelude::*;
 
 use super::im2col::ConvGeom;
 use crate::gemm::gemm;
+use crate::tuning;
 use crate::Float;
-
-/// Fewest values along each GEMM's inner dimension (`c * kw`) for which this path is
-/// chosen by `Auto`: with fewer, the many thin products lose to im2col's one (the
-/// ConvVAE's one-channel layers at batch 1: backward 80 against 45 µs).
-const MIN_INNER: usize = 32;
-
-/// Largest batch for which `Auto` chooses this path. For the ConvVAE's 32 -> 32 layers
-/// (one forward and backward, two threads) it beat the Fourier path 3x at 4 images and by
-/// 20-35% at 8; at 16 the Fourier path's transforms are amortised and it wins the
-/// backward.
-const MAX_BATCH: usize = 8;
-
-/// Below this many multiply-adds a product is not cut across threads.
-const MIN_WORK: usize = 1 << 18;
 
 /// Whether this path can compute convolutions of geometry `g`: stride 1.
 pub(crate) fn supports(g: &ConvGeom) -> bool {
@@ -54,11 +41,14 @@ pub(crate) fn supports(g: &ConvGeom) -> bool {
 }
 
 /// Whether this path is expected to beat im2col and the Fourier path for `n` images of
-/// geometry `g`: a batch of at most [`MAX_BATCH`], stride 1, at least [`MIN_INNER`]
+/// geometry `g`: a batch of at most [`tuning::KERNEL_ROWS_MAX_BATCH`], stride 1, at least [`tuning::KERNEL_ROWS_MIN_INNER`]
 /// values along each GEMM's inner dimension, and more than one output position (a kernel
 /// covering the whole plane is one GEMM either way).
 pub(crate) fn preferred(g: &ConvGeom, n: usize) -> bool {
-    supports(g) && n <= MAX_BATCH && g.c * g.kernel.1 >= MIN_INNER && g.col_cols() > 1
+    supports(g)
+        && n <= tuning::KERNEL_ROWS_MAX_BATCH
+        && g.c * g.kernel.1 >= tuning::KERNEL_ROWS_MIN_INNER
+        && g.col_cols() > 1
 }
 
 /// Padded rows of the strips: every input row some kernel row reads, `oh + (kh - 1) dh`.
@@ -128,7 +118,7 @@ fn by_kernel_rows<F: Float>(wmat: ArrayView2<F>, g: &ConvGeom) -> Array3<F> {
 /// little to share.
 fn pieces(n: usize, len: usize, work: usize) -> usize {
     let threads = rayon::current_num_threads();
-    if work < MIN_WORK {
+    if work < tuning::KERNEL_ROWS_MIN_WORK {
         return 1;
     }
     let gcd = |mut a: usize, mut b: usize| {

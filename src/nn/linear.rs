@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::{Layer, Mode, Module, Param};
 use crate::gemm::{gemm, gemm_par};
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// `y = x w^T + b`. Shapes: `x` `[n, in]`, `w` `[out, in]`, `b` `[out]`, `y` `[n, out]`.
@@ -52,7 +53,7 @@ pub fn linear_backward<F: Float>(
         }
     }
     let threads = rayon::current_num_threads();
-    if x.nrows() <= SMALL_BATCH && threads > 1 && w.len() >= SMALL_BATCH_MIN_WEIGHT {
+    if x.nrows() <= tuning::LINEAR_SMALL_BATCH && threads > 1 && w.len() >= tuning::LINEAR_SMALL_BATCH_MIN_WEIGHT {
         let (out, inp) = w.dim();
         if inp >= out {
             return small_batch_backward_by_inputs(x, w, dy, dx, dw, inp.div_ceil(threads));
@@ -64,15 +65,6 @@ pub fn linear_backward<F: Float>(
         gemm_par(F::one(), dy, w, F::zero(), dx);
     }
 }
-
-/// Batches of at most this many rows take the small-batch backward: its two products are
-/// then bound by reading `w` and updating `dw`, and each thread does both on its own
-/// block of them in one pass, instead of each product being split (or, under
-/// [`crate::gemm::gemm_par`]'s work threshold, not split) on its own.
-const SMALL_BATCH: usize = 8;
-
-/// Weights smaller than this take the general path ([`crate::gemm::gemm_par`] per product).
-const SMALL_BATCH_MIN_WEIGHT: usize = 1 << 15;
 
 /// The small-batch backward cut by blocks of `per` input features (columns of `w`):
 /// `dw[:, C] += dy' x[:, C]` and `dx[:, C] = dy w[:, C]`, each block on one thread.
@@ -294,8 +286,8 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
         };
-        for &(n, inp, out) in &[(1, 4000, 9), (3, 11, 3001), (SMALL_BATCH, 257, 131)] {
-            assert!(inp * out >= SMALL_BATCH_MIN_WEIGHT);
+        for &(n, inp, out) in &[(1, 4000, 9), (3, 11, 3001), (tuning::LINEAR_SMALL_BATCH, 257, 131)] {
+            assert!(inp * out >= tuning::LINEAR_SMALL_BATCH_MIN_WEIGHT);
             let x = Array2::from_shape_simple_fn((n, inp), &mut rnd);
             let w = Array2::from_shape_simple_fn((out, inp), &mut rnd);
             let dy = Array2::from_shape_simple_fn((n, out), &mut rnd);

@@ -43,6 +43,7 @@ pub(crate) use {conv2d::geom as conv2d_geom, conv_transpose2d::geom as conv_tran
 
 use ndarray::{Array4, ArrayD, ArrayViewMutD, Ix4};
 
+use crate::tuning;
 use crate::{Error, Float, Result};
 
 /// Whether a layer runs in training mode (batch statistics, caches for backward) or
@@ -136,15 +137,12 @@ pub(crate) fn to4<F: Float>(x: ArrayD<F>, layer: &str) -> Result<Array4<F>> {
         .map_err(|_| Error::shape(format!("layer {layer} input"), "[batch, channels, h, w]", &shape))
 }
 
-/// Below this many values an array is zeroed on the calling thread.
-const PAR_MIN_ZEROS: usize = 1 << 16;
-
 /// A zeroed `[n, c, h, w]` array, written by the thread pool when it is large: a layer's
 /// output (44 MB for the DCGAN VAE's widest at batch 1024) is zeroed in half the time
 /// that one thread's memset takes, since the bandwidth here is per core.
 pub(crate) fn zeros4<F: Float>(shape: (usize, usize, usize, usize)) -> Array4<F> {
     let len = shape.0 * shape.1 * shape.2 * shape.3;
-    if len < PAR_MIN_ZEROS || rayon::current_num_threads() < 2 {
+    if len < tuning::PAR_MIN_ZEROS || rayon::current_num_threads() < 2 {
         return Array4::zeros(shape);
     }
     use rayon::prelude::*;

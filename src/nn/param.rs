@@ -2,23 +2,13 @@
 
 use ndarray::{ArrayD, ArrayView2, Ix2, IxDyn};
 
+use crate::tuning;
 use crate::{Error, Float, Result};
 
-/// Entries per task when a whole-parameter pass (zeroing, Adam's update, the finiteness
-/// check) is split over threads.
-pub(crate) const PAR_CHUNK: usize = 4096;
-
-/// Entries from which a pass that touches each entry once (zeroing, the finiteness check)
-/// is split over threads: below half a megabyte of `f32` the fork costs more than it
-/// saves (the linear AE's 15680-entry weights, zeroed in parallel, made its epoch 6%
-/// slower). Half, not one: the ConvVAE's `fc_up` weight (256,000 entries, 1.02 MB) fell
-/// just under 2^18.
-const PAR_MIN_LIGHT: usize = 1 << 17;
-
 /// Whether a pass that touches each of `len` entries once is split over threads
-/// ([`PAR_MIN_LIGHT`], and a pool of more than one thread).
+/// ([`tuning::PAR_MIN_LIGHT`], and a pool of more than one thread).
 pub(crate) fn split_light_pass(len: usize) -> bool {
-    len >= PAR_MIN_LIGHT && rayon::current_num_threads() > 1
+    len >= tuning::PAR_MIN_LIGHT && rayon::current_num_threads() > 1
 }
 
 /// A learnable tensor with its gradient. `name` is the PyTorch `state_dict` key where a
@@ -50,7 +40,8 @@ impl<F: Float> Param<F> {
         match self.grad.as_slice_memory_order_mut() {
             Some(g) if split_light_pass(g.len()) => {
                 use rayon::prelude::*;
-                g.par_chunks_mut(PAR_CHUNK).for_each(|c| c.fill(F::zero()));
+                g.par_chunks_mut(tuning::PARAM_PAR_CHUNK)
+                    .for_each(|c| c.fill(F::zero()));
             }
             _ => self.grad.fill(F::zero()),
         }

@@ -19,17 +19,15 @@ use rayon::prelude::*;
 
 use super::im2col::{ConvGeom, Taps};
 use crate::gemm::gemm;
+use crate::tuning;
 use crate::Float;
-
-/// Below this many multiply-adds an image's product stays on one thread.
-const MIN_WORK: usize = 1 << 18;
 
 /// The parts `len` is cut into for the pool's threads, when a batch of `n` images
 /// leaves threads idle and an image's product of `work` multiply-adds is worth cutting
 /// (`None` otherwise).
 fn parts(n: usize, len: usize, work: usize) -> Option<usize> {
     let threads = rayon::current_num_threads();
-    (n < threads && len >= 2 && work >= MIN_WORK).then(|| threads.min(len))
+    (n < threads && len >= 2 && work >= tuning::SINGLE_IMAGE_MIN_WORK).then(|| threads.min(len))
 }
 
 /// Output rows per part for `g`, when one image's `rows x col_rows x col_cols` product
@@ -246,7 +244,7 @@ mod tests {
             ((seed >> 33) as f64 / (1u64 << 31) as f64) - 1.0
         };
         // (c, h, w, kernel, stride, padding, dilation, rows): each product at least
-        // MIN_WORK multiply-adds, so that three threads cut it.
+        // tuning::SINGLE_IMAGE_MIN_WORK multiply-adds, so that three threads cut it.
         for &(c, h, w, k, s, p, d, rows) in &[
             (16, 12, 12, (3, 3), 1, 0, 1, 32),
             (16, 16, 16, (3, 3), 2, 1, 1, 32),

@@ -29,13 +29,10 @@ use rustfft::{Fft, FftPlanner};
 
 use super::im2col::ConvGeom;
 use crate::gemm::gemm;
+use crate::tuning;
 use crate::Float;
 
 type C<F> = Complex<F>;
-
-/// Images whose spectra are multiplied together: enough rows for an efficient GEMM per
-/// frequency, few enough that a chunk's spectra stay in cache.
-const CHUNK: usize = 32;
 
 /// Whether the Fourier path can compute convolutions of this geometry (stride 1).
 pub(crate) fn supports(g: &ConvGeom) -> bool {
@@ -687,12 +684,12 @@ fn through_blocks<F: Float>(
         .zip(inp.axis_chunks_iter(Axis(0), per))
         .for_each(|(mut o, x)| {
             let mut wk = plan.work();
-            let mmax = CHUNK.min(x.nrows());
+            let mmax = tuning::FOURIER_CHUNK.min(x.nrows());
             // Thread-local buffers: every entry is written before it is read.
             F::with_scratch(bins * mmax * wi, bins * mmax * wo, |sin, sout| {
                 for (mut oc, xc) in o
-                    .axis_chunks_iter_mut(Axis(0), CHUNK)
-                    .zip(x.axis_chunks_iter(Axis(0), CHUNK))
+                    .axis_chunks_iter_mut(Axis(0), tuning::FOURIER_CHUNK)
+                    .zip(x.axis_chunks_iter(Axis(0), tuning::FOURIER_CHUNK))
                 {
                     let m = xc.nrows();
                     for (j, xj) in xc.outer_iter().enumerate() {
@@ -819,12 +816,12 @@ pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &Conv
             let mut wk = plan.work();
             let mut acc = vec![F::zero(); bins * rows * wb];
             F::with_scratch(
-                bins * CHUNK.min(ap.nrows()) * wa,
-                bins * CHUNK.min(ap.nrows()) * wb,
+                bins * tuning::FOURIER_CHUNK.min(ap.nrows()) * wa,
+                bins * tuning::FOURIER_CHUNK.min(ap.nrows()) * wb,
                 |sa, sb| {
                     for (ac, bc) in ap
-                        .axis_chunks_iter(Axis(0), CHUNK)
-                        .zip(bp.axis_chunks_iter(Axis(0), CHUNK))
+                        .axis_chunks_iter(Axis(0), tuning::FOURIER_CHUNK)
+                        .zip(bp.axis_chunks_iter(Axis(0), tuning::FOURIER_CHUNK))
                     {
                         for (j, (aj, bj)) in ac.outer_iter().zip(bc.outer_iter()).enumerate() {
                             let at = Placement::image((g.oh, g.ow));
@@ -901,11 +898,11 @@ pub(crate) fn backward_over_input<F: Float>(
         .map(|(dyp, mut xp)| {
             let mut wk = plan.work();
             let mut acc = vec![F::zero(); bins * rows * wb];
-            let mmax = CHUNK.min(dyp.nrows());
+            let mmax = tuning::FOURIER_CHUNK.min(dyp.nrows());
             F::with_scratch(bins * mmax * wdy, bins * mmax * wx, |sdy, sx| {
                 for (dyc, mut xc) in dyp
-                    .axis_chunks_iter(Axis(0), CHUNK)
-                    .zip(xp.axis_chunks_iter_mut(Axis(0), CHUNK))
+                    .axis_chunks_iter(Axis(0), tuning::FOURIER_CHUNK)
+                    .zip(xp.axis_chunks_iter_mut(Axis(0), tuning::FOURIER_CHUNK))
                 {
                     let m = dyc.nrows();
                     for (j, (dj, xj)) in dyc.outer_iter().zip(xc.outer_iter()).enumerate() {

@@ -26,15 +26,12 @@ use rayon::prelude::*;
 
 use super::im2col::ConvGeom;
 use crate::gemm::gemm;
+use crate::tuning;
 use crate::Float;
 
 /// Most evaluation points along one axis: `0, 1, -1, 2, -2` and infinity, the set of the
 /// widely used F(4, 3) transforms, whose rounding in f32 stays within a few ulps.
 const MAX_POINTS: usize = 6;
-
-/// Images per chunk: rows enough for an efficient GEMM per point, few enough that the
-/// chunk's transformed planes stay in cache.
-const CHUNK: usize = 64;
 
 /// Points along an axis for a window of `n` inputs: `n` outputs of the plane, padding on
 /// both sides included.
@@ -307,9 +304,11 @@ fn at_point_mut<F: Float>(buf: &mut [F], p: usize, m: usize, pts: usize, width: 
     ArrayViewMut2::from_shape((m, width).strides((pts * width, 1)), &mut buf[p * width..]).expect("in bounds")
 }
 
-/// Images per chunk for a batch of `n`: [`CHUNK`], or fewer so that every thread has one.
+/// Images per chunk for a batch of `n`: [`tuning::WINOGRAD_CHUNK`], or fewer so that every thread has one.
 fn chunk_size(n: usize) -> usize {
-    CHUNK.min(n.div_ceil(rayon::current_num_threads())).max(1)
+    tuning::WINOGRAD_CHUNK
+        .min(n.div_ceil(rayon::current_num_threads()))
+        .max(1)
 }
 
 /// `out[n] = wmat · im2col(inp[n])` (see [`super::im2col::unfold_gemm`]).
@@ -433,7 +432,7 @@ fn through_parts<F: Float>(
     let (c, rows, pts) = (plan.g.c, plan.rows, plan.pts);
     let parts = rayon::current_num_threads().clamp(1, n.max(1));
     let per = n.div_ceil(parts).max(1);
-    let cs = CHUNK.min(per);
+    let cs = tuning::WINOGRAD_CHUNK.min(per);
     let runs: Vec<Option<ArrayViewMut2<F>>> = match over.as_mut() {
         Some(x) => x.axis_chunks_iter_mut(Axis(0), per).map(Some).collect(),
         None => (0..n.div_ceil(per)).map(|_| None).collect(),

@@ -51,6 +51,7 @@ use crate::data::{epoch_batches, Dataset};
 use crate::device::DeviceRequest;
 use crate::optim::{Adam, AdamConfig};
 use crate::progress::EpochProgress;
+use crate::runtime::Runtime;
 use crate::vae::{LossConfig, Objective};
 use crate::{Error, Float, Result};
 
@@ -135,6 +136,7 @@ pub struct Trainer<'h, F: Float> {
     non_finite: NonFinitePolicy,
     collapse: Option<CollapsePolicy>,
     evaluation: Option<EvalConfig>,
+    runtime: Runtime,
     step_hooks: Vec<StepHook<'h, F>>,
     epoch_hooks: Vec<EpochHook<'h, F>>,
 }
@@ -167,8 +169,9 @@ pub struct Fitted<F: Float, M> {
 
 impl<'h, F: Float> Trainer<'h, F> {
     /// 10 epochs of batches of 128, seed 0, Adam at 1e-3, on the CPU, with progress,
-    /// the non-finite guard stopping the run, collapse detection off, and the default
-    /// evaluation when a test set is given. The loss is the model's own (a preset's
+    /// the non-finite guard stopping the run, collapse detection off, the default
+    /// evaluation when a test set is given, and [`Runtime::training`] applied when a run
+    /// starts. The loss is the model's own (a preset's
     /// notebook loss, [`crate::vae::VaeModel::recipe`]) unless [`Trainer::loss`] is set.
     pub fn new() -> Self {
         Trainer {
@@ -187,6 +190,7 @@ impl<'h, F: Float> Trainer<'h, F> {
             non_finite: NonFinitePolicy::Stop,
             collapse: None,
             evaluation: Some(EvalConfig::default()),
+            runtime: Runtime::training(),
             step_hooks: Vec::new(),
             epoch_hooks: Vec::new(),
         }
@@ -294,6 +298,14 @@ impl<'h, F: Float> Trainer<'h, F> {
         self
     }
 
+    /// The process-wide settings applied when the run starts (default:
+    /// [`Runtime::training`], everything on; [`Runtime::untouched`] leaves the process as
+    /// it is).
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = runtime;
+        self
+    }
+
     /// A hook called before every step.
     pub fn on_step(mut self, hook: impl FnMut(&mut StepControl<'_, F>) + 'h) -> Self {
         self.step_hooks.push(Box::new(hook));
@@ -329,6 +341,7 @@ impl<'h, F: Float> Trainer<'h, F> {
                 train.len()
             )));
         }
+        self.runtime.apply();
         let (device, line) = crate::device::select(self.device)?;
         if self.device != DeviceRequest::Cpu {
             self.say(&line);
