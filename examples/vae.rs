@@ -218,5 +218,6 @@ fn describe(o: &Objective) -> String {
     match *o {
         Objective::Elbo { samples, beta } => format!("ELBO with {samples} sample(s), beta = {beta}"),
         Objective::Iwae { samples } => format!("IWAE with {samples} importance samples"),
+        Objective::IwaeDreg { samples } => format!("IWAE with {samples} importance samples, DReG encoder gradient"),
     }
 }

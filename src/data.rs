@@ -214,6 +214,21 @@ impl Dataset {
             .expect("images are contiguous")
     }
 
+    /// A statically binarized copy: each pixel set to 1 with probability its intensity, in
+    /// one draw from `seed` (Burda et al.'s test set is binarized once this way, so every
+    /// model is scored on the same binary images). Larochelle's fixed binarized MNIST file
+    /// is another such draw, not this one.
+    pub fn binarized(&self, seed: u64) -> Dataset {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut images = self.images.clone();
+        binarize_in_place(images.as_slice_mut().expect("contiguous images"), &mut rng);
+        Dataset {
+            images,
+            labels: self.labels.clone(),
+        }
+    }
+
     /// The first `n` images (or all of them), as a new data set.
     pub fn head(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
@@ -236,6 +251,15 @@ impl Dataset {
             .into_par_iter()
             .zip(indices.par_iter())
             .for_each(|(mut row, &i)| row.assign(&flat.row(i)));
+    }
+}
+
+/// Sets each value `p` (an intensity in [0, 1]) to 1 with probability `p`, else 0: a
+/// Bernoulli draw per pixel from `rng`, in order.
+pub fn binarize_in_place<F: crate::Float, R: Rng + ?Sized>(pixels: &mut [F], rng: &mut R) {
+    for p in pixels {
+        let u = F::lit(rng.random::<f64>());
+        *p = if u < *p { F::one() } else { F::zero() };
     }
 }
 

@@ -14,7 +14,7 @@ use latent::nn::{
 };
 use latent::nn::{load_params, Module};
 use latent::optim::{adam_update, AdamConfig};
-use latent::vae::{self, DiagGaussian, Likelihood};
+use latent::vae::{self, DiagGaussian, Likelihood, Vae};
 use latent::Float;
 use ndarray::{Array1, Array2, ArrayD, Axis, Ix1, Ix2, Ix3, Ix4};
 use rand::SeedableRng;
@@ -350,6 +350,7 @@ fn vae_model<F: Float>(
     r: &mut Report,
     model: &mut VaeModel<F>,
     eps: ndarray::Array3<F>,
+    objective: Option<vae::Objective>,
     check: &mut ModelCheck<'_, F>,
 ) {
     load_params(model, |name| {
@@ -357,12 +358,14 @@ fn vae_model<F: Float>(
             .then(|| fx.get(&format!("param.{name}")))
     })
     .unwrap();
-    let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
+    let x = fx.get::<F>("x");
+    let [c, h, w] = model.image_shape();
+    let x = x.into_shape_with_order((eps.dim().0, c, h, w)).unwrap();
     let mut cfg = model.recipe();
-    cfg.objective = vae::Objective::Elbo {
+    cfg.objective = objective.unwrap_or(vae::Objective::Elbo {
         samples: eps.dim().1,
         beta: 1.0,
-    };
+    });
     let parts = vae::loss_and_grad(model, x.view(), eps.view(), &cfg).unwrap();
     r.scalar(&fx.file, "loss", parts.loss, scalar_of(fx, "loss"));
     check(model, &parts, r);
@@ -403,7 +406,7 @@ fn model_conv_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut m = VaeModel::<F>::conv_cis522(k, &mut rng).unwrap();
     let eps = fx.get::<F>("eps").into_dimensionality::<Ix3>().unwrap();
-    vae_model(fx, r, &mut m, eps, &mut |m, parts, r| {
+    vae_model(fx, r, &mut m, eps, None, &mut |m, parts, r| {
         r.check(
             &fx.file,
             "phi",
@@ -443,7 +446,7 @@ fn model_dcgan_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let eps = get2::<F>(fx, "eps").insert_axis(Axis(1));
     let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
     let b = F::lit(x.shape()[0] as f64);
-    vae_model(fx, r, &mut m, eps, &mut |_, parts, r| {
+    vae_model(fx, r, &mut m, eps, None, &mut |_, parts, r| {
         r.check(&fx.file, "recon", &parts.output.clone().into_dyn(), &fx.get("recon"));
         r.scalar(&fx.file, "bce", parts.recon * b, scalar_of(fx, "bce"));
         r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
@@ -463,7 +466,7 @@ fn model_strided_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     let eps = get2::<F>(fx, "eps").insert_axis(Axis(1));
     let x = fx.get::<F>("x").into_dimensionality::<Ix4>().unwrap();
     let b = F::lit(x.shape()[0] as f64);
-    vae_model(fx, r, &mut m, eps, &mut |_, parts, r| {
+    vae_model(fx, r, &mut m, eps, None, &mut |_, parts, r| {
         r.check(&fx.file, "x_hat", &parts.output.clone().into_dyn(), &fx.get("x_hat"));
         r.scalar(&fx.file, "sse", parts.recon * b, scalar_of(fx, "sse"));
         r.scalar(&fx.file, "kl", parts.kl * b, scalar_of(fx, "kl"));
@@ -474,6 +477,55 @@ fn model_strided_vae<F: Float>(fx: &Fixture, r: &mut Report) {
             &parts.posterior.logvar.clone().into_dyn(),
             &fx.get("logvar"),
         );
+    });
+}
+
+/// Burda et al.'s one-stochastic-layer MLP VAE, on the ELBO, IWAE or IWAE with the DReG
+/// encoder gradient: the posterior, the samples, the decoder's logits for every sample,
+/// the log-weights (and DReG's normalised weights), the loss and every gradient.
+fn model_mlp_vae<F: Float>(fx: &Fixture, r: &mut Report) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let x_dim = fx.setting_f64("x_dim") as usize;
+    let hidden = fx.setting_vec("hidden");
+    let z_dim = fx.setting_f64("z_dim") as usize;
+    let mut m = VaeModel::<F>::mlp([1, 1, x_dim], [hidden[0], hidden[1]], z_dim, &mut rng).unwrap();
+    let eps = fx.get::<F>("eps").into_dimensionality::<ndarray::Ix3>().unwrap();
+    let k = eps.dim().1;
+    let objective = match fx.setting_str("objective").as_str() {
+        "elbo" => vae::Objective::Elbo { samples: k, beta: 1.0 },
+        "iwae" => vae::Objective::Iwae { samples: k },
+        "iwae_dreg" => vae::Objective::IwaeDreg { samples: k },
+        other => panic!("{}: unknown objective {other}", fx.file),
+    };
+    let x = fx
+        .get::<F>("x")
+        .into_shape_with_order((eps.dim().0, 1, 1, x_dim))
+        .unwrap();
+    let eps_c = eps.clone();
+    vae_model(fx, r, &mut m, eps, Some(objective), &mut |m, parts, r| {
+        let q = &parts.posterior;
+        r.check(&fx.file, "mu", &q.mu.clone().into_dyn(), &fx.get("mu"));
+        r.check(&fx.file, "logvar", &q.logvar.clone().into_dyn(), &fx.get("logvar"));
+        let z = q.rsample(eps_c.view()).unwrap();
+        r.check(&fx.file, "z", &z.clone().into_dyn(), &fx.get("z"));
+        let (b, k, kd) = z.dim();
+        let logits = m
+            .decode(
+                z.view().into_shape_with_order((b * k, kd)).unwrap(),
+                latent::nn::Mode::Eval,
+            )
+            .unwrap()
+            .into_shape_with_order((b, k, x_dim))
+            .unwrap();
+        r.check(&fx.file, "logits", &logits.clone().into_dyn(), &fx.get("logits"));
+        let x2 = x.view().into_shape_with_order((b, x_dim)).unwrap();
+        let ll = vae::log_likelihood(Likelihood::BernoulliLogits, x2, logits.view()).unwrap();
+        let log_w = &ll - &vae::log_ratio(q, eps_c.view(), z.view()).unwrap();
+        r.check(&fx.file, "log_w", &log_w.clone().into_dyn(), &fx.get("log_w"));
+        if fx.has("w_tilde") {
+            let w = vae::log_mean_exp_backward(log_w.view(), ndarray::Array1::ones(b).view()).unwrap();
+            r.check(&fx.file, "w_tilde", &w.into_dyn(), &fx.get("w_tilde"));
+        }
     });
 }
 
@@ -501,6 +553,7 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "model_conv_vae" => both!(model_conv_vae),
         "model_dcgan_vae" => both!(model_dcgan_vae),
         "model_strided_vae" => both!(model_strided_vae),
+        "model_mlp_vae" => both!(model_mlp_vae),
         _ => false,
     }
 }

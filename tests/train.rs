@@ -361,3 +361,49 @@ fn a_user_built_conv_vae_trains_data_parallel_and_its_step_matches_finite_differ
         assert!(e < 1e-6, "d{name}: {e:.2e}");
     }
 }
+
+/// Static binarization is one fixed draw per seed (pixels 0 or 1, about as many ones as
+/// the intensities' sum); dynamic binarization draws from the run's generator, so a
+/// resumed run is still the uninterrupted one.
+#[test]
+fn binarization_is_seeded_and_a_binarized_run_resumes_to_the_bit() {
+    let data = blobs(50, 1, 8, 11);
+    let (a, b, c) = (data.binarized(1), data.binarized(1), data.binarized(2));
+    assert_eq!(a.images, b.images);
+    assert_ne!(a.images, c.images);
+    assert!(a.images.iter().all(|&v| v == 0.0 || v == 1.0));
+    let (ones, mass) = (a.images.sum() as f64, data.images.sum() as f64);
+    assert!(
+        (ones - mass).abs() < 4.0 * mass.sqrt(),
+        "{ones} ones for {mass} of intensity"
+    );
+    let dir = std::env::temp_dir().join(format!("latent-train-binarized-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("ck.safetensors");
+    let run = |epochs, resume: bool| {
+        let mut t = quiet()
+            .epochs(epochs)
+            .batch(10)
+            .seed(3)
+            .binarize(true)
+            .checkpoint(&ck, 1);
+        if resume {
+            t = t.resume(&ck);
+        }
+        t.fit(|rng| VaeModel::<f32>::mlp([1, 8, 8], [8, 8], 2, rng), &data, None)
+            .unwrap()
+    };
+    let mut whole = run(2, false);
+    run(1, false);
+    let mut resumed = run(2, true);
+    assert_eq!(params_of(&mut whole.model), params_of(&mut resumed.model));
+    // Without binarization the same seed trains another model.
+    let mut plain = quiet()
+        .epochs(2)
+        .batch(10)
+        .seed(3)
+        .fit(|rng| VaeModel::<f32>::mlp([1, 8, 8], [8, 8], 2, rng), &data, None)
+        .unwrap();
+    assert_ne!(params_of(&mut whole.model), params_of(&mut plain.model));
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -277,6 +277,65 @@ fn vanilla_vae_gradients_match_finite_differences() {
 
 /// AntixK's defaults: 3x64x64 images through widths 32..512 down to 2x2 and back.
 #[test]
+fn mlp_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let mut m = VaeModel::<f64>::mlp([1, 4, 5], [6, 5], 3, &mut rng).unwrap();
+    jitter(&mut m, 14);
+    for cfg in objectives() {
+        check_model("MLP VAE", &mut m, 3, cfg, 5);
+    }
+}
+
+/// DReG's encoder gradient is not the gradient of a loss, so it is checked against its
+/// definition instead: with one sample its weights are 1 and it is the gradient of the
+/// sampled ELBO with q's parameters held fixed inside log q, which differs from IWAE-1's
+/// by the score term; its decoder gradient is IWAE's exactly; it needs a per-sample decoder.
+#[test]
+fn dreg_keeps_the_iwae_decoder_gradient_and_refuses_a_coupled_decoder() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(15);
+    let mut m = VaeModel::<f64>::mlp([1, 4, 5], [6, 5], 3, &mut rng).unwrap();
+    let x = rand_array(&[4, 1, 4, 5], 16)
+        .mapv(|v| 0.5 + 0.45 * v)
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([4, 5, 3], 17);
+    let cfg = |objective| LossConfig {
+        objective,
+        kl: KlEstimator::MonteCarlo,
+        reduction: Reduction::Mean,
+    };
+    let grads = |m: &mut VaeModel<f64>| {
+        let mut g = Vec::new();
+        m.visit_params(&mut |p| g.push((p.name.clone(), p.grad.clone())));
+        g
+    };
+    let iwae = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg(Objective::Iwae { samples: 5 })).unwrap();
+    let g_iwae = grads(&mut m);
+    let dreg = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg(Objective::IwaeDreg { samples: 5 })).unwrap();
+    let g_dreg = grads(&mut m);
+    assert_eq!(iwae.loss, dreg.loss);
+    for ((name, a), (_, b)) in g_iwae.iter().zip(&g_dreg) {
+        if name.starts_with("decoder") {
+            assert_eq!(a, b, "{name}: the decoder's gradient is IWAE's");
+        } else {
+            assert!(a != b, "{name}: the encoder's gradient is DReG's own");
+        }
+    }
+    let mut dcgan = VaeModel::<f64>::dcgan([1, 28, 28], 2, 2, 2, &mut rng).unwrap();
+    let x = ndarray::Array4::from_elem((2, 1, 28, 28), 0.5);
+    let eps = arr3([2, 3, 2], 18);
+    let err = vae::loss_and_grad(
+        &mut dcgan,
+        x.view(),
+        eps.view(),
+        &cfg(Objective::IwaeDreg { samples: 3 }),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("DReG"), "{err}");
+}
+
+#[test]
 fn vanilla_vae_default_shapes() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(24);
     let mut m = VanillaVaeParams::default().build::<f32, _>(&mut rng).unwrap();
@@ -396,7 +455,7 @@ fn posterior_gradient_through_a_frozen_decoder_matches_finite_differences() {
         let cfg = LossConfig {
             objective: match cfg.objective {
                 Objective::Elbo { beta, .. } => Objective::Elbo { samples: 3, beta },
-                Objective::Iwae { .. } => Objective::Iwae { samples: 3 },
+                Objective::Iwae { .. } | Objective::IwaeDreg { .. } => Objective::Iwae { samples: 3 },
             },
             ..cfg
         };

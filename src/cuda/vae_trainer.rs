@@ -70,6 +70,11 @@ fn objective_code(cfg: &LossConfig) -> Result<(i32, f32)> {
         (Objective::Elbo { beta, .. }, KlEstimator::Closed) => (0, beta as f32),
         (Objective::Elbo { beta, .. }, KlEstimator::MonteCarlo) => (1, beta as f32),
         (Objective::Iwae { .. }, _) => (2, 1.0),
+        (Objective::IwaeDreg { .. }, _) => {
+            return Err(Error::Device(
+                "the DReG estimator has no GPU kernels: train it on the CPU".into(),
+            ))
+        }
     })
 }
 

@@ -157,6 +157,23 @@ impl<F: Float> Linear<F> {
         }
     }
 
+    /// A layer `in_features -> out_features` with Glorot and Bengio's (2010) uniform
+    /// weights, `U(-sqrt(6 / (in + out)), sqrt(6 / (in + out)))`, and a zero bias: the
+    /// initialisation of Burda et al.'s VAEs.
+    pub fn glorot<R: Rng + ?Sized>(prefix: &str, in_features: usize, out_features: usize, rng: &mut R) -> Self {
+        let bound = F::lit((6.0 / (in_features + out_features).max(1) as f64).sqrt());
+        let weight = Param::uniform(format!("{prefix}.weight"), &[out_features, in_features], bound, rng);
+        let bias = Some(Param::new(
+            format!("{prefix}.bias"),
+            ndarray::ArrayD::zeros(ndarray::IxDyn(&[out_features])),
+        ));
+        Linear {
+            weight,
+            bias,
+            input: None,
+        }
+    }
+
     /// Input width.
     pub fn in_features(&self) -> usize {
         self.weight.value.shape()[1]

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::evaluate::{evaluate_ae, evaluate_vae, EvalConfig, Evaluation};
 use super::StepStats;
-use crate::data::Dataset;
+use crate::data::{binarize_in_place, Dataset};
 use crate::data_parallel::DataParallel;
 use crate::device::{Device, DeviceRequest};
 use crate::models::{ConvAe, LinearAe};
@@ -36,6 +36,7 @@ pub struct EngineSetup<'d, F> {
     pub(super) device: &'d Device,
     pub(super) request: DeviceRequest,
     pub(super) tf32: bool,
+    pub(super) binarize: bool,
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub(super) loss: LossConfig,
     pub(super) _float: std::marker::PhantomData<F>,
@@ -128,19 +129,22 @@ struct Batches<'d, F: Float> {
     data: Pixels<'d, F>,
     shape: Vec<usize>,
     xb: Array2<F>,
+    binarize: bool,
 }
 
 impl<'d, F: Float> Batches<'d, F> {
-    fn new(train: &'d Dataset) -> Self {
+    fn new(setup: &EngineSetup<'d, F>) -> Self {
         Batches {
-            data: Pixels::of(train),
-            shape: train.images.shape()[1..].to_vec(),
-            xb: Array2::zeros((0, train.dim())),
+            data: Pixels::of(setup.train),
+            shape: setup.train.images.shape()[1..].to_vec(),
+            xb: Array2::zeros((0, setup.train.dim())),
+            binarize: setup.binarize,
         }
     }
 
-    /// The images `idx`, copied row by row over the threads into the buffer.
-    fn gather(&mut self, idx: &[usize]) -> ArrayView4<'_, F> {
+    /// The images `idx`, copied row by row over the threads into the buffer, and
+    /// binarized afresh from `rng` if the run asks for it (dynamic binarization).
+    fn gather(&mut self, idx: &[usize], rng: &mut ChaCha8Rng) -> ArrayView4<'_, F> {
         let data = self.data.view();
         if self.xb.dim() != (idx.len(), data.ncols()) {
             self.xb = Array2::zeros((idx.len(), data.ncols()));
@@ -151,6 +155,9 @@ impl<'d, F: Float> Batches<'d, F> {
             .into_par_iter()
             .zip(idx.par_iter())
             .for_each(|(mut row, &i)| row.assign(&data.row(i)));
+        if self.binarize {
+            binarize_in_place(self.xb.as_slice_mut().expect("contiguous"), rng);
+        }
         as_images(self.xb.view(), &self.shape)
     }
 }
@@ -185,7 +192,7 @@ impl<F: Float> Engine<F, VaeModel<F>> for VaeCpu<'_, F> {
         rng: &mut ChaCha8Rng,
         want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
-        let x = self.batches.gather(idx);
+        let x = self.batches.gather(idx, rng);
         let parts = self.par.train_step(model, x, loss, opt, rng)?;
         let stats = StepStats {
             loss: -parts.bound.to_f64_lossless(),
@@ -206,7 +213,12 @@ impl<F: Float> Engines<F> for VaeModel<F> {
     fn engine<'d>(&mut self, setup: EngineSetup<'d, F>, opt: &Adam<F>) -> Result<Box<dyn Engine<F, Self> + 'd>> {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(ctx) = setup.device {
-            match gpu::engine(self, ctx, &setup, opt) {
+            let made = if setup.binarize {
+                Err(Error::Device("dynamic binarization has no GPU kernel".into()))
+            } else {
+                gpu::engine(self, ctx, &setup, opt)
+            };
+            match made {
                 Ok(e) => return Ok(e),
                 Err(e) if setup.request == DeviceRequest::Auto => {
                     eprintln!("device: CPU (the GPU cannot train this run: {e})");
@@ -219,7 +231,7 @@ impl<F: Float> Engines<F> for VaeModel<F> {
         }
         Ok(Box::new(VaeCpu {
             par: DataParallel::vae(self),
-            batches: Batches::new(setup.train),
+            batches: Batches::new(&setup),
         }))
     }
 
@@ -337,10 +349,10 @@ impl<F: Float> Engine<F, ConvAe<F>> for ConvAeCpu<'_, F> {
         idx: &[usize],
         _loss: &LossConfig,
         opt: &mut Adam<F>,
-        _rng: &mut ChaCha8Rng,
+        rng: &mut ChaCha8Rng,
         want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
-        let x = self.batches.gather(idx);
+        let x = self.batches.gather(idx, rng);
         let loss = self.par.train_step(model, x, opt)?;
         let spread = want_spread.then(|| model.code_spread().map_or(0.0, |s| s.to_f64_lossless()));
         Ok((StepStats::mse(loss.to_f64_lossless()), spread))
@@ -362,7 +374,7 @@ impl<F: Float> Engines<F> for ConvAe<F> {
         cpu_only(&setup, "conv autoencoder")?;
         Ok(Box::new(ConvAeCpu {
             par: DataParallel::conv_ae(self),
-            batches: Batches::new(setup.train),
+            batches: Batches::new(&setup),
         }))
     }
 
@@ -408,6 +420,11 @@ impl<F: Float> Engine<F, LinearAe<F>> for LinearAeCpu<'_, F> {
 impl<F: Float> Engines<F> for LinearAe<F> {
     fn engine<'d>(&mut self, setup: EngineSetup<'d, F>, _opt: &Adam<F>) -> Result<Box<dyn Engine<F, Self> + 'd>> {
         cpu_only(&setup, "linear autoencoder")?;
+        if setup.binarize {
+            return Err(Error::InvalidArgument(
+                "the linear autoencoder trains on the images as they are: no dynamic binarization".into(),
+            ));
+        }
         Ok(Box::new(LinearAeCpu {
             data: Pixels::of(setup.train),
         }))

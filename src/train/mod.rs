@@ -137,6 +137,7 @@ pub struct Trainer<'h, F: Float> {
     collapse: Option<CollapsePolicy>,
     evaluation: Option<EvalConfig>,
     runtime: Runtime,
+    binarize: bool,
     step_hooks: Vec<StepHook<'h, F>>,
     epoch_hooks: Vec<EpochHook<'h, F>>,
 }
@@ -191,6 +192,7 @@ impl<'h, F: Float> Trainer<'h, F> {
             collapse: None,
             evaluation: Some(EvalConfig::default()),
             runtime: Runtime::training(),
+            binarize: false,
             step_hooks: Vec::new(),
             epoch_hooks: Vec::new(),
         }
@@ -306,6 +308,14 @@ impl<'h, F: Float> Trainer<'h, F> {
         self
     }
 
+    /// Dynamic binarization: each batch's pixels are drawn afresh from Bernoulli(intensity)
+    /// at every presentation, from the run's generator (Burda et al.'s protocol). The
+    /// steps run on the CPU then.
+    pub fn binarize(mut self, on: bool) -> Self {
+        self.binarize = on;
+        self
+    }
+
     /// A hook called before every step.
     pub fn on_step(mut self, hook: impl FnMut(&mut StepControl<'_, F>) + 'h) -> Self {
         self.step_hooks.push(Box::new(hook));
@@ -363,6 +373,7 @@ impl<'h, F: Float> Trainer<'h, F> {
                 device: &device,
                 request: self.device,
                 tf32: self.tf32,
+                binarize: self.binarize,
                 loss,
                 _float: std::marker::PhantomData,
             };

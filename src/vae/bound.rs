@@ -22,13 +22,24 @@ pub enum Objective {
         /// Importance samples per image (>= 1).
         samples: usize,
     },
+    /// The importance-weighted bound, its encoder gradient by the doubly reparameterised
+    /// estimator (DReG, Tucker, Lawson, Gu & Maddison 2018): the gradient of
+    /// `-sum_k w~_k^2 log w_k` with the normalised weights `w~` held fixed and q's own
+    /// parameters held fixed inside `log q(z|x)` (z keeps its dependence through the
+    /// sample). The same bound as [`Objective::Iwae`] and the same decoder gradient; an
+    /// encoder gradient whose variance does not grow with `samples`. It needs a decoder
+    /// that treats each sample on its own ([`super::Vae::decoder_is_per_sample`]).
+    IwaeDreg {
+        /// Importance samples per image (>= 1).
+        samples: usize,
+    },
 }
 
 impl Objective {
     /// Samples of z drawn per image.
     pub fn samples(&self) -> usize {
         match *self {
-            Objective::Elbo { samples, .. } | Objective::Iwae { samples } => samples,
+            Objective::Elbo { samples, .. } | Objective::Iwae { samples } | Objective::IwaeDreg { samples } => samples,
         }
     }
 

@@ -405,6 +405,10 @@ impl<F: Float> Vae<F> for VaeModel<F> {
         self.likelihood.current()
     }
 
+    fn decoder_is_per_sample(&self) -> bool {
+        !self.decoder.couples_batch()
+    }
+
     fn likelihood_backward(&mut self, dlog_sig_x: F) {
         if let PixelLikelihood::LearnedGaussian { log_sig_x, .. } = &mut self.likelihood {
             if let Some(g) = log_sig_x.grad.first_mut() {

@@ -46,6 +46,14 @@ pub trait Vae<F: Float>: Module<F> + Send {
 
     /// Accumulates the gradient with respect to a learned `log sigma_x`, if the model has one.
     fn likelihood_backward(&mut self, _dlog_sig_x: F) {}
+
+    /// Whether the decoder's output for one code depends on that code alone (no layer
+    /// couples the codes of a batch), so that the gradient with respect to each code is
+    /// linear in its own output's upstream gradient. The DReG estimator needs it; `false`
+    /// (the default) where a model does not say.
+    fn decoder_is_per_sample(&self) -> bool {
+        false
+    }
 }
 
 /// How the KL term of the ELBO is computed.
@@ -153,6 +161,11 @@ fn forward<F: Float, M: Vae<F> + ?Sized>(
 ) -> Result<Forward<F>> {
     cfg.objective.validate()?;
     check_input(model, &x, &eps)?;
+    if matches!(cfg.objective, Objective::IwaeDreg { .. }) && !model.decoder_is_per_sample() {
+        return Err(Error::InvalidArgument(
+            "the DReG estimator needs a decoder that treats each code on its own (no BatchNorm in train mode)".into(),
+        ));
+    }
     let q = model.encode(x, mode)?;
     forward_from(model, x, q, eps, cfg, mode)
 }
@@ -212,7 +225,7 @@ fn bound_and_weights<F: Float>(fw: &Forward<F>, objective: Objective) -> Result<
             let w_kl = Array2::from_elem((b, n), -beta * inv_n);
             Ok((bound, w, w_kl))
         }
-        Objective::Iwae { .. } => {
+        Objective::Iwae { .. } | Objective::IwaeDreg { .. } => {
             let log_w = &fw.ll - fw.ratio.as_ref().expect("IWAE uses the log ratio");
             let bound = log_mean_exp(log_w.view());
             let w = log_mean_exp_backward(log_w.view(), Array1::ones(b).view())?;
@@ -350,6 +363,9 @@ fn backward_to_posterior<F: Float, M: Vae<F> + ?Sized>(
             let dkl = Array1::from_elem(b, scale * F::lit(beta));
             kl_diag_backward(&fw.q, dkl.view(), &mut dmu, &mut dlogvar)?;
         }
+        (None, Some(_)) if matches!(cfg.objective, Objective::IwaeDreg { .. }) => {
+            dz = dreg_dz(fw, dz, w_ll.view(), scale);
+        }
         (None, Some(_)) => {
             let dr = w_ratio.mapv(|w| -scale * w);
             dz += &log_ratio_backward(fw.z.view(), dr.view(), &mut dlogvar)?;
@@ -358,6 +374,27 @@ fn backward_to_posterior<F: Float, M: Vae<F> + ?Sized>(
     }
     fw.q.rsample_backward(fw.eps.view(), dz.view(), &mut dmu, &mut dlogvar)?;
     Ok((parts, dmu, dlogvar))
+}
+
+/// The DReG gradient with respect to the samples z `[b, n, K]`, from the IWAE one through
+/// the decoder `dz_iwae` (the likelihood's, weighted by `w~`): the encoder's loss is
+/// `-scale sum_k w~_k^2 log w_k` with `log q`'s parameters fixed, so each sample's
+/// gradient is `-scale w~^2 (d ll/dz - z + eps / sigma)`. The decoder's part is the IWAE
+/// one times `w~` again (linear per sample); the prior's and q's parts are written out.
+fn dreg_dz<F: Float>(fw: &Forward<F>, dz_iwae: Array3<F>, w: ArrayView2<F>, scale: F) -> Array3<F> {
+    let std = fw.q.std();
+    let mut dz = dz_iwae;
+    for (i, mut zi) in dz.outer_iter_mut().enumerate() {
+        for (j, mut zij) in zi.outer_iter_mut().enumerate() {
+            let wij = w[[i, j]];
+            let w2 = scale * wij * wij;
+            for (c, d) in zij.iter_mut().enumerate() {
+                let (z, e, s) = (fw.z[[i, j, c]], fw.eps[[i, j, c]], std[[i, c]]);
+                *d = *d * wij + w2 * (z - e / s);
+            }
+        }
+    }
+    dz
 }
 
 /// [`loss_and_grad`] with fresh noise from `rng`, then one Adam step.

@@ -81,6 +81,15 @@ impl Fixture {
             .unwrap_or_else(|| panic!("{}: setting {key}", self.file))
     }
 
+    pub fn setting_vec(&self, key: &str) -> Vec<usize> {
+        self.settings[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: setting {key} is not a list", self.file))
+            .iter()
+            .map(|e| e.as_u64().expect("a whole number") as usize)
+            .collect()
+    }
+
     pub fn setting_str(&self, key: &str) -> String {
         self.settings[key]
             .as_str()
