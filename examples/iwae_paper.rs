@@ -1,0 +1,154 @@
+//! The protocol of Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders*
+//! (ICLR 2016), Table 1, as a program: dynamically binarized MNIST, Adam (beta1 0.9,
+//! beta2 0.999, eps 1e-4), batch 20, pass i = 0 .. P-1 running 3^i epochs at learning rate
+//! 0.001 * 10^(-i/7) (P = 8 is the paper's 3280 epochs), Glorot initialisation; then the
+//! test log-likelihood estimated with k = 5000 importance samples on the test set,
+//! binarized once from a fixed seed so that every model is scored on the same images.
+//!
+//! A checkpoint is written after every epoch (so after every pass), and `--resume` goes
+//! on from one, on another day: `--passes 4` and later `--passes 6 --resume PATH` is the
+//! run `--passes 6` to the bit. Each run appends its result to `--out/iwae_paper.csv`.
+//!
+//! `cargo run --release --example iwae_paper -- --help`
+
+mod common;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use latent::data::{Dataset, DatasetKind, Split};
+use latent::optim::AdamConfig;
+use latent::train::{EvalConfig, Trainer};
+use latent::vae::{KlEstimator, LossConfig, Objective, VaeModel};
+use latent::Error;
+
+/// The seed of the test set's one binarization, the same for every run.
+const TEST_BINARIZATION_SEED: u64 = 2015;
+
+/// `(flag, default, help)`; one per line, as a table.
+#[rustfmt::skip]
+const FLAGS: &[(&str, &str, &str)] = &[
+    ("model", "one", "one: one stochastic layer (784-200-200-50, Tanh, Bernoulli on logits)"),
+    ("objective", "vae", "vae (the k-sample ELBO), iwae, or dreg (IWAE with the doubly reparameterised encoder gradient)"),
+    ("k", "1", "samples per image in training"),
+    ("passes", "8", "passes of the schedule (pass i: 3^i epochs at 1e-3 * 10^(-i/7)); 8 is the paper's 3280 epochs"),
+    ("seed", "0", "random seed (initialisation, shuffling, binarization, noise)"),
+    ("resume", "", "continue from this checkpoint (same model, objective, k and seed)"),
+    ("eval-k", "5000", "importance samples of the test log-likelihood estimate"),
+    ("eval-images", "10000", "test images scored (the first ones)"),
+    ("data-dir", "", "folder with the four MNIST IDX .gz files (default: data/mnist)"),
+    ("out", "out", "folder for checkpoints, the history and the results CSV"),
+];
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Epochs completed before pass `i` begins: `(3^i - 1) / 2`.
+fn epochs_before(pass: usize) -> usize {
+    (3usize.pow(pass as u32) - 1) / 2
+}
+
+fn run() -> latent::Result<()> {
+    let about = "Burda et al. (2015), Table 1: VAE and IWAE on dynamically binarized MNIST, scored by IWAE-5000.";
+    let flags = common::Flags::new("iwae_paper", about, FLAGS).parse();
+    let (k, passes, seed): (usize, usize, u64) = (flags.get("k"), flags.get("passes"), flags.get("seed"));
+    let (model, objective_name) = (flags.raw("model"), flags.raw("objective"));
+    if model != "one" {
+        return Err(Error::InvalidArgument(format!("--model {model}: expected one")));
+    }
+    let objective = match objective_name.as_str() {
+        "vae" => Objective::Elbo { samples: k, beta: 1.0 },
+        "iwae" => Objective::Iwae { samples: k },
+        "dreg" => Objective::IwaeDreg { samples: k },
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--objective {other}: expected vae, iwae or dreg"
+            )))
+        }
+    };
+    objective.validate()?;
+    if passes == 0 || passes > 10 {
+        return Err(Error::InvalidArgument(format!("--passes {passes}: expected 1 to 10")));
+    }
+    let out = PathBuf::from(flags.raw("out"));
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let data_dir = Some(flags.raw("data-dir")).filter(|d| !d.is_empty()).map(PathBuf::from);
+    let train = Dataset::load(DatasetKind::Mnist, data_dir.as_deref(), Split::Train)?;
+    let test = Dataset::load(DatasetKind::Mnist, data_dir.as_deref(), Split::Test)?.binarized(TEST_BINARIZATION_SEED);
+    let run_name = format!("iwae_paper {model} {objective_name} k={k} seed={seed}");
+    let stem = format!("iwae_paper_{model}_{objective_name}_k{k}_s{seed}");
+    let eval_k: usize = flags.get("eval-k");
+    let mut adam = AdamConfig::new(1e-3f32);
+    adam.eps = 1e-4;
+    let mut trainer = Trainer::new()
+        .epochs(epochs_before(passes))
+        .batch(20)
+        .seed(seed)
+        .adam(adam)
+        .loss(LossConfig {
+            objective,
+            kl: KlEstimator::MonteCarlo,
+            reduction: latent::loss::Reduction::Mean,
+        })
+        .binarize(true)
+        .label(format!("{model} layer, {objective_name}, k = {k}"))
+        .name(run_name.clone())
+        .checkpoint(out.join(format!("{stem}.ckpt.safetensors")), 1)
+        .evaluation(Some(EvalConfig {
+            iwae_k: eval_k,
+            iwae_images: flags.get("eval-images"),
+            chunk: 500,
+            iwae_chunk: (20_000 / eval_k.max(1)).clamp(1, 100),
+        }))
+        // The schedule: pass i at 1e-3 * 10^(-i/7), for 3^i epochs.
+        .on_step(|s| {
+            let pass = (0..).find(|&i| epochs_before(i + 1) > s.epoch).expect("a pass");
+            s.adam.lr = 1e-3 * 10f32.powf(-(pass as f32) / 7.0);
+        });
+    if !flags.raw("resume").is_empty() {
+        trainer = trainer.resume(flags.raw("resume"));
+    }
+    let started = Instant::now();
+    let fitted = trainer.fit(VaeModel::<f32>::mlp_burda, &train, Some(&test))?;
+    let hours = started.elapsed().as_secs_f64() / 3600.0;
+    fitted.history.write_csv(&out.join(format!("{stem}.history.csv")))?;
+    let eval = fitted.evaluation.as_ref().expect("a test set was given");
+    let v = eval.vae.as_ref().expect("a VAE");
+    let iwae = v.iwae.expect("eval-k >= 1");
+    let epochs = fitted.first_epoch + fitted.history.epochs.len();
+    println!();
+    println!("{run_name}: {passes} passes ({epochs} epochs), {hours:.2} h in this run");
+    println!(
+        "test log-likelihood (IWAE-{}, {} images): {:.2} ± {:.2} nats",
+        iwae.k, iwae.images, iwae.mean, iwae.stderr
+    );
+    println!(
+        "test ELBO {:.2} (reconstruction {:.2}, KL {:.2}); active units {} of 50",
+        v.bound, v.recon, v.kl, v.active_units
+    );
+    println!("evaluation took {:.0} s", eval.seconds);
+    let csv = out.join("iwae_paper.csv");
+    let new = !csv.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&csv)
+        .map_err(|e| Error::io(&csv, e))?;
+    let mut line = String::new();
+    if new {
+        line +=
+            "model,objective,k,seed,passes,epochs,hours_this_run,eval_k,eval_images,iwae_ll,stderr,elbo,active_units\n";
+    }
+    line += &format!(
+        "{model},{objective_name},{k},{seed},{passes},{epochs},{hours:.4},{},{},{:.4},{:.4},{:.4},{}\n",
+        iwae.k, iwae.images, iwae.mean, iwae.stderr, v.bound, v.active_units
+    );
+    f.write_all(line.as_bytes()).map_err(|e| Error::io(&csv, e))?;
+    println!("appended to {}", csv.display());
+    Ok(())
+}
