@@ -529,6 +529,42 @@ fn model_mlp_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     });
 }
 
+/// Burda et al.'s two-stochastic-layer VAE on the ELBO or IWAE: the log-weights, the
+/// loss and every gradient by name.
+fn model_hvae2<F: Float>(fx: &Fixture, r: &mut Report) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let n = |key: &str| fx.setting_f64(key) as usize;
+    let x_dim = n("x_dim");
+    let mut m =
+        latent::models::Hvae2::<F>::new([1, 1, x_dim], (n("hx"), n("h1_dim")), (n("hh"), n("h2_dim")), &mut rng)
+            .unwrap();
+    load_params(&mut m, |name| {
+        fx.has(&format!("param.{name}"))
+            .then(|| fx.get(&format!("param.{name}")))
+    })
+    .unwrap();
+    let eps1 = fx.get::<F>("eps1").into_dimensionality::<ndarray::Ix3>().unwrap();
+    let eps2 = fx.get::<F>("eps2").into_dimensionality::<ndarray::Ix3>().unwrap();
+    let (b, k, _) = eps1.dim();
+    let x = fx.get::<F>("x").into_shape_with_order((b, 1, 1, x_dim)).unwrap();
+    let objective = match fx.setting_str("objective").as_str() {
+        "elbo" => vae::Objective::Elbo { samples: k, beta: 1.0 },
+        "iwae" => vae::Objective::Iwae { samples: k },
+        other => panic!("{}: unknown objective {other}", fx.file),
+    };
+    let log_w = m.log_weights(x.view(), eps1.view(), eps2.view()).unwrap();
+    r.check(&fx.file, "log_w", &log_w.into_dyn(), &fx.get("log_w"));
+    let out = m.loss_and_grad(x.view(), eps1.view(), eps2.view(), objective).unwrap();
+    r.scalar(&fx.file, "loss", out.loss, scalar_of(fx, "loss"));
+    let mut grads = Vec::new();
+    m.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
+    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
+    for (name, g) in &grads {
+        r.check(&fx.file, &format!("grad.{name}"), g, &fx.get(&format!("grad.{name}")));
+    }
+}
+
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.
 fn run(fx: &Fixture, r: &mut Report) -> bool {
     macro_rules! both {
@@ -554,6 +590,7 @@ fn run(fx: &Fixture, r: &mut Report) -> bool {
         "model_dcgan_vae" => both!(model_dcgan_vae),
         "model_strided_vae" => both!(model_strided_vae),
         "model_mlp_vae" => both!(model_mlp_vae),
+        "model_hvae2" => both!(model_hvae2),
         _ => false,
     }
 }

@@ -771,3 +771,49 @@ fn an_evaluation_forward_keeps_nothing_for_backward() {
     m.encode(x.view(), latent::nn::Mode::Train).unwrap();
     m.encode_backward(d.clone(), d).unwrap();
 }
+
+/// The two-stochastic-layer VAE's whole step, ELBO and IWAE, against central differences
+/// in f64 on every parameter.
+#[test]
+fn two_layer_vae_gradients_match_finite_differences() {
+    use latent::models::Hvae2;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(60);
+    let mut m = Hvae2::<f64>::new([1, 3, 4], (7, 5), (6, 3), &mut rng).unwrap();
+    jitter(&mut m, 61);
+    let x = rand_array(&[3, 1, 3, 4], 62)
+        .mapv(|v| if v > 0.0 { 1.0 } else { 0.0 })
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let (eps1, eps2) = (arr3([3, 4, 5], 63), arr3([3, 4, 3], 64));
+    for objective in [
+        Objective::Elbo { samples: 4, beta: 1.0 },
+        Objective::Iwae { samples: 4 },
+    ] {
+        m.loss_and_grad(x.view(), eps1.view(), eps2.view(), objective).unwrap();
+        let mut grads = Vec::new();
+        m.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+        for (i, (name, value, grad)) in grads.into_iter().enumerate() {
+            let e = fd_check_h(&value, &grad, 5, H, |vp| {
+                let mut c = m.clone();
+                let mut j = 0;
+                c.visit_params(&mut |p| {
+                    if j == i {
+                        p.value.assign(vp);
+                    }
+                    j += 1;
+                });
+                c.loss_and_grad(x.view(), eps1.view(), eps2.view(), objective)
+                    .unwrap()
+                    .loss
+            });
+            assert!(e < TOL, "two-layer VAE {objective:?}: d{name} {e:.2e}");
+        }
+    }
+    let bad = m.loss_and_grad(
+        x.view(),
+        eps1.view(),
+        arr3([3, 4, 2], 65).view(),
+        Objective::Iwae { samples: 4 },
+    );
+    assert!(bad.unwrap_err().to_string().contains("eps2"));
+}

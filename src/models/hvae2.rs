@@ -1,0 +1,396 @@
+//! The VAE with two stochastic layers of Burda, Grosse & Salakhutdinov (2015):
+//! q(h1|x) q(h2|h1) against p(h2) p(h1|h2) p(x|h1), every conditional a Tanh MLP, the
+//! Gaussians diagonal, p(x|h1) Bernoulli on logits, p(h2) = N(0, I). Its log-weights are
+//!
+//! `log w = log p(x|h1) + log p(h1|h2) + log p(h2) - log q(h1|x) - log q(h2|h1)`,
+//!
+//! with `h1 = mu1 + sigma1 eps1` and `h2 = mu2(h1) + sigma2(h1) eps2`, all densities
+//! normalised. [`Hvae2::loss_and_grad`] writes the forward and the whole backward out.
+
+use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, Ix2};
+use rand::Rng;
+
+use crate::nn::{Activation, ActivationLayer, Flatten, Layer, Linear, Mode, Module, Param, Sequential};
+use crate::vae::{
+    log_likelihood, log_likelihood_backward, log_mean_exp, log_mean_exp_backward, DiagGaussian, GaussianHeads,
+    Likelihood, Objective, HALF_LN_2PI,
+};
+use crate::{Error, Float, Result};
+
+/// A Tanh MLP to the mean and log variance of a diagonal Gaussian.
+#[derive(Clone)]
+pub struct GaussianMlp<F: Float> {
+    /// Input to features: Linear, Tanh, Linear, Tanh.
+    pub net: Sequential<F>,
+    /// Features to `mu` and `logvar`.
+    pub heads: GaussianHeads<F>,
+}
+
+impl<F: Float> GaussianMlp<F> {
+    /// `prefix.net.0`, `prefix.net.2`, `prefix.mu`, `prefix.logvar`: `inp -> hidden ->
+    /// hidden -> out`, Glorot-initialised; `flatten` puts a Flatten first (images in).
+    fn new<R: Rng + ?Sized>(prefix: &str, dims: (usize, usize, usize), flatten: bool, rng: &mut R) -> Self {
+        let (inp, hidden, out) = dims;
+        let mut net = Sequential::new();
+        if flatten {
+            net = net.push(Flatten::new());
+        }
+        let net = net
+            .push(Linear::glorot(&format!("{prefix}.net.0"), inp, hidden, rng))
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Linear::glorot(&format!("{prefix}.net.2"), hidden, hidden, rng))
+            .push(ActivationLayer::new(Activation::Tanh));
+        let heads = GaussianHeads {
+            mu: Linear::glorot(&format!("{prefix}.mu"), hidden, out, rng),
+            logvar: Linear::glorot(&format!("{prefix}.logvar"), hidden, out, rng),
+        };
+        GaussianMlp { net, heads }
+    }
+
+    /// The Gaussian for inputs `x` (kept for backward outside [`Mode::Eval`]).
+    fn forward(&mut self, x: ndarray::ArrayD<F>, mode: Mode) -> Result<DiagGaussian<F>> {
+        let h = self
+            .net
+            .forward(x, mode)?
+            .into_dimensionality::<Ix2>()
+            .expect("features");
+        self.heads.forward(h.view(), mode)
+    }
+
+    /// Backward from the gradients with respect to `mu` and `logvar`; the input's
+    /// gradient if `need_dx`.
+    fn backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>, need_dx: bool) -> Result<Option<Array2<F>>> {
+        let dh = self.heads.backward(dmu, dlogvar)?;
+        Ok(self
+            .net
+            .backward(dh.into_dyn(), need_dx)?
+            .map(|d| d.into_dimensionality::<Ix2>().expect("inputs")))
+    }
+}
+
+impl<F: Float> Module<F> for GaussianMlp<F> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
+        self.net.visit_params(f);
+        self.heads.visit_params(f);
+    }
+}
+
+/// The two-stochastic-layer VAE; see the module docs. Parameters are visited in the
+/// order `q_h1`, `q_h2`, `p_h1`, `p_x`, as PyTorch registers them.
+#[derive(Clone)]
+pub struct Hvae2<F: Float> {
+    /// q(h1|x).
+    pub q_h1: GaussianMlp<F>,
+    /// q(h2|h1).
+    pub q_h2: GaussianMlp<F>,
+    /// p(h1|h2).
+    pub p_h1: GaussianMlp<F>,
+    /// p(x|h1): Linear, Tanh, Linear, Tanh, Linear to Bernoulli logits.
+    pub p_x: Sequential<F>,
+    image: [usize; 3],
+    h1: usize,
+    h2: usize,
+}
+
+/// The loss of one batch and its bound, per image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hvae2Loss<F> {
+    /// `-bound`, averaged over the batch.
+    pub loss: F,
+    /// The bound (ELBO or IWAE), mean over the batch.
+    pub bound: F,
+}
+
+/// `sum_c log N(v_c; mean_c, exp(logvar_c))` over the last axis of `[m, c]` rows.
+fn log_normal<F: Float>(v: ArrayView2<F>, mean: ArrayView2<F>, logvar: ArrayView2<F>) -> Array1<F> {
+    let half = F::lit(0.5);
+    let c = F::lit(HALF_LN_2PI);
+    ndarray::Zip::from(v.rows())
+        .and(mean.rows())
+        .and(logvar.rows())
+        .map_collect(|v, m, lv| {
+            ndarray::Zip::from(v)
+                .and(m)
+                .and(lv)
+                .fold(F::zero(), |acc, &v, &m, &lv| {
+                    let d = v - m;
+                    acc - c - half * lv - half * d * d * (-lv).exp()
+                })
+        })
+}
+
+impl<F: Float> Hvae2<F> {
+    /// The model for `image` with widths `hx` (q(h1|x) and p(x|h1)), `hh` (q(h2|h1) and
+    /// p(h1|h2)) and stochastic layers of `h1` and `h2` dimensions, Glorot-initialised,
+    /// with the `state_dict` names `q_h1.net.0`, ..., `p_x.4`.
+    pub fn new<R: Rng + ?Sized>(
+        image: [usize; 3],
+        (hx, h1): (usize, usize),
+        (hh, h2): (usize, usize),
+        rng: &mut R,
+    ) -> Result<Self> {
+        let d: usize = image.iter().product();
+        if [d, hx, h1, hh, h2].contains(&0) {
+            return Err(Error::InvalidArgument(format!(
+                "two-layer VAE: image {image:?}, widths {hx}, {hh} and layers {h1}, {h2} must be >= 1"
+            )));
+        }
+        let q_h1 = GaussianMlp::new("q_h1", (d, hx, h1), true, rng);
+        let q_h2 = GaussianMlp::new("q_h2", (h1, hh, h2), false, rng);
+        let p_h1 = GaussianMlp::new("p_h1", (h2, hh, h1), false, rng);
+        let p_x = Sequential::new()
+            .push(Linear::glorot("p_x.0", h1, hx, rng))
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Linear::glorot("p_x.2", hx, hx, rng))
+            .push(ActivationLayer::new(Activation::Tanh))
+            .push(Linear::glorot("p_x.4", hx, d, rng));
+        Ok(Hvae2 {
+            q_h1,
+            q_h2,
+            p_h1,
+            p_x,
+            image,
+            h1,
+            h2,
+        })
+    }
+
+    /// Burda et al.'s model for MNIST: 784 -> 200 -> 200 -> 100 -> 100 -> 100 -> 50.
+    pub fn burda<R: Rng + ?Sized>(rng: &mut R) -> Result<Self> {
+        Self::new([1, 28, 28], (200, 100), (100, 50), rng)
+    }
+
+    /// The dimensions of the two stochastic layers.
+    pub fn latent_dims(&self) -> (usize, usize) {
+        (self.h1, self.h2)
+    }
+
+    fn check(&self, x: &ArrayView4<F>, eps1: &ArrayView3<F>, eps2: &ArrayView3<F>) -> Result<()> {
+        let b = x.shape()[0];
+        if x.shape()[1..] != self.image || b == 0 {
+            return Err(Error::shape(
+                "two-layer VAE images",
+                format!("[batch >= 1, {:?}]", self.image),
+                x.shape(),
+            ));
+        }
+        let k = eps1.dim().1;
+        if eps1.dim() != (b, k, self.h1) || eps2.dim() != (b, k, self.h2) || k == 0 {
+            return Err(Error::shape(
+                "two-layer VAE noise",
+                format!("eps1 [{b}, k, {}] and eps2 [{b}, k, {}]", self.h1, self.h2),
+                eps2.shape(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The log-weights `[b, k]` of images `x` with noise `eps1` `[b, k, h1]` and `eps2`
+    /// `[b, k, h2]`, in evaluation mode.
+    pub fn log_weights(&mut self, x: ArrayView4<F>, eps1: ArrayView3<F>, eps2: ArrayView3<F>) -> Result<Array2<F>> {
+        self.check(&x, &eps1, &eps2)?;
+        Ok(self.forward(x, eps1, eps2, Mode::Eval)?.log_w)
+    }
+
+    /// The loss `-bound` (averaged over the batch) of images `x` with noise `eps1`, `eps2`
+    /// under `objective` (the ELBO with beta 1, or IWAE, on the log-weights), then the
+    /// whole backward pass: parameter gradients are zeroed, then filled.
+    pub fn loss_and_grad(
+        &mut self,
+        x: ArrayView4<F>,
+        eps1: ArrayView3<F>,
+        eps2: ArrayView3<F>,
+        objective: Objective,
+    ) -> Result<Hvae2Loss<F>> {
+        objective.validate()?;
+        self.check(&x, &eps1, &eps2)?;
+        if matches!(objective, Objective::IwaeDreg { .. })
+            || matches!(objective, Objective::Elbo { beta, .. } if beta != 1.0)
+        {
+            return Err(Error::InvalidArgument(
+                "two-layer VAE: the ELBO with beta 1 or IWAE".into(),
+            ));
+        }
+        self.zero_grad();
+        let fw = self.forward(x, eps1, eps2, Mode::Train)?;
+        let (b, k) = fw.log_w.dim();
+        let bound_i = match objective {
+            Objective::Elbo { .. } => fw.log_w.mean_axis(Axis(1)).expect("k >= 1"),
+            _ => log_mean_exp(fw.log_w.view()),
+        };
+        let bound = bound_i.mean().expect("b >= 1");
+        if !bound.is_finite() {
+            return Err(Error::NonFinite("two-layer VAE loss".into()));
+        }
+        // d loss / d log_w: the bound's weights, over the batch.
+        let scale = F::one() / F::lit(b as f64);
+        let weights = match objective {
+            Objective::Elbo { .. } => Array2::from_elem((b, k), F::one() / F::lit(k as f64)),
+            _ => log_mean_exp_backward(fw.log_w.view(), Array1::ones(b).view())?,
+        };
+        let g = weights.mapv(|w| -scale * w);
+        self.backward(&fw, g.view())?;
+        Ok(Hvae2Loss { loss: -bound, bound })
+    }
+
+    fn forward(
+        &mut self,
+        x: ArrayView4<F>,
+        eps1: ArrayView3<F>,
+        eps2: ArrayView3<F>,
+        mode: Mode,
+    ) -> Result<Forward<F>> {
+        let (b, k, n1) = eps1.dim();
+        let n2 = self.h2;
+        let q1 = self.q_h1.forward(x.to_owned().into_dyn(), mode)?;
+        let h1 = q1.rsample(eps1)?; // [b, k, h1]
+        let h1_rows = h1
+            .view()
+            .into_shape_with_order((b * k, n1))
+            .expect("contiguous")
+            .to_owned();
+        let q2 = self.q_h2.forward(h1_rows.clone().into_dyn(), mode)?; // [b k, h2]
+        let eps2_rows = eps2.into_shape_with_order((b * k, 1, n2)).expect("contiguous");
+        let h2 = q2
+            .rsample(eps2_rows)?
+            .into_shape_with_order((b * k, n2))
+            .expect("one sample");
+        let p1 = self.p_h1.forward(h2.clone().into_dyn(), mode)?;
+        let logits = self.p_x.forward(h1_rows.clone().into_dyn(), mode)?;
+        let d = logits.len() / (b * k);
+        let logits = logits.into_shape_with_order((b, k, d)).expect("rows of pixels");
+        let x2 = x
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order((b, d))
+            .expect("pixels");
+        let ll = log_likelihood(Likelihood::BernoulliLogits, x2.view(), logits.view())?;
+        let zeros = Array2::zeros((b * k, n2));
+        let log_p_h1 = log_normal(h1_rows.view(), p1.mu.view(), p1.logvar.view());
+        let log_p_h2 = log_normal(h2.view(), zeros.view(), zeros.view());
+        let q1_mu = q1
+            .mu
+            .broadcast((k, b, n1))
+            .expect("b rows")
+            .permuted_axes([1, 0, 2])
+            .to_owned();
+        let q1_lv = q1
+            .logvar
+            .broadcast((k, b, n1))
+            .expect("b rows")
+            .permuted_axes([1, 0, 2])
+            .to_owned();
+        let log_q_h1 = log_normal(
+            h1_rows.view(),
+            q1_mu
+                .as_standard_layout()
+                .into_shape_with_order((b * k, n1))
+                .expect("rows")
+                .view(),
+            q1_lv
+                .as_standard_layout()
+                .into_shape_with_order((b * k, n1))
+                .expect("rows")
+                .view(),
+        );
+        let log_q_h2 = log_normal(h2.view(), q2.mu.view(), q2.logvar.view());
+        let rest = (&log_p_h1 + &log_p_h2 - &log_q_h1 - &log_q_h2)
+            .into_shape_with_order((b, k))
+            .expect("[b, k]");
+        let log_w = &ll + &rest;
+        Ok(Forward {
+            x2,
+            q1,
+            q2,
+            p1,
+            eps1: eps1.to_owned(),
+            eps2: eps2_rows.to_owned().into_shape_with_order((b * k, n2)).expect("rows"),
+            h1: h1_rows,
+            h2,
+            logits,
+            log_w,
+        })
+    }
+
+    /// The backward pass from `g = d loss / d log_w` `[b, k]`.
+    fn backward(&mut self, fw: &Forward<F>, g: ArrayView2<F>) -> Result<()> {
+        let (b, k) = g.dim();
+        let (n1, n2) = (self.h1, self.h2);
+        let half = F::lit(0.5);
+        let g_rows = g.to_owned().into_shape_with_order(b * k).expect("contiguous");
+        // log p(x|h1): through p_x to h1.
+        let (dlogits, _) = log_likelihood_backward(Likelihood::BernoulliLogits, fw.x2.view(), fw.logits.view(), g)?;
+        let d = fw.logits.shape()[2];
+        let dlogits = dlogits.into_shape_with_order((b * k, d)).expect("rows");
+        let mut dh1 = self
+            .p_x
+            .backward(dlogits.into_dyn(), true)?
+            .expect("asked for dh1")
+            .into_dimensionality::<Ix2>()
+            .expect("rows");
+        // log p(h1|h2): to h1, and to p_h1's mean and log variance.
+        let mut dmu_p = Array2::zeros((b * k, n1));
+        let mut dlv_p = Array2::zeros((b * k, n1));
+        for r in 0..b * k {
+            let gr = g_rows[r];
+            for c in 0..n1 {
+                let (v, m, lv) = (fw.h1[[r, c]], fw.p1.mu[[r, c]], fw.p1.logvar[[r, c]]);
+                let inv = (-lv).exp();
+                let dv = v - m;
+                dh1[[r, c]] -= gr * dv * inv;
+                dmu_p[[r, c]] = gr * dv * inv;
+                dlv_p[[r, c]] = gr * (-half + half * dv * dv * inv);
+            }
+        }
+        let mut dh2 = self.p_h1.backward(dmu_p, dlv_p, true)?.expect("asked for dh2");
+        // log p(h2) = N(0, I): -h2; -log q(h2|h1) at its own sample: +1/2 per log variance.
+        let mut dlv2 = Array2::zeros((b * k, n2));
+        for r in 0..b * k {
+            let gr = g_rows[r];
+            for c in 0..n2 {
+                dh2[[r, c]] -= gr * fw.h2[[r, c]];
+                dlv2[[r, c]] = half * gr;
+            }
+        }
+        // h2 = mu2 + sigma2 eps2.
+        let std2 = fw.q2.std();
+        let dmu2 = dh2.clone();
+        dlv2 = dlv2 + &(&dh2 * &std2 * &fw.eps2).mapv(|v| half * v);
+        dh1 += &self.q_h2.backward(dmu2, dlv2, true)?.expect("asked for dh1");
+        // -log q(h1|x) at its own sample: +1/2 per log variance and sample; h1 = mu1 + sigma1 eps1.
+        let dh1 = dh1.into_shape_with_order((b, k, n1)).expect("[b, k, h1]");
+        let mut dmu1 = Array2::zeros((b, n1));
+        let mut dlv1 = Array2::zeros((b, n1));
+        for i in 0..b {
+            let gsum = g.row(i).sum();
+            dlv1.row_mut(i).fill(half * gsum);
+        }
+        fw.q1
+            .rsample_backward(fw.eps1.view(), dh1.view(), &mut dmu1, &mut dlv1)?;
+        self.q_h1.backward(dmu1, dlv1, false)?;
+        Ok(())
+    }
+}
+
+/// What the backward pass needs of the forward one.
+struct Forward<F> {
+    x2: Array2<F>,
+    q1: DiagGaussian<F>,
+    q2: DiagGaussian<F>,
+    p1: DiagGaussian<F>,
+    eps1: Array3<F>,
+    eps2: Array2<F>,
+    h1: Array2<F>,
+    h2: Array2<F>,
+    logits: Array3<F>,
+    log_w: Array2<F>,
+}
+
+impl<F: Float> Module<F> for Hvae2<F> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param<F>)) {
+        self.q_h1.visit_params(f);
+        self.q_h2.visit_params(f);
+        self.p_h1.visit_params(f);
+        self.p_x.visit_params(f);
+    }
+}
