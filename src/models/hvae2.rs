@@ -355,7 +355,7 @@ impl<F: Float> Hvae2<F> {
         // h2 = mu2 + sigma2 eps2.
         let std2 = fw.q2.std();
         let dmu2 = dh2.clone();
-        dlv2 = dlv2 + &(&dh2 * &std2 * &fw.eps2).mapv(|v| half * v);
+        dlv2 += &(&dh2 * &std2 * &fw.eps2).mapv(|v| half * v);
         dh1 += &self.q_h2.backward(dmu2, dlv2, true)?.expect("asked for dh1");
         // -log q(h1|x) at its own sample: +1/2 per log variance and sample; h1 = mu1 + sigma1 eps1.
         let dh1 = dh1.into_shape_with_order((b, k, n1)).expect("[b, k, h1]");
