@@ -407,3 +407,39 @@ fn binarization_is_seeded_and_a_binarized_run_resumes_to_the_bit() {
     assert_ne!(params_of(&mut whole.model), params_of(&mut plain.model));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The two-stochastic-layer VAE trains through the same loop, binarized, on IWAE, and is
+/// evaluated (its bound, an IWAE estimate, the codes of its first layer).
+#[test]
+fn the_two_layer_vae_trains_through_the_trainer() {
+    let train = blobs(120, 1, 8, 12);
+    let test = blobs(20, 1, 8, 13).binarized(0);
+    let fitted = quiet()
+        .epochs(4)
+        .batch(20)
+        .adam(AdamConfig::new(3e-3))
+        .binarize(true)
+        .loss(LossConfig::iwae(3))
+        .evaluation(Some(EvalConfig {
+            iwae_k: 10,
+            iwae_images: 20,
+            chunk: 8,
+            iwae_chunk: 4,
+        }))
+        .fit(
+            |rng| latent::models::Hvae2::<f32>::new([1, 8, 8], (16, 4), (8, 2), rng),
+            &train,
+            Some(&test),
+        )
+        .unwrap();
+    let h = &fitted.history;
+    assert!(h.epochs[3].loss < h.epochs[0].loss, "{h:?}");
+    let ev = fitted.evaluation.unwrap();
+    let v = ev.vae.unwrap();
+    assert!(
+        v.iwae.unwrap().mean >= v.bound - 1e-6 * v.bound.abs(),
+        "IWAE-10 below the ELBO"
+    );
+    assert!((v.recon + v.kl + v.bound).abs() < 1e-6 * v.recon.abs());
+    assert_eq!(ev.codes.dim(), (20, 4));
+}

@@ -188,8 +188,32 @@ impl<F: Float> Hvae2<F> {
     /// The log-weights `[b, k]` of images `x` with noise `eps1` `[b, k, h1]` and `eps2`
     /// `[b, k, h2]`, in evaluation mode.
     pub fn log_weights(&mut self, x: ArrayView4<F>, eps1: ArrayView3<F>, eps2: ArrayView3<F>) -> Result<Array2<F>> {
+        Ok(self.log_weights_and_likelihood(x, eps1, eps2)?.0)
+    }
+
+    /// [`Hvae2::log_weights`] and their first term, `log p(x|h1)`, each `[b, k]`.
+    pub fn log_weights_and_likelihood(
+        &mut self,
+        x: ArrayView4<F>,
+        eps1: ArrayView3<F>,
+        eps2: ArrayView3<F>,
+    ) -> Result<(Array2<F>, Array2<F>)> {
         self.check(&x, &eps1, &eps2)?;
-        Ok(self.forward(x, eps1, eps2, Mode::Eval)?.log_w)
+        let fw = self.forward(x, eps1, eps2, Mode::Eval)?;
+        Ok((fw.log_w, fw.ll))
+    }
+
+    /// The mean of q(h1|x) for images `x`, `[b, h1]`, and the probabilities p(x|h1) gives
+    /// at it, `[b, c, h, w]`: the model's code and reconstruction of each image.
+    pub fn encode_decode(&mut self, x: ArrayView4<F>) -> Result<(Array2<F>, ndarray::Array4<F>)> {
+        let q1 = self.q_h1.forward(x.to_owned().into_dyn(), Mode::Eval)?;
+        let logits = self.p_x.forward(q1.mu.clone().into_dyn(), Mode::Eval)?;
+        let [c, h, w] = self.image;
+        let probs = logits.mapv(crate::loss::sigmoid);
+        Ok((
+            q1.mu,
+            probs.into_shape_with_order((x.shape()[0], c, h, w)).expect("images"),
+        ))
     }
 
     /// The loss `-bound` (averaged over the batch) of images `x` with noise `eps1`, `eps2`
@@ -298,7 +322,9 @@ impl<F: Float> Hvae2<F> {
             .into_shape_with_order((b, k))
             .expect("[b, k]");
         let log_w = &ll + &rest;
+        let ll = ll.to_owned();
         Ok(Forward {
+            ll,
             x2,
             q1,
             q2,
@@ -374,6 +400,7 @@ impl<F: Float> Hvae2<F> {
 
 /// What the backward pass needs of the forward one.
 struct Forward<F> {
+    ll: Array2<F>,
     x2: Array2<F>,
     q1: DiagGaussian<F>,
     q2: DiagGaussian<F>,

@@ -14,7 +14,7 @@ use super::StepStats;
 use crate::data::{binarize_in_place, Dataset};
 use crate::data_parallel::DataParallel;
 use crate::device::{Device, DeviceRequest};
-use crate::models::{ConvAe, LinearAe};
+use crate::models::{ConvAe, Hvae2, LinearAe};
 use crate::nn::Module;
 use crate::optim::{Adam, AdamConfig};
 use crate::vae::{posterior_mean_variance, LossConfig, VaeModel};
@@ -27,6 +27,7 @@ pub trait Trainable<F: Float>: Module<F> + Send + Sized + 'static + sealed::Engi
 impl<F: Float> Trainable<F> for VaeModel<F> {}
 impl<F: Float> Trainable<F> for ConvAe<F> {}
 impl<F: Float> Trainable<F> for LinearAe<F> {}
+impl<F: Float> Trainable<F> for Hvae2<F> {}
 
 /// What an engine is made from.
 pub struct EngineSetup<'d, F> {
@@ -435,6 +436,56 @@ impl<F: Float> Engines<F> for LinearAe<F> {
             let h = self.encode(x)?;
             Ok((self.decode(h.view())?, h))
         })
+    }
+
+    fn is_vae() -> bool {
+        false
+    }
+}
+
+/// The two-stochastic-layer VAE's steps (on the CPU; its batch is not cut: Burda et al.'s
+/// batches of 20 are too small to share).
+struct Hvae2Cpu<'d, F: Float> {
+    batches: Batches<'d, F>,
+}
+
+impl<F: Float> Engine<F, Hvae2<F>> for Hvae2Cpu<'_, F> {
+    fn describe(&self) -> String {
+        cpu_line(1)
+    }
+
+    fn step(
+        &mut self,
+        model: &mut Hvae2<F>,
+        idx: &[usize],
+        loss: &LossConfig,
+        opt: &mut Adam<F>,
+        rng: &mut ChaCha8Rng,
+        _want_spread: bool,
+    ) -> Result<(StepStats, Option<f64>)> {
+        let x = self.batches.gather(idx, rng);
+        let (k, (h1, h2)) = (loss.objective.samples(), model.latent_dims());
+        let eps1 = crate::vae::sample_noise(idx.len(), k, h1, rng);
+        let eps2 = crate::vae::sample_noise(idx.len(), k, h2, rng);
+        let out = crate::pool::on_worker(|| {
+            let out = model.loss_and_grad(x, eps1.view(), eps2.view(), loss.objective)?;
+            opt.step(model)?;
+            Ok::<_, crate::Error>(out)
+        })?;
+        Ok((StepStats::mse(-out.bound.to_f64_lossless()), None))
+    }
+}
+
+impl<F: Float> Engines<F> for Hvae2<F> {
+    fn engine<'d>(&mut self, setup: EngineSetup<'d, F>, _opt: &Adam<F>) -> Result<Box<dyn Engine<F, Self> + 'd>> {
+        cpu_only(&setup, "two-stochastic-layer VAE")?;
+        Ok(Box::new(Hvae2Cpu {
+            batches: Batches::new(&setup),
+        }))
+    }
+
+    fn evaluate(&mut self, test: &Dataset, cfg: &EvalConfig, rng: &mut ChaCha8Rng) -> Result<Evaluation<F>> {
+        super::evaluate::evaluate_hvae2(self, test, cfg, rng)
     }
 
     fn is_vae() -> bool {

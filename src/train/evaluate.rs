@@ -12,8 +12,8 @@ use super::engine::Pixels;
 use crate::data::Dataset;
 use crate::loss::Reduction;
 use crate::vae::{
-    active_units, evaluate, iwae_log_likelihood, sample_noise, KlEstimator, Likelihood, LossConfig, Objective, Vae,
-    ACTIVE_UNIT_THRESHOLD, HALF_LN_2PI,
+    active_units, evaluate, iwae_log_likelihood, log_mean_exp, sample_noise, KlEstimator, Likelihood, LossConfig,
+    Objective, Vae, ACTIVE_UNIT_THRESHOLD, HALF_LN_2PI,
 };
 use crate::{Error, Float, Result};
 
@@ -306,4 +306,91 @@ pub(super) fn evaluate_ae<F: Float>(
         vae: None,
         seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// [`Evaluation`] of the two-stochastic-layer VAE: the ELBO with one sample per image
+/// (its reconstruction term `-log p(x|h1)` and the rest as the KL), the IWAE estimate,
+/// and, as the codes, the means of q(h1|x) (whose active units are counted).
+pub fn evaluate_hvae2<F: Float>(
+    model: &mut crate::models::Hvae2<F>,
+    test: &Dataset,
+    cfg: &EvalConfig,
+    rng: &mut ChaCha8Rng,
+) -> Result<Evaluation<F>> {
+    check(test, cfg)?;
+    let t = Instant::now();
+    let pixels = Pixels::<F>::of(test);
+    let shape = test.images.shape()[1..].to_vec();
+    let (h1, h2) = model.latent_dims();
+    let (mut bound, mut recon, mut sse) = (0.0, 0.0, 0.0);
+    let mut codes = Vec::new();
+    let mut first = None;
+    for chunk in pixels.view().axis_chunks_iter(Axis(0), cfg.chunk) {
+        let b = chunk.nrows();
+        let x = as_images(chunk, &shape);
+        let (eps1, eps2) = (sample_noise(b, 1, h1, rng), sample_noise(b, 1, h2, rng));
+        let (log_w, ll) = model.log_weights_and_likelihood(x, eps1.view(), eps2.view())?;
+        bound += log_w.iter().map(|v| v.to_f64_lossless()).sum::<f64>();
+        recon -= ll.iter().map(|v| v.to_f64_lossless()).sum::<f64>();
+        let (mu, probs) = model.encode_decode(x)?;
+        sse += probs
+            .iter()
+            .zip(x.iter())
+            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
+            .sum::<f64>();
+        codes.push(mu);
+        if first.is_none() {
+            first = Some(probs);
+        }
+    }
+    let n = test.len() as f64;
+    let views: Vec<_> = codes.iter().map(|m| m.view()).collect();
+    let codes = ndarray::concatenate(Axis(0), &views).expect("same widths");
+    let n_iwae = cfg.iwae_images.min(test.len());
+    let iwae = if cfg.iwae_k > 0 && n_iwae > 0 {
+        let mut ll = Vec::with_capacity(n_iwae);
+        for chunk in pixels
+            .view()
+            .slice_move(s![..n_iwae, ..])
+            .axis_chunks_iter(Axis(0), cfg.iwae_chunk)
+        {
+            let b = chunk.nrows();
+            let (eps1, eps2) = (
+                sample_noise(b, cfg.iwae_k, h1, rng),
+                sample_noise(b, cfg.iwae_k, h2, rng),
+            );
+            let log_w = model.log_weights(as_images(chunk, &shape), eps1.view(), eps2.view())?;
+            ll.extend(log_mean_exp(log_w.view()).iter().map(|v| v.to_f64_lossless()));
+        }
+        let ll = ndarray::Array1::from(ll);
+        Some(IwaeEstimate {
+            k: cfg.iwae_k,
+            images: n_iwae,
+            mean: ll.mean().expect("non-empty"),
+            stderr: ll.std(1.0) / (n_iwae as f64).sqrt(),
+        })
+    } else {
+        None
+    };
+    let (bound, recon) = (bound / n, recon / n);
+    Ok(Evaluation {
+        mse: sse / (n * test.dim() as f64),
+        vae: Some(VaeEvaluation {
+            bound,
+            recon,
+            kl: -bound - recon,
+            active_units: active_units(codes.view(), ACTIVE_UNIT_THRESHOLD)?,
+            iwae,
+        }),
+        codes,
+        reconstructions: first.expect("at least one test image"),
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// Rows of pixels as `[c, h, w]` images.
+fn as_images<'a, F: Float>(x: ArrayView2<'a, F>, shape: &[usize]) -> ndarray::ArrayView4<'a, F> {
+    let n = x.nrows();
+    x.into_shape_with_order((n, shape[0], shape[1], shape[2]))
+        .expect("whole images")
 }
