@@ -221,19 +221,14 @@ pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
         bound += parts.bound.to_f64_lossless() * w;
         recon += parts.recon.to_f64_lossless() * w;
         kl += parts.kl.to_f64_lossless() * w;
-        sse += output
-            .iter()
-            .zip(x.iter())
-            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
-            .sum::<f64>();
+        sse += squared_error(&output, x);
         means.push(parts.posterior.mu);
         if first.is_none() {
             first = Some(output);
         }
     }
     let n = test.len() as f64;
-    let views: Vec<_> = means.iter().map(|m| m.view()).collect();
-    let codes = ndarray::concatenate(Axis(0), &views).expect("same widths");
+    let codes = stack_rows(&means);
     let n_iwae = cfg.iwae_images.min(test.len());
     let iwae = if cfg.iwae_k > 0 && n_iwae > 0 {
         let x = pixels
@@ -242,14 +237,7 @@ pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
             .into_shape_with_order((n_iwae, shape[0], shape[1], shape[2]))
             .expect("whole images");
         let ll = iwae_log_likelihood(model, x, cfg.iwae_k, cfg.iwae_chunk, rng)?;
-        let mean = ll.mean().expect("non-empty").to_f64_lossless();
-        let stderr = ll.mapv(|v| v.to_f64_lossless()).std(1.0) / (n_iwae as f64).sqrt();
-        Some(IwaeEstimate {
-            k: cfg.iwae_k,
-            images: n_iwae,
-            mean,
-            stderr,
-        })
+        Some(IwaeEstimate::of(&ll, cfg.iwae_k))
     } else {
         None
     };
@@ -284,11 +272,7 @@ pub(super) fn evaluate_ae<F: Float>(
     let mut first = None;
     for chunk in pixels.view().axis_chunks_iter(Axis(0), cfg.chunk) {
         let (rec, h) = reconstruct(chunk)?;
-        sse += rec
-            .iter()
-            .zip(chunk.iter())
-            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
-            .sum::<f64>();
+        sse += squared_error(&rec, chunk);
         codes.push(h);
         if first.is_none() {
             let m = rec.nrows();
@@ -298,10 +282,9 @@ pub(super) fn evaluate_ae<F: Float>(
             );
         }
     }
-    let views: Vec<_> = codes.iter().map(|c| c.view()).collect();
     Ok(Evaluation {
         mse: sse / (test.len() * test.dim()) as f64,
-        codes: ndarray::concatenate(Axis(0), &views).expect("same widths"),
+        codes: stack_rows(&codes),
         reconstructions: first.expect("at least one test image"),
         vae: None,
         seconds: t.elapsed().as_secs_f64(),
@@ -333,19 +316,14 @@ pub fn evaluate_hvae2<F: Float>(
         bound += log_w.iter().map(|v| v.to_f64_lossless()).sum::<f64>();
         recon -= ll.iter().map(|v| v.to_f64_lossless()).sum::<f64>();
         let (mu, probs) = model.encode_decode(x)?;
-        sse += probs
-            .iter()
-            .zip(x.iter())
-            .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
-            .sum::<f64>();
+        sse += squared_error(&probs, x);
         codes.push(mu);
         if first.is_none() {
             first = Some(probs);
         }
     }
     let n = test.len() as f64;
-    let views: Vec<_> = codes.iter().map(|m| m.view()).collect();
-    let codes = ndarray::concatenate(Axis(0), &views).expect("same widths");
+    let codes = stack_rows(&codes);
     let n_iwae = cfg.iwae_images.min(test.len());
     let iwae = if cfg.iwae_k > 0 && n_iwae > 0 {
         let mut ll = Vec::with_capacity(n_iwae);
@@ -360,15 +338,9 @@ pub fn evaluate_hvae2<F: Float>(
                 sample_noise(b, cfg.iwae_k, h2, rng),
             );
             let log_w = model.log_weights(as_images(chunk, &shape), eps1.view(), eps2.view())?;
-            ll.extend(log_mean_exp(log_w.view()).iter().map(|v| v.to_f64_lossless()));
+            ll.extend(log_mean_exp(log_w.view()));
         }
-        let ll = ndarray::Array1::from(ll);
-        Some(IwaeEstimate {
-            k: cfg.iwae_k,
-            images: n_iwae,
-            mean: ll.mean().expect("non-empty"),
-            stderr: ll.std(1.0) / (n_iwae as f64).sqrt(),
-        })
+        Some(IwaeEstimate::of(&ndarray::Array1::from(ll), cfg.iwae_k))
     } else {
         None
     };
@@ -393,4 +365,32 @@ fn as_images<'a, F: Float>(x: ArrayView2<'a, F>, shape: &[usize]) -> ndarray::Ar
     let n = x.nrows();
     x.into_shape_with_order((n, shape[0], shape[1], shape[2]))
         .expect("whole images")
+}
+
+/// `sum (r - x)^2` in f64 over two arrays of the same length.
+fn squared_error<'a, F: Float + 'a>(r: impl IntoIterator<Item = &'a F>, x: impl IntoIterator<Item = &'a F>) -> f64 {
+    r.into_iter()
+        .zip(x)
+        .map(|(&r, &x)| (r - x).to_f64_lossless().powi(2))
+        .sum()
+}
+
+/// The parts' rows, stacked in order.
+fn stack_rows<F: Float>(parts: &[Array2<F>]) -> Array2<F> {
+    let views: Vec<_> = parts.iter().map(|m| m.view()).collect();
+    ndarray::concatenate(Axis(0), &views).expect("same widths")
+}
+
+impl IwaeEstimate {
+    /// The estimate from each image's IWAE-`k` log-likelihood: their mean and its
+    /// standard error.
+    fn of<F: Float>(ll: &ndarray::Array1<F>, k: usize) -> Self {
+        let n = ll.len();
+        IwaeEstimate {
+            k,
+            images: n,
+            mean: ll.mean().expect("non-empty").to_f64_lossless(),
+            stderr: ll.mapv(|v| v.to_f64_lossless()).std(1.0) / (n as f64).sqrt(),
+        }
+    }
 }
