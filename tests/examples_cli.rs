@@ -105,3 +105,24 @@ fn an_output_folder_that_cannot_be_made_is_named() {
     }
     std::fs::remove_file(&file).unwrap();
 }
+
+/// The IWAE-paper program names a model, objective or schedule it does not have, before
+/// loading any data.
+#[test]
+fn iwae_paper_refuses_what_it_does_not_run() {
+    let (code, err) = run("iwae_paper", &["--model", "three"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--model three") && err.contains("one or two"), "{err}");
+    let (code, err) = run("iwae_paper", &["--objective", "rws"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--objective rws"), "{err}");
+    let (code, err) = run("iwae_paper", &["--model", "two", "--objective", "dreg"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("one-layer model only"), "{err}");
+    let (code, err) = run("iwae_paper", &["--passes", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--passes 0"), "{err}");
+    let (code, err) = run("iwae_paper", &["--k", "0"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("samples"), "{err}");
+}
