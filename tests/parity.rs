@@ -340,6 +340,30 @@ fn iwae_linear_gaussian<F: Float>(fx: &Fixture, r: &mut Report) {
     r.check(&fx.file, "dlogvar", &dlv.into_dyn(), &fx.get("dlogvar"));
 }
 
+/// Every parameter's gradient against the case's `grad.NAME`, and their count. A bias
+/// followed by BatchNorm has an exactly zero gradient, compared against the scale of its
+/// layer's weight gradient instead of relatively.
+fn check_grads<F: Float>(fx: &Fixture, r: &mut Report, model: &mut impl Module<F>) {
+    let mut grads = Vec::new();
+    model.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
+    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
+    for (name, g) in &grads {
+        let theirs = fx.get::<F>(&format!("grad.{name}"));
+        let weight_grad = name
+            .strip_suffix(".bias")
+            .and_then(|prefix| grads.iter().find(|(n, _)| *n == format!("{prefix}.weight")))
+            .map(|(_, w)| common::norm(w));
+        match weight_grad {
+            // A bias followed by BatchNorm: its gradient is exactly zero.
+            Some(scale) if common::norm(&theirs) < 1e-9 * scale => {
+                r.check_scaled(&fx.file, &format!("grad.{name} (zero)"), g, &theirs, scale)
+            }
+            _ => r.check(&fx.file, &format!("grad.{name}"), g, &theirs),
+        }
+    }
+}
+
 /// What a model case checks after its step, beyond the loss and the gradients.
 type ModelCheck<'a, F> = dyn FnMut(&mut VaeModel<F>, &vae::LossParts<F>, &mut Report) + 'a;
 
@@ -369,24 +393,7 @@ fn vae_model<F: Float>(
     let parts = vae::loss_and_grad(model, x.view(), eps.view(), &cfg).unwrap();
     r.scalar(&fx.file, "loss", parts.loss, scalar_of(fx, "loss"));
     check(model, &parts, r);
-    let mut grads = Vec::new();
-    model.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
-    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
-    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
-    for (name, g) in &grads {
-        let theirs = fx.get::<F>(&format!("grad.{name}"));
-        let weight_grad = name
-            .strip_suffix(".bias")
-            .and_then(|prefix| grads.iter().find(|(n, _)| *n == format!("{prefix}.weight")))
-            .map(|(_, w)| common::norm(w));
-        match weight_grad {
-            // A bias followed by BatchNorm: its gradient is exactly zero.
-            Some(scale) if common::norm(&theirs) < 1e-9 * scale => {
-                r.check_scaled(&fx.file, &format!("grad.{name} (zero)"), g, &theirs, scale)
-            }
-            _ => r.check(&fx.file, &format!("grad.{name}"), g, &theirs),
-        }
-    }
+    check_grads(fx, r, model);
     let mut buffers = Vec::new();
     model.visit_buffers(&mut |name, v| buffers.push((name.to_string(), v.to_owned())));
     let expected = fx.names().filter(|n| n.starts_with("buffer_after.")).count();
@@ -556,13 +563,7 @@ fn model_hvae2<F: Float>(fx: &Fixture, r: &mut Report) {
     r.check(&fx.file, "log_w", &log_w.into_dyn(), &fx.get("log_w"));
     let out = m.loss_and_grad(x.view(), eps1.view(), eps2.view(), objective).unwrap();
     r.scalar(&fx.file, "loss", out.loss, scalar_of(fx, "loss"));
-    let mut grads = Vec::new();
-    m.visit_params(&mut |p| grads.push((p.name.clone(), p.grad.clone())));
-    let expected = fx.names().filter(|n| n.starts_with("grad.")).count();
-    assert_eq!(grads.len(), expected, "{}: parameter count", fx.file);
-    for (name, g) in &grads {
-        r.check(&fx.file, &format!("grad.{name}"), g, &fx.get(&format!("grad.{name}")));
-    }
+    check_grads(fx, r, &mut m);
 }
 
 /// Runs `case` in both precisions; returns false for a kind this crate does not know.

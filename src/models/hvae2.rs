@@ -11,9 +11,9 @@ use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, 
 use rand::Rng;
 
 use crate::nn::{Activation, ActivationLayer, Flatten, Layer, Linear, Mode, Module, Param, Sequential};
+use crate::vae::bound_of_log_weights;
 use crate::vae::{
-    log_likelihood, log_likelihood_backward, log_mean_exp, log_mean_exp_backward, DiagGaussian, GaussianHeads,
-    Likelihood, Objective, HALF_LN_2PI,
+    log_likelihood, log_likelihood_backward, log_ratio, DiagGaussian, GaussianHeads, Likelihood, Objective, HALF_LN_2PI,
 };
 use crate::{Error, Float, Result};
 
@@ -117,6 +117,19 @@ fn log_normal<F: Float>(v: ArrayView2<F>, mean: ArrayView2<F>, logvar: ArrayView
                     acc - c - half * lv - half * d * d * (-lv).exp()
                 })
         })
+}
+
+/// `log q(z_ij | x_i)` `[b, k]` at q's own samples `z = mu + sigma eps`, from the noise:
+/// `sum_c (-log(2 pi) / 2 - logvar_c / 2 - eps_c^2 / 2)`.
+fn log_q_at_sample<F: Float>(q: &DiagGaussian<F>, eps: ArrayView3<F>) -> Array2<F> {
+    let (b, k, n) = eps.dim();
+    let half = F::lit(0.5);
+    let c = F::lit(HALF_LN_2PI * n as f64);
+    let lv_sums = q.logvar.sum_axis(Axis(1));
+    Array2::from_shape_fn((b, k), |(i, j)| {
+        let e2 = eps.slice(ndarray::s![i, j, ..]).fold(F::zero(), |a, &e| a + e * e);
+        -c - half * lv_sums[i] - half * e2
+    })
 }
 
 impl<F: Float> Hvae2<F> {
@@ -237,21 +250,14 @@ impl<F: Float> Hvae2<F> {
         }
         self.zero_grad();
         let fw = self.forward(x, eps1, eps2, Mode::Train)?;
-        let (b, k) = fw.log_w.dim();
-        let bound_i = match objective {
-            Objective::Elbo { .. } => fw.log_w.mean_axis(Axis(1)).expect("k >= 1"),
-            _ => log_mean_exp(fw.log_w.view()),
-        };
+        let b = fw.log_w.nrows();
+        let (bound_i, weights) = bound_of_log_weights(fw.log_w.view(), objective)?;
         let bound = bound_i.mean().expect("b >= 1");
         if !bound.is_finite() {
             return Err(Error::NonFinite("two-layer VAE loss".into()));
         }
         // d loss / d log_w: the bound's weights, over the batch.
         let scale = F::one() / F::lit(b as f64);
-        let weights = match objective {
-            Objective::Elbo { .. } => Array2::from_elem((b, k), F::one() / F::lit(k as f64)),
-            _ => log_mean_exp_backward(fw.log_w.view(), Array1::ones(b).view())?,
-        };
         let g = weights.mapv(|w| -scale * w);
         self.backward(&fw, g.view())?;
         Ok(Hvae2Loss { loss: -bound, bound })
@@ -289,38 +295,14 @@ impl<F: Float> Hvae2<F> {
             .into_shape_with_order((b, d))
             .expect("pixels");
         let ll = log_likelihood(Likelihood::BernoulliLogits, x2.view(), logits.view())?;
-        let zeros = Array2::zeros((b * k, n2));
+        // log p(h1|h2) - log q(h1|x) + (log p(h2) - log q(h2|h1)), each q at its own sample.
         let log_p_h1 = log_normal(h1_rows.view(), p1.mu.view(), p1.logvar.view());
-        let log_p_h2 = log_normal(h2.view(), zeros.view(), zeros.view());
-        let q1_mu = q1
-            .mu
-            .broadcast((k, b, n1))
-            .expect("b rows")
-            .permuted_axes([1, 0, 2])
-            .to_owned();
-        let q1_lv = q1
-            .logvar
-            .broadcast((k, b, n1))
-            .expect("b rows")
-            .permuted_axes([1, 0, 2])
-            .to_owned();
-        let log_q_h1 = log_normal(
-            h1_rows.view(),
-            q1_mu
-                .as_standard_layout()
-                .into_shape_with_order((b * k, n1))
-                .expect("rows")
-                .view(),
-            q1_lv
-                .as_standard_layout()
-                .into_shape_with_order((b * k, n1))
-                .expect("rows")
-                .view(),
-        );
-        let log_q_h2 = log_normal(h2.view(), q2.mu.view(), q2.logvar.view());
-        let rest = (&log_p_h1 + &log_p_h2 - &log_q_h1 - &log_q_h2)
+        let h2_samples = h2.view().into_shape_with_order((b * k, 1, n2)).expect("one sample");
+        let ratio2 = log_ratio(&q2, eps2_rows, h2_samples)?;
+        let rest = (&log_p_h1 - &ratio2.into_shape_with_order(b * k).expect("one sample"))
             .into_shape_with_order((b, k))
-            .expect("[b, k]");
+            .expect("[b, k]")
+            - log_q_at_sample(&q1, eps1);
         let log_w = &ll + &rest;
         let ll = ll.to_owned();
         Ok(Forward {

@@ -356,7 +356,7 @@ impl<F: Float> Engine<F, ConvAe<F>> for ConvAeCpu<'_, F> {
         let x = self.batches.gather(idx, rng);
         let loss = self.par.train_step(model, x, opt)?;
         let spread = want_spread.then(|| model.code_spread().map_or(0.0, |s| s.to_f64_lossless()));
-        Ok((StepStats::mse(loss.to_f64_lossless()), spread))
+        Ok((StepStats::loss_only(loss.to_f64_lossless()), spread))
     }
 }
 
@@ -414,7 +414,7 @@ impl<F: Float> Engine<F, LinearAe<F>> for LinearAeCpu<'_, F> {
         _want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
         let loss = model.train_step_rows(self.data.view(), idx, opt)?;
-        Ok((StepStats::mse(loss.to_f64_lossless()), None))
+        Ok((StepStats::loss_only(loss.to_f64_lossless()), None))
     }
 }
 
@@ -472,7 +472,7 @@ impl<F: Float> Engine<F, Hvae2<F>> for Hvae2Cpu<'_, F> {
             opt.step(model)?;
             Ok::<_, crate::Error>(out)
         })?;
-        Ok((StepStats::mse(-out.bound.to_f64_lossless()), None))
+        Ok((StepStats::loss_only(-out.bound.to_f64_lossless()), None))
     }
 }
 

@@ -68,7 +68,8 @@ pub struct StepStats {
 }
 
 impl StepStats {
-    fn mse(loss: f64) -> Self {
+    /// A step of a model without the VAE's two terms (the autoencoders, the two-layer VAE).
+    fn loss_only(loss: f64) -> Self {
         StepStats {
             loss,
             recon: None,

@@ -59,6 +59,23 @@ impl Objective {
     }
 }
 
+/// Each image's bound from its log-weights `[b, k]` (the ELBO: their mean; IWAE: their
+/// log-mean-exp) and its gradient with respect to them, `[b, k]` (`1/k`, or the
+/// normalised importance weights).
+pub fn bound_of_log_weights<F: Float>(log_w: ArrayView2<F>, objective: Objective) -> Result<(Array1<F>, Array2<F>)> {
+    let (b, k) = log_w.dim();
+    Ok(match objective {
+        Objective::Elbo { .. } => (
+            log_w.mean_axis(ndarray::Axis(1)).expect("k >= 1"),
+            Array2::from_elem((b, k), F::one() / F::lit(k as f64)),
+        ),
+        Objective::Iwae { .. } | Objective::IwaeDreg { .. } => (
+            log_mean_exp(log_w),
+            log_mean_exp_backward(log_w, Array1::ones(b).view())?,
+        ),
+    })
+}
+
 /// `log (1/k sum_j exp(log_w[i, j]))` for each row, computed stably by shifting by the row
 /// maximum: `[b]`. A row whose weights are all `-inf` gives `-inf`.
 pub fn log_mean_exp<F: Float>(log_w: ArrayView2<F>) -> Array1<F> {

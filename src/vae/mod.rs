@@ -25,7 +25,7 @@ mod posterior;
 mod step;
 
 pub use crate::data_parallel::DataParallel;
-pub use bound::{log_mean_exp, log_mean_exp_backward, Objective};
+pub use bound::{bound_of_log_weights, log_mean_exp, log_mean_exp_backward, Objective};
 pub use collapse::{active_units, posterior_mean_variance, ACTIVE_UNIT_THRESHOLD};
 pub use kl::{
     kl_diag, kl_diag_backward, kl_isotropic, kl_mc_isotropic, kl_mc_isotropic_backward, log_ratio, log_ratio_backward,

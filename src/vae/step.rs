@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4
 use rand::Rng;
 
 use super::{
-    kl_diag, kl_diag_backward, log_likelihood, log_likelihood_backward, log_mean_exp, log_mean_exp_backward, log_ratio,
+    bound_of_log_weights, kl_diag, kl_diag_backward, log_likelihood, log_likelihood_backward, log_mean_exp, log_ratio,
     log_ratio_backward, DiagGaussian, Likelihood, Objective,
 };
 use crate::loss::Reduction;
@@ -227,8 +227,7 @@ fn bound_and_weights<F: Float>(fw: &Forward<F>, objective: Objective) -> Result<
         }
         Objective::Iwae { .. } | Objective::IwaeDreg { .. } => {
             let log_w = &fw.ll - fw.ratio.as_ref().expect("IWAE uses the log ratio");
-            let bound = log_mean_exp(log_w.view());
-            let w = log_mean_exp_backward(log_w.view(), Array1::ones(b).view())?;
+            let (bound, w) = bound_of_log_weights(log_w.view(), objective)?;
             let w_kl = w.mapv(|v| -v);
             Ok((bound, w, w_kl))
         }
