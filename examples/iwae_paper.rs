@@ -105,6 +105,8 @@ fn run() -> latent::Result<()> {
         .label(format!("{model} layer, {objective_name}, k = {k}"))
         .name(run_name.clone())
         .checkpoint(out.join(format!("{stem}.ckpt.safetensors")), 1)
+        // Each pass's end is kept too, for the curve of test log-likelihood against passes.
+        .keep_checkpoints_at((1..=passes).map(epochs_before))
         .evaluation(Some(EvalConfig {
             iwae_k: eval_k,
             iwae_images: flags.get("eval-images"),

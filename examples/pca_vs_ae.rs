@@ -203,8 +203,8 @@ fn run() -> latent::Result<()> {
                 "WARNING: the conv AE ends near the mean image: its test MSE {:.6} is over 90% of the \
                  mean image's ({mean_image_mse:.6}), or its codes barely vary (largest standard deviation {spread:.2e}). \
                  Either the ReLUs feeding the code have died (the collapse the notebook warns about) or it \
-                 is still on the plateau that comes before they recover (the default recipe with --seed 0 \
-                 leaves it in its third epoch): train longer (--conv-epochs) or rerun with another --seed.",
+                 is still on the plateau that comes before they recover: train longer (--conv-epochs) or \
+                 rerun with another --seed.",
                 ev.mse
             );
         } else {

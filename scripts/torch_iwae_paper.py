@@ -23,6 +23,7 @@ reference for latent's `examples/iwae_paper.rs` (docs/iwae-paper.md):
 
 import argparse
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -202,6 +203,8 @@ def main():
         train_pass(model, opt, train, a.objective, a.k, 3 ** i, 1e-3 * 10 ** (-i / 7))
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
                     "passes": i + 1}, out / f"{stem}.pt")
+        # Each pass's end kept too, for the curve of test log-likelihood against passes.
+        shutil.copyfile(out / f"{stem}.pt", out / f"{stem}.pass{i + 1}.pt")
         print(f"pass {i} done ({(time.time() - start) / 3600:.2f} h)", flush=True)
     hours = (time.time() - start) / 3600
     mean, se, elbo, au = evaluate(model, test, a.eval_k, a.eval_images)

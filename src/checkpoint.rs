@@ -1,13 +1,15 @@
 //! Weights and checkpoints as safetensors files, with PyTorch `state_dict` names.
 //!
-//! - [`save_weights`] / [`load_weights`]: a model's parameters and buffers only (BatchNorm
+//! - [`save_weights`]: a model's parameters and buffers only (BatchNorm
 //!   running statistics and `num_batches_tracked`), exactly a PyTorch `state_dict`: such a
 //!   file loads into the notebook's class with `load_state_dict(strict=True)`, and a file
 //!   written by `safetensors.torch.save_file(model.state_dict())` loads here.
-//! - [`save_checkpoint`] / [`load_checkpoint`]: the same, plus Adam's moments
+//! - [`save_checkpoint`]: the same, plus Adam's moments
 //!   (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`), and in the metadata the
 //!   model's description, the epoch, Adam's step count and the random generator's state,
 //!   so that a resumed run continues bit for bit.
+//! - [`load_checkpoint`] reads either kind into a [`Checkpoint`], which restores a model
+//!   ([`Checkpoint::restore_model`]) and, where the file has them, Adam's state.
 //! - [`Checkpoint::tensor`]: any floating-point tensor of a file, by name (the inputs and
 //!   outputs a PyTorch script saved beside its weights, say).
 //!
@@ -54,16 +56,12 @@ impl View for &Raw {
 }
 
 fn raw_float<F: Float>(a: &ArrayD<F>) -> Raw {
-    let std = a.as_standard_layout();
-    let data = if F::NAME == "f32" {
-        std.iter()
-            .flat_map(|v| (v.to_f64_lossless() as f32).to_le_bytes())
-            .collect()
-    } else {
-        std.iter().flat_map(|v| v.to_f64_lossless().to_le_bytes()).collect()
-    };
+    let mut data = Vec::with_capacity(a.len() * F::BYTES);
+    for &v in a.as_standard_layout().iter() {
+        v.extend_le_bytes(&mut data);
+    }
     Raw {
-        dtype: if F::NAME == "f32" { Dtype::F32 } else { Dtype::F64 },
+        dtype: if F::BYTES == 4 { Dtype::F32 } else { Dtype::F64 },
         shape: a.shape().to_vec(),
         data,
     }
@@ -203,12 +201,7 @@ pub struct Checkpoint {
     metadata: HashMap<String, String>,
 }
 
-/// Reads a weights file (PyTorch's or ours).
-pub fn load_weights(path: &Path) -> Result<Checkpoint> {
-    load_checkpoint(path)
-}
-
-/// Reads a checkpoint (or a weights file). Every problem is an error naming the file:
+/// Reads a checkpoint or a weights file (PyTorch's or ours). Every problem is an error naming the file:
 /// unreadable, not safetensors, a tensor of an unsupported type.
 pub fn load_checkpoint(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -21,7 +21,7 @@ pub use compare::{
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{s, Array2, Array4, ArrayView2};
+use ndarray::{s, Array2, Array4, ArrayView3};
 use rand::Rng;
 
 use crate::data::Dataset;
@@ -51,8 +51,8 @@ impl FigureSet<'_> {
 }
 
 /// The first channel of the first `n` images of `x`.
-fn images(x: &Array4<f32>, n: usize) -> Vec<ArrayView2<'_, f32>> {
-    (0..n.min(x.shape()[0])).map(|i| x.slice(s![i, 0, .., ..])).collect()
+fn images(x: &Array4<f32>, n: usize) -> Vec<ArrayView3<'_, f32>> {
+    (0..n.min(x.shape()[0])).map(|i| x.slice(s![i, .., .., ..])).collect()
 }
 
 /// Every figure of this module; returns the files written.
@@ -130,11 +130,11 @@ pub fn prior_samples<M: Vae<f32> + ?Sized, R: Rng + ?Sized>(
         .into_shape_with_order((25, k))
         .expect("contiguous");
     let prior = vae::decode_images(model, z.view())?;
-    let rows: Vec<(String, Vec<ArrayView2<f32>>)> = (0..5)
+    let rows: Vec<(String, Vec<ArrayView3<f32>>)> = (0..5)
         .map(|r| {
             (
                 String::new(),
-                (0..5).map(|c| prior.slice(s![r * 5 + c, 0, .., ..])).collect(),
+                (0..5).map(|c| prior.slice(s![r * 5 + c, .., .., ..])).collect(),
             )
         })
         .collect();
@@ -166,13 +166,15 @@ pub fn interpolation<M: Vae<f32> + ?Sized>(
         }
     }
     let interp = vae::decode_images(model, codes.view())?;
-    let rows: Vec<(String, Vec<ArrayView2<f32>>)> = pairs
+    let rows: Vec<(String, Vec<ArrayView3<f32>>)> = pairs
         .iter()
         .enumerate()
         .map(|(p, &(a, b))| {
             (
                 format!("{} -> {}", test.labels[a], test.labels[b]),
-                (0..steps).map(|t| interp.slice(s![p * steps + t, 0, .., ..])).collect(),
+                (0..steps)
+                    .map(|t| interp.slice(s![p * steps + t, .., .., ..]))
+                    .collect(),
             )
         })
         .collect();

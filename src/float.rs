@@ -30,6 +30,12 @@ pub trait Float:
     /// `"f32"` or `"f64"`.
     const NAME: &'static str;
 
+    /// Bytes per value: 4 or 8.
+    const BYTES: usize;
+
+    /// Appends the value's little-endian bytes (the safetensors layout).
+    fn extend_le_bytes(self, out: &mut Vec<u8>);
+
     /// Converts an `f64` constant (exact for `f64`, rounded for `f32`).
     fn lit(x: f64) -> Self;
 
@@ -172,6 +178,12 @@ macro_rules! impl_float {
     ($t:ty, $bits:ty, $exp:path, $ln:path) => {
         impl Float for $t {
             const NAME: &'static str = stringify!($t);
+            const BYTES: usize = std::mem::size_of::<$t>();
+
+            #[inline]
+            fn extend_le_bytes(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
 
             #[inline]
             fn lit(x: f64) -> Self {

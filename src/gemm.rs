@@ -1,8 +1,8 @@
 //! The one place where matrix products are computed.
 //!
-//! Every layer calls [`gemm`] (one thread) or [`gemm_par`] (split over rayon's workers),
-//! never a kernel library directly, so that a faster or GPU backend has one seam to
-//! replace. The kernels are faer's: on this crate's shapes (a 20-wide code, a 784-wide
+//! Every CPU layer calls [`gemm`] (one thread) or [`gemm_par`] (split over rayon's
+//! workers), never a kernel library directly, so that the kernels can be swapped in one
+//! place (the GPU path is separate: cuBLAS, in the `cuda` module behind the `cuda` feature). The kernels are faer's: on this crate's shapes (a 20-wide code, a 784-wide
 //! image) they measured 1.4x faster than matrixmultiply's on one thread when the crate
 //! chose them (`docs/performance-log.md`).
 //! Kernels run single-threaded: parallelism is explicit, over rayon, one level only.

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ndarray::ArrayView2;
+use ndarray::ArrayView3;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -247,13 +247,14 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
     (bold, every)
 }
 
-/// A grid of grey-scale images, one labelled row per entry: `(label, images)`, each
-/// image `[rows, cols]` with values in `[0, 1]` (clamped).
-pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>>)]) -> Result<()> {
+/// A grid of images, one labelled row per entry: `(label, images)`, each image
+/// `[c, h, w]` with values in `[0, 1]` (clamped): grey for one channel, colour for three
+/// (RGB); of other channel counts the first is drawn in grey.
+pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView3<f32>>)]) -> Result<()> {
     ensure_font();
     let err = plot_err(path);
     let ncols = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
-    let (ih, iw) = rows
+    let (_, ih, iw) = rows
         .iter()
         .flat_map(|r| r.1.first())
         .map(|im| im.dim())
@@ -268,19 +269,28 @@ pub fn image_grid(path: &Path, title: &str, rows: &[(String, Vec<ArrayView2<f32>
     let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     draw_text(&root, title, (width as i32 / 2, 22), 22, true).map_err(&err)?;
+    let byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
     for (r, (label, images)) in rows.iter().enumerate() {
         let y = (title_h + r * cell_h) as i32;
         draw_text(&root, label, (label_w as i32 - 12, y + cell_h as i32 / 2), 17, false).map_err(&err)?;
         for (c, im) in images.iter().enumerate() {
             let x = (label_w + c * cell_w + 4) as i32;
             let top = y + 4;
-            for ((i, j), &v) in im.indexed_iter() {
-                let g = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
-                let (px, py) = (x + (j * scale) as i32, top + (i * scale) as i32);
-                for dy in 0..scale as i32 {
-                    for dx in 0..scale as i32 {
-                        root.draw_pixel((px + dx, py + dy), &RGBColor(g, g, g))
-                            .map_err(|e| err(e.to_string()))?;
+            let (channels, h, w) = im.dim();
+            for i in 0..h {
+                for j in 0..w {
+                    let colour = if channels == 3 {
+                        RGBColor(byte(im[[0, i, j]]), byte(im[[1, i, j]]), byte(im[[2, i, j]]))
+                    } else {
+                        let g = byte(im[[0, i, j]]);
+                        RGBColor(g, g, g)
+                    };
+                    let (px, py) = (x + (j * scale) as i32, top + (i * scale) as i32);
+                    for dy in 0..scale as i32 {
+                        for dx in 0..scale as i32 {
+                            root.draw_pixel((px + dx, py + dy), &colour)
+                                .map_err(|e| err(e.to_string()))?;
+                        }
                     }
                 }
             }

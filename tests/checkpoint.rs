@@ -59,9 +59,12 @@ fn weights_round_trip_with_batchnorm_buffers() {
     checkpoint::save_weights(&path, &mut a).unwrap();
     let mut b = small_dcgan(4);
     assert_ne!(state(&mut a), state(&mut b));
-    checkpoint::load_weights(&path).unwrap().restore_model(&mut b).unwrap();
+    checkpoint::load_checkpoint(&path)
+        .unwrap()
+        .restore_model(&mut b)
+        .unwrap();
     assert_eq!(state(&mut a), state(&mut b));
-    let names: Vec<String> = checkpoint::load_weights(&path).unwrap().names().cloned().collect();
+    let names: Vec<String> = checkpoint::load_checkpoint(&path).unwrap().names().cloned().collect();
     assert!(
         names.contains(&"encode.disc.0.1.num_batches_tracked".to_string()),
         "{names:?}"
@@ -69,7 +72,7 @@ fn weights_round_trip_with_batchnorm_buffers() {
     assert!(names.contains(&"decode.gen.2.1.running_var".to_string()));
     // Single tensors read back as written (f32 widened exactly); a counter or a name
     // that is not there is an error naming the file and the tensor.
-    let file = checkpoint::load_weights(&path).unwrap();
+    let file = checkpoint::load_checkpoint(&path).unwrap();
     let mut seen = 0;
     a.visit_params(&mut |p| {
         assert_eq!(file.tensor(&p.name).unwrap(), p.value.mapv(f64::from), "{}", p.name);
@@ -109,7 +112,7 @@ fn a_batchnorm_added_to_a_preset_is_saved_and_restored() {
     let dir = temp("bn-added");
     let path = dir.join("w.safetensors");
     checkpoint::save_weights(&path, &mut m).unwrap();
-    let file = checkpoint::load_weights(&path).unwrap();
+    let file = checkpoint::load_checkpoint(&path).unwrap();
     let names: Vec<&String> = file.names().collect();
     for want in [
         "pre.running_mean",
@@ -164,7 +167,7 @@ fn a_checkpoint_of_another_model_or_size_is_refused() {
     let dir = temp("other");
     let path = dir.join("w.safetensors");
     checkpoint::save_weights(&path, &mut small_dcgan(1)).unwrap();
-    let ck = checkpoint::load_weights(&path).unwrap();
+    let ck = checkpoint::load_checkpoint(&path).unwrap();
     let mut strided = VaeModel::<f32>::strided([1, 28, 28], 3, &mut ChaCha8Rng::seed_from_u64(2)).unwrap();
     let before = state(&mut strided);
     let e = ck.restore_model(&mut strided).unwrap_err().to_string();

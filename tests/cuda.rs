@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use latent::cuda::{adam_update, Gpu, GpuSequential, VaeTrainer};
+use latent::cuda::{Gpu, GpuSequential, VaeTrainer};
 use latent::device::{select, Device, DeviceRequest};
 use latent::models::VaeModel;
 use latent::nn::{
@@ -216,7 +216,7 @@ fn adam_matches_the_cpu() {
     let arr = |x: &[f32]| ArrayD::from_shape_vec(IxDyn(&[x.len()]), x.to_vec()).unwrap();
     let (mut pc, gc, mut mc, mut vc) = (arr(&p), arr(&g), arr(&m), arr(&v));
     latent::optim::adam_update(&cfg, 7, &mut pc, &gc, &mut mc, &mut vc);
-    adam_update(&gpu, &cfg, 7, &mut p, &g, &mut m, &mut v).unwrap();
+    gpu.adam_round_trip(&cfg, 7, &mut p, &g, &mut m, &mut v).unwrap();
     check("adam p", &arr(&p), &pc, KERNEL_TOL);
     check("adam m", &arr(&m), &mc, KERNEL_TOL);
     check("adam v", &arr(&v), &vc, KERNEL_TOL);

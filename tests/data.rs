@@ -98,6 +98,11 @@ fn uncompressed_files_are_read_too() {
 fn missing_directory_and_file_are_named() {
     let e = load_err(Path::new("/nonexistent/latent-data"));
     assert!(e.contains("/nonexistent/latent-data") && e.contains("not found"), "{e}");
+    // It says how to point at the files and where to get them.
+    assert!(
+        e.contains("LATENT_DATA_DIR") && e.contains("t10k-images-idx3-ubyte.gz"),
+        "{e}"
+    );
     let d = tmp("missing");
     tiny(&d, 2, 2, 0x803);
     std::fs::remove_file(d.join("t10k-labels-idx1-ubyte.gz")).unwrap();

@@ -1,4 +1,5 @@
-//! The fast paths of the convolutions (Fourier, Winograd, kernel rows) against im2col: the
+//! im2col against the loops that define a convolution, and the fast paths of the
+//! convolutions (Fourier, Winograd, kernel rows) against im2col: the
 //! same outputs and gradients (forward, dx, dw, db) for Conv2d and ConvTranspose2d over
 //! many geometries in f64, and in f32 at the notebooks' shapes (the conv AE's 32 -> 32
 //! layers, the DCGAN VAE's 256 -> 128 one) within f32 rounding of the f64 result.
@@ -105,15 +106,76 @@ fn agree_with_im2col(algo: ConvAlgorithm, cases: &[Case]) {
         let fast = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(algo));
         let case =
             format!("{algo:?} case {i} (transposed {transposed}, n {n}, {c}->{o}, {h}x{w}, k {k:?}, p {p}, d {d})");
-        for (what, a, r) in [
-            ("y", &fast.y, &reference.y),
-            ("dx", &fast.dx, &reference.dx),
-            ("dw", &fast.dw, &reference.dw),
-        ] {
-            let e = rel(a, r);
-            assert!(e < 1e-12, "{case}: {what} relative error {e:.2e}");
-        }
-        assert_eq!(fast.db, reference.db, "{case}: db");
+        assert_agree(&case, &fast, &reference);
+    }
+}
+
+/// y, dx and dw within 1e-12 relative error, db to the bit (every path sums it alike).
+fn assert_agree(case: &str, fast: &Run<f64>, reference: &Run<f64>) {
+    for (what, a, r) in [
+        ("y", &fast.y, &reference.y),
+        ("dx", &fast.dx, &reference.dx),
+        ("dw", &fast.dw, &reference.dw),
+    ] {
+        let e = rel(a, r);
+        assert!(e < 1e-12, "{case}: {what} relative error {e:.2e}");
+    }
+    assert_eq!(fast.db, reference.db, "{case}: db");
+}
+
+/// im2col against the loops that define a convolution, strides included: square and
+/// non-square kernels, padding, dilation, output padding, a batch larger than the
+/// unfolding's groups of images.
+#[test]
+fn im2col_and_the_reference_loops_agree_on_many_geometries() {
+    // (transposed, n, c, h, w, o, kernel, stride, padding, output padding, dilation)
+    type StridedCase = (
+        bool,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        (usize, usize),
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+    let cases: [StridedCase; 9] = [
+        (false, 3, 4, 9, 9, 5, (3, 3), 1, 0, 0, 1),
+        (false, 2, 3, 11, 8, 2, (5, 3), 2, 2, 0, 1),
+        (false, 2, 2, 10, 9, 3, (3, 2), 3, 1, 0, 2),
+        (false, 40, 1, 6, 6, 2, (2, 2), 2, 0, 0, 1),
+        (false, 1, 3, 7, 7, 4, (4, 4), 2, 1, 0, 1),
+        (true, 3, 4, 5, 6, 3, (4, 4), 2, 1, 0, 1),
+        (true, 2, 3, 4, 4, 5, (3, 3), 2, 1, 1, 1),
+        (true, 2, 2, 3, 5, 2, (3, 2), 3, 0, 2, 2),
+        (true, 40, 2, 3, 3, 2, (4, 4), 1, 0, 0, 1),
+    ];
+    for (i, &(transposed, n, c, h, w, o, k, s, p, op, d)) in cases.iter().enumerate() {
+        let seed = 700 + 10 * i as u64;
+        let x = rand_array(&[n, c, h, w], seed).into_dimensionality::<Ix4>().unwrap();
+        let wshape = if transposed { [c, o, k.0, k.1] } else { [o, c, k.0, k.1] };
+        let wt = rand_array(&wshape, seed + 1).into_dimensionality::<Ix4>().unwrap();
+        let b = rand_array(&[o], seed + 2).into_dimensionality::<Ix1>().unwrap();
+        let opts = ConvOptions::default()
+            .stride(s)
+            .padding(p)
+            .output_padding(op)
+            .dilation(d);
+        let reference = run(
+            transposed,
+            &x,
+            &wt,
+            &b,
+            seed + 3,
+            opts.algorithm(ConvAlgorithm::Reference),
+        );
+        let unfold = run(transposed, &x, &wt, &b, seed + 3, opts.algorithm(ConvAlgorithm::Unfold));
+        let case =
+            format!("case {i} (transposed {transposed}, n {n}, {c}->{o}, {h}x{w}, k {k:?}, s {s}, p {p}, d {d})");
+        assert_agree(&case, &unfold, &reference);
     }
 }
 

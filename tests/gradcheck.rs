@@ -127,12 +127,18 @@ fn conv_transpose2d_gradients_match_finite_differences() {
     }
 }
 
-/// im2col, and the Fourier and kernel-row paths where the stride allows them.
+/// The reference loops, im2col, and the Fourier and kernel-row paths where the stride
+/// allows them.
 fn algorithms(stride: usize) -> Vec<ConvAlgorithm> {
     if stride == 1 {
-        vec![ConvAlgorithm::Unfold, ConvAlgorithm::Fourier, ConvAlgorithm::KernelRows]
+        vec![
+            ConvAlgorithm::Reference,
+            ConvAlgorithm::Unfold,
+            ConvAlgorithm::Fourier,
+            ConvAlgorithm::KernelRows,
+        ]
     } else {
-        vec![ConvAlgorithm::Unfold]
+        vec![ConvAlgorithm::Reference, ConvAlgorithm::Unfold]
     }
 }
 
@@ -164,10 +170,11 @@ fn batch_norm2d_gradients_match_finite_differences_in_both_modes() {
     bn.weight.value = rand_array(&[2], 13) + 1.5;
     bn.bias.value = rand_array(&[2], 14);
     check_layer_in("BatchNorm2d train", &mut bn, x.clone(), Mode::Train);
-    // Eval mode, with non-trivial running statistics.
+    // The running statistics (Frozen: Eval's values, with what backward needs kept), made
+    // non-trivial.
     bn.running_mean = ndarray::arr1(&[0.3, -0.2]);
     bn.running_var = ndarray::arr1(&[0.5, 2.0]);
-    check_layer_in("BatchNorm2d eval", &mut bn, x, Mode::Eval);
+    check_layer_in("BatchNorm2d frozen", &mut bn, x, Mode::Frozen);
 }
 
 /// BatchNorm2d with a rectifier in the same pass, both rectifiers and both modes (beta
@@ -182,7 +189,7 @@ fn batch_norm2d_with_a_rectifier_matches_finite_differences_in_both_modes() {
         check_layer_in(&format!("BatchNorm2d + {act:?} train"), &mut bn, x.clone(), Mode::Train);
         bn.running_mean = ndarray::arr1(&[0.3, -0.2]);
         bn.running_var = ndarray::arr1(&[0.5, 2.0]);
-        check_layer_in(&format!("BatchNorm2d + {act:?} eval"), &mut bn, x, Mode::Eval);
+        check_layer_in(&format!("BatchNorm2d + {act:?} frozen"), &mut bn, x, Mode::Frozen);
     }
 }
 

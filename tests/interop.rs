@@ -57,7 +57,7 @@ fn check(fx: &Fixture, mut model: VaeModel<f32>, eps: ndarray::Array3<f32>) {
     std::fs::create_dir_all(&dir).unwrap();
     let from_torch = dir.join("torch.safetensors");
     let keys = torch_state_dict(fx, &from_torch);
-    checkpoint::load_weights(&from_torch)
+    checkpoint::load_checkpoint(&from_torch)
         .unwrap()
         .restore_model(&mut model)
         .unwrap();
@@ -76,7 +76,7 @@ fn check(fx: &Fixture, mut model: VaeModel<f32>, eps: ndarray::Array3<f32>) {
     );
     let ours = dir.join("ours.safetensors");
     checkpoint::save_weights(&ours, &mut model).unwrap();
-    let written: BTreeSet<String> = checkpoint::load_weights(&ours).unwrap().names().cloned().collect();
+    let written: BTreeSet<String> = checkpoint::load_checkpoint(&ours).unwrap().names().cloned().collect();
     assert_eq!(written, keys, "{}: the keys of PyTorch's state_dict", fx.file);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -130,7 +130,7 @@ fn pytorch_state_dicts_load_and_reproduce_the_loss() {
 /// The tensors of a safetensors file of float32 values (PyTorch's), back in `f32`: the
 /// reader widens them to `f64` exactly, so narrowing is exact too.
 fn read_f32(path: &std::path::Path) -> std::collections::HashMap<String, ndarray::ArrayD<f32>> {
-    let file = checkpoint::load_weights(path).unwrap();
+    let file = checkpoint::load_checkpoint(path).unwrap();
     file.names()
         .map(|name| (name.clone(), file.tensor(name).unwrap().mapv(|v| v as f32)))
         .collect()
@@ -176,7 +176,7 @@ fn eval_outputs<M: Vae<f32>>(
 /// step here, the weights and outputs written for `scripts/torch_interop.py check`.
 fn torch_round_trip(name: &str, mut model: VaeModel<f32>, fresh: VaeModel<f32>, out: &std::path::Path) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/interop");
-    checkpoint::load_weights(&dir.join(format!("{name}.torch.safetensors")))
+    checkpoint::load_checkpoint(&dir.join(format!("{name}.torch.safetensors")))
         .unwrap()
         .restore_model(&mut model)
         .unwrap();
@@ -199,7 +199,7 @@ fn torch_round_trip(name: &str, mut model: VaeModel<f32>, fresh: VaeModel<f32>, 
     let ours = eval_outputs(&mut model, &x, &eps);
     // The written file alone reproduces the trained model here too.
     let mut reloaded = fresh;
-    checkpoint::load_weights(&weights)
+    checkpoint::load_checkpoint(&weights)
         .unwrap()
         .restore_model(&mut reloaded)
         .unwrap();

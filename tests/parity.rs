@@ -105,12 +105,14 @@ fn conv_opts(fx: &Fixture) -> ConvOptions {
         .bias(fx.settings["bias"].as_bool().unwrap())
 }
 
-/// Each convolution fixture through every algorithm that takes it: im2col always, the
+/// Each convolution fixture through every algorithm that takes it: the reference loops
+/// and im2col always, the
 /// Fourier and kernel-row paths where the stride is 1, and Winograd where besides the dilation is 1 and
 /// the padded plane on the unfolded side (the input of a convolution, the output of a
 /// transposed one) is at most 6 a side (the file name of a report gains the algorithm).
 fn conv<F: Float>(fx: &Fixture, r: &mut Report) {
     let opts = conv_opts(fx);
+    conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Reference), r);
     conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Unfold), r);
     if opts.stride == (1, 1) {
         conv_with::<F>(fx, opts.algorithm(ConvAlgorithm::Fourier), r);

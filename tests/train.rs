@@ -148,6 +148,33 @@ fn a_resumed_run_is_the_uninterrupted_run_to_the_bit() {
 }
 
 #[test]
+fn kept_checkpoints_are_the_run_at_their_epochs() {
+    let train = blobs(60, 1, 8, 3);
+    let dir = std::env::temp_dir().join(format!("latent-train-kept-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("run.ckpt.safetensors");
+    let build = |rng: &mut ChaCha8Rng| mlp_vae::<f32>(8, 16, 3, rng);
+    let trainer = |epochs| quiet().epochs(epochs).batch(20).seed(9).name("kept").checkpoint(&ck, 3);
+    let mut whole = trainer(3).keep_checkpoints_at([1, 2]).fit(build, &train, None).unwrap();
+    let kept = latent::train::kept_checkpoint_path(&ck, 1);
+    assert_eq!(kept, dir.join("run.ckpt.epoch1.safetensors"));
+    assert!(latent::train::kept_checkpoint_path(&ck, 2).exists());
+    assert!(!latent::train::kept_checkpoint_path(&ck, 3).exists());
+    // Going on from the copy kept after epoch 1 ends where the whole run ended.
+    let mut resumed = trainer(3).resume(&kept).fit(build, &train, None).unwrap();
+    assert_eq!(resumed.first_epoch, 1);
+    assert_eq!(params_of(&mut whole.model), params_of(&mut resumed.model));
+    // Without a checkpoint path there is nothing to keep: an error, not silence.
+    let err = quiet()
+        .epochs(1)
+        .batch(20)
+        .keep_checkpoints_at([1])
+        .fit(build, &train, None);
+    assert!(err.err().unwrap().to_string().contains("checkpoint"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn hooks_schedule_beta_change_the_learning_rate_and_stop_early() {
     let train = blobs(60, 1, 8, 2);
     let mut seen_steps = Vec::new();

@@ -50,4 +50,4 @@ pub use gpu::{DeviceBuf, DeviceImages, Gpu};
 pub use layers::{GpuChain, GpuLayer, Shape, Tensor};
 pub use sequential::GpuSequential;
 pub use store::{ParamStore, Slot};
-pub use vae_trainer::{adam_update, StepStats, VaeTrainer};
+pub use vae_trainer::{StepStats, VaeTrainer};

@@ -529,32 +529,36 @@ impl VaeTrainer {
     }
 }
 
-/// [`crate::optim::adam_update`] on the GPU (the trainer's kernel), on host slices: one
-/// update of `p` at step `t` from gradient `g`, moments `m`, `v` updated in place.
-pub fn adam_update(
-    gpu: &Gpu,
-    cfg: &AdamConfig<f32>,
-    t: u64,
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-) -> Result<()> {
-    let n = p.len();
-    if g.len() != n || m.len() != n || v.len() != n || t == 0 {
-        return Err(Error::shape(
-            "adam_update g, m, v (and t >= 1)",
-            format!("[{n}]"),
-            &[g.len(), m.len(), v.len()],
-        ));
+impl Gpu {
+    /// The trainer's Adam kernel on host slices, for checking it against
+    /// [`crate::optim::adam_update`]: uploads `p`, `g`, `m`, `v`, runs one update at step
+    /// `t` and downloads `p`, `m`, `v` (a round trip; training keeps everything on the GPU).
+    pub fn adam_round_trip(
+        &self,
+        cfg: &AdamConfig<f32>,
+        t: u64,
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) -> Result<()> {
+        let gpu = self;
+        let n = p.len();
+        if g.len() != n || m.len() != n || v.len() != n || t == 0 {
+            return Err(Error::shape(
+                "adam_round_trip g, m, v (and t >= 1)",
+                format!("[{n}]"),
+                &[g.len(), m.len(), v.len()],
+            ));
+        }
+        let (pb, gb, mb, vb) = (gpu.upload(p)?, gpu.upload(g)?, gpu.upload(m)?, gpu.upload(v)?);
+        gpu.clear_flag()?;
+        launch_adam(gpu, cfg, t, [&pb, &gb, &mb, &vb], n)?;
+        p.copy_from_slice(&gpu.download(&pb, n)?);
+        m.copy_from_slice(&gpu.download(&mb, n)?);
+        v.copy_from_slice(&gpu.download(&vb, n)?);
+        Ok(())
     }
-    let (pb, gb, mb, vb) = (gpu.upload(p)?, gpu.upload(g)?, gpu.upload(m)?, gpu.upload(v)?);
-    gpu.clear_flag()?;
-    launch_adam(gpu, cfg, t, [&pb, &gb, &mb, &vb], n)?;
-    p.copy_from_slice(&gpu.download(&pb, n)?);
-    m.copy_from_slice(&gpu.download(&mb, n)?);
-    v.copy_from_slice(&gpu.download(&vb, n)?);
-    Ok(())
 }
 
 /// Launches Adam's kernel on `n` entries of (params, grads, m, v), skipped when the flag is set.

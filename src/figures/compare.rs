@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ndarray::{s, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array2, Array3, ArrayView1, ArrayView2, Axis};
 use rand::Rng;
 
 use super::codec::Codec;
@@ -16,8 +16,8 @@ use crate::{Error, Float, Result};
 /// A model with its label, as the comparison figures take it.
 pub type Labelled<'a> = (String, &'a mut dyn Codec);
 
-/// Rows of pixels as `[h, w]` images (the first channel of `[c, h, w]`).
-fn as_images(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Result<Vec<Array2<f32>>> {
+/// Rows of pixels as `[c, h, w]` images.
+fn as_images(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Result<Vec<Array3<f32>>> {
     if x.ncols() != c * h * w {
         return Err(Error::shape(
             "figure images",
@@ -26,17 +26,12 @@ fn as_images(x: ArrayView2<f32>, [c, h, w]: [usize; 3]) -> Result<Vec<Array2<f32
         ));
     }
     Ok(x.axis_iter(Axis(0))
-        .map(|r| {
-            r.slice(s![..h * w])
-                .to_owned()
-                .into_shape_with_order((h, w))
-                .expect("h * w")
-        })
+        .map(|r| r.to_owned().into_shape_with_order((c, h, w)).expect("c * h * w"))
         .collect())
 }
 
 /// Image rows labelled, drawn as one grid.
-fn grid(path: &Path, title: &str, rows: &[(String, Vec<Array2<f32>>)]) -> Result<()> {
+fn grid(path: &Path, title: &str, rows: &[(String, Vec<Array3<f32>>)]) -> Result<()> {
     let rows: Vec<_> = rows
         .iter()
         .map(|(l, v)| (l.clone(), v.iter().map(|a| a.view()).collect()))

@@ -452,27 +452,47 @@ impl<F: Float> BatchNorm2d<F> {
         self.rectifier
     }
 
-    /// Forward in `mode`; in train mode keeps what backward needs and updates the running
-    /// statistics.
+    /// Forward in evaluation mode (the running statistics), changing and keeping nothing.
+    pub fn infer(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
+        // The statistics are only read in evaluation mode; copies of `c` values let the
+        // shared forward take them as it does in training.
+        let (mut mean, mut var) = (self.running_mean.clone(), self.running_var.clone());
+        let stats = (mean.view_mut(), var.view_mut(), self.momentum, self.eps);
+        Ok(self.forward_with(x, stats, Mode::Eval)?.0)
+    }
+
+    /// Forward in `mode`; in train mode updates the running statistics, and outside
+    /// [`Mode::Eval`] keeps `x` and what [`BatchNorm2d::backward4`] needs.
     pub fn forward4(&mut self, x: Array4<F>, mode: Mode) -> Result<Array4<F>> {
-        let gamma = self.weight.value.view().into_dimensionality().expect("vector");
-        let beta = self.bias.value.view().into_dimensionality().expect("vector");
-        let stats = (
-            self.running_mean.view_mut(),
-            self.running_var.view_mut(),
-            self.momentum,
-            self.eps,
+        let (mut mean, mut var) = (
+            std::mem::take(&mut self.running_mean),
+            std::mem::take(&mut self.running_var),
         );
-        let (y, cache) = match self.rectifier.map(negative_slope) {
-            None => forward_then(x.view(), gamma, beta, stats, mode, Identity),
-            Some(None) => forward_then(x.view(), gamma, beta, stats, mode, Relu),
-            Some(Some(s)) => forward_then(x.view(), gamma, beta, stats, mode, Leaky(s)),
-        }?;
+        let stats = (mean.view_mut(), var.view_mut(), self.momentum, self.eps);
+        let run = self.forward_with(x.view(), stats, mode);
+        (self.running_mean, self.running_var) = (mean, var);
+        let (y, cache) = run?;
         if mode == Mode::Train {
             self.num_batches_tracked += 1;
         }
-        self.cache = Some((x, cache));
+        self.cache = mode.keeps_cache().then_some((x, cache));
         Ok(y)
+    }
+
+    /// The forward with this layer's parameters and rectifier on `stats`.
+    fn forward_with(
+        &self,
+        x: ArrayView4<F>,
+        stats: (ArrayViewMut1<F>, ArrayViewMut1<F>, F, F),
+        mode: Mode,
+    ) -> Result<(Array4<F>, BatchNormCache<F>)> {
+        let gamma = self.weight.value.view().into_dimensionality().expect("vector");
+        let beta = self.bias.value.view().into_dimensionality().expect("vector");
+        match self.rectifier.map(negative_slope) {
+            None => forward_then(x, gamma, beta, stats, mode, Identity),
+            Some(None) => forward_then(x, gamma, beta, stats, mode, Relu),
+            Some(Some(s)) => forward_then(x, gamma, beta, stats, mode, Leaky(s)),
+        }
     }
 
     /// Backward from the kept input: `dy` becomes `dx` in place.
@@ -548,7 +568,8 @@ mod tests {
 
     /// The rectifier applied in the same pass gives the values, input gradient, parameter
     /// gradients and running statistics of BatchNorm2d followed by the activation layer,
-    /// to the bit, in every mode, on data large enough for several parallel tasks.
+    /// to the bit, in every mode, on data large enough for several parallel tasks; an
+    /// eval-mode forward keeps nothing and equals `infer`.
     #[test]
     fn a_fused_rectifier_equals_the_two_layers_to_the_bit() {
         let shape = [37, 3, 9, 11];
@@ -564,13 +585,19 @@ mod tests {
                 plain.running_var = ndarray::arr1(&[0.7, 1.3, 2.0]);
                 let mut fused = plain.clone().with_rectifier(act).unwrap();
                 let mut after = ActivationLayer::<f64>::new(act);
-                // BatchNorm keeps its input in every mode; the activation layer only when
-                // asked to (Frozen: same values as Eval).
+                // The activation layer keeps its input in Frozen mode (same values as Eval).
                 let y_two = after
                     .forward(plain.forward(x.clone(), mode).unwrap(), Mode::Frozen)
                     .unwrap();
                 let y_one = fused.forward(x.clone(), mode).unwrap();
                 assert_eq!(bits(&y_one), bits(&y_two), "{act:?} {mode:?}: forward");
+                if mode == Mode::Eval {
+                    // Nothing is kept for a backward, and inference is the same forward.
+                    assert!(fused.backward(dy.clone(), true).is_err() && plain.cache.is_none());
+                    let inferred = fused.infer(x.view().into_dimensionality().unwrap()).unwrap();
+                    assert_eq!(bits(&inferred.into_dyn()), bits(&y_one), "{act:?}: infer");
+                    continue;
+                }
                 let dz = after.backward(dy.clone(), true).unwrap().unwrap();
                 let dx_two = plain.backward(dz, true).unwrap().unwrap();
                 let dx_one = fused.backward(dy.clone(), true).unwrap().unwrap();

@@ -207,15 +207,16 @@ impl<F: Float> Linear<F> {
         Ok(y)
     }
 
-    /// Forward in training: keeps a copy of `x` for [`Linear::backward2`].
-    pub fn forward2(&mut self, x: ArrayView2<F>) -> Result<Array2<F>> {
-        let y = self.infer(x)?;
-        self.input = Some(x.to_owned());
+    /// Forward in `mode`; outside [`Mode::Eval`] keeps `x` for [`Linear::backward2`].
+    pub fn forward2(&mut self, x: Array2<F>, mode: Mode) -> Result<Array2<F>> {
+        let y = self.infer(x.view())?;
+        self.input = mode.keeps_cache().then_some(x);
         Ok(y)
     }
 
-    /// Backward: accumulates the weight and bias gradients, returns `dx` if `need_dx`.
-    pub fn backward2(&mut self, dy: ArrayView2<F>, need_dx: bool) -> Result<Option<Array2<F>>> {
+    /// Backward from the kept input: accumulates the weight and bias gradients, returns
+    /// `dx` if `need_dx`.
+    pub fn backward2(&mut self, dy: Array2<F>, need_dx: bool) -> Result<Option<Array2<F>>> {
         let x = self
             .input
             .take()
@@ -239,7 +240,7 @@ impl<F: Float> Linear<F> {
             .bias
             .as_mut()
             .map(|b| b.grad.view_mut().into_dimensionality().expect("vector"));
-        linear_backward(x.view(), w, dy, dx.as_mut().map(|d| d.view_mut()), dw, db);
+        linear_backward(x.view(), w, dy.view(), dx.as_mut().map(|d| d.view_mut()), dw, db);
         Ok(dx)
     }
 }
@@ -271,11 +272,7 @@ impl<F: Float> Layer<F> for Linear<F> {
                 &shape,
             )
         })?;
-        let y = self.infer(x2.view())?;
-        if mode.keeps_cache() {
-            self.input = Some(x2);
-        }
-        Ok(y.into_dyn())
+        Ok(self.forward2(x2, mode)?.into_dyn())
     }
 
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
@@ -283,7 +280,7 @@ impl<F: Float> Layer<F> for Linear<F> {
         let dy = dy
             .into_dimensionality::<Ix2>()
             .map_err(|_| Error::shape(format!("Linear {} dy", self.weight.name), "[batch, features]", &shape))?;
-        Ok(self.backward2(dy.view(), need_dx)?.map(Array2::into_dyn))
+        Ok(self.backward2(dy, need_dx)?.map(Array2::into_dyn))
     }
 }
 

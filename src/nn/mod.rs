@@ -3,43 +3,49 @@
 //! Forward keeps what backward needs (its input, a mask); backward takes `dy`, returns
 //! `dx` when asked and *accumulates* (`+=`) into the parameter gradients. Zeroing the
 //! gradients is an explicit step ([`Module::zero_grad`]).
+//!
+//! Entry points, the same for every layer:
+//! - [`Layer::forward`] and [`Layer::backward`] take owned arrays of any rank, so that
+//!   layers chain in a [`Sequential`];
+//! - a layer whose input has a fixed rank `R` (2 for [`Linear`], 4 for the convolutions and
+//!   [`BatchNorm2d`]) has the same pair typed by that rank, `forwardR(x: ArrayR, mode)` and
+//!   `backwardR(dy: ArrayR, need_dx)`, which `Layer`'s pair calls after checking the rank.
+//!   Both take their argument by value: a training forward keeps its input for the
+//!   backward, and a backward may turn `dy` into `dx` in place, so a caller that still
+//!   needs the array passes a copy and one that does not saves it;
+//! - `infer(&self, x: ArrayViewR)` is the evaluation forward: it borrows its input and
+//!   neither keeps nor changes anything (BatchNorm reads its running statistics).
+//!
+//! The free functions beside each layer (`linear_forward`, `conv2d_backward`, ...) take
+//! views and write into or return arrays; they are the arithmetic, the layers own state.
 
 mod activation;
 mod batch_norm2d;
 mod bias;
-mod conv2d;
-mod conv_algorithm;
-mod conv_layer;
-mod conv_transpose2d;
-pub mod im2col;
-mod kernel_rows;
+mod conv;
 mod linear;
 pub(crate) mod param;
 pub(crate) mod reduce;
 mod reshape;
 mod sequential;
-mod single_image;
 mod spec;
-mod spectral;
-mod winograd;
 
 pub use activation::{activation_backward, activation_forward, Activation, ActivationLayer};
 pub use batch_norm2d::{
     batch_norm2d_backward, batch_norm2d_backward_inplace, batch_norm2d_forward, BatchNorm2d, BatchNormCache,
 };
 pub use bias::PixelBias;
-pub use conv2d::{conv2d_backward, conv2d_forward, ConvOptions};
-pub use conv_algorithm::ConvAlgorithm;
-pub use conv_layer::{Conv2d, ConvDirection, ConvLayer, ConvTranspose2d, Direct, Transposed};
-pub use conv_transpose2d::{conv_transpose2d_backward, conv_transpose2d_forward};
+pub use conv::{
+    conv2d_backward, conv2d_forward, conv_transpose2d_backward, conv_transpose2d_forward, Conv2d, ConvAlgorithm,
+    ConvDirection, ConvLayer, ConvOptions, ConvTranspose2d, Direct, KernelCache, Transposed,
+};
+#[cfg(feature = "cuda")]
+pub(crate) use conv::{direct_geom as conv2d_geom, transposed_geom as conv_transpose2d_geom, ConvGeom};
 pub use linear::{linear_backward, linear_forward, Linear};
 pub use param::Param;
 pub use reshape::{Flatten, Unflatten};
 pub use sequential::{load_params, Sequential};
 pub use spec::LayerSpec;
-pub use spectral::KernelCache;
-#[cfg(feature = "cuda")]
-pub(crate) use {conv2d::geom as conv2d_geom, conv_transpose2d::geom as conv_transpose2d_geom};
 
 use ndarray::{Array4, ArrayD, ArrayViewMutD, Ix4};
 

@@ -2,7 +2,7 @@
 //! ([`Trainable`]: [`VaeModel`], [`ConvAe`], [`LinearAe`]) makes an engine for the run:
 //! on the CPU, a batch cut into one part per thread where the model's layers allow it
 //! (read off the layers: [`VaeModel::couples_batch`]); with the `cuda` feature and a GPU,
-//! a VAE's [`crate::cuda::VaeTrainer`] holding a copy of it.
+//! a VAE's `cuda::VaeTrainer` holding a copy of it.
 
 use std::any::TypeId;
 

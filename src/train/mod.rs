@@ -133,6 +133,7 @@ pub struct Trainer<'h, F: Float> {
     label: String,
     name: Option<String>,
     checkpoint: Option<(PathBuf, usize)>,
+    keep_at: Vec<usize>,
     resume: Option<PathBuf>,
     non_finite: NonFinitePolicy,
     collapse: Option<CollapsePolicy>,
@@ -188,6 +189,7 @@ impl<'h, F: Float> Trainer<'h, F> {
             label: "training".into(),
             name: None,
             checkpoint: None,
+            keep_at: Vec::new(),
             resume: None,
             non_finite: NonFinitePolicy::Stop,
             collapse: None,
@@ -275,6 +277,15 @@ impl<'h, F: Float> Trainer<'h, F> {
         self
     }
 
+    /// Also keeps the checkpoints written after these epochs (counted from the start of
+    /// the run, 1-based), each copied beside the rolling one as `<stem>.epoch<N>.<ext>`,
+    /// so that a long run leaves points to evaluate or to branch from. Needs
+    /// [`Trainer::checkpoint`]; an epoch not on its `every` grid is written all the same.
+    pub fn keep_checkpoints_at(mut self, epochs: impl IntoIterator<Item = usize>) -> Self {
+        self.keep_at = epochs.into_iter().collect();
+        self
+    }
+
     /// Resumes from a checkpoint of the same run (same name, model and data): the model,
     /// Adam's state and the generator are restored, and training goes on from its epoch
     /// exactly as the uninterrupted run would.
@@ -351,6 +362,11 @@ impl<'h, F: Float> Trainer<'h, F> {
                 self.batch,
                 train.len()
             )));
+        }
+        if !self.keep_at.is_empty() && self.checkpoint.is_none() {
+            return Err(Error::InvalidArgument(
+                "keep_checkpoints_at needs a checkpoint path (Trainer::checkpoint)".into(),
+            ));
         }
         self.runtime.apply();
         let (device, line) = crate::device::select(self.device)?;
@@ -508,7 +524,8 @@ impl<'h, F: Float> Trainer<'h, F> {
                     engine.set_config(&loss, &opt.config)?;
                 }
                 if let Some((path, every)) = &self.checkpoint {
-                    if (epoch + 1) % every == 0 || epoch + 1 == self.epochs || stop {
+                    let keep = self.keep_at.contains(&(epoch + 1));
+                    if (epoch + 1) % every == 0 || epoch + 1 == self.epochs || stop || keep {
                         engine.sync(&mut model, &mut opt)?;
                         let meta = CheckpointMeta {
                             model: name.clone(),
@@ -517,6 +534,10 @@ impl<'h, F: Float> Trainer<'h, F> {
                         };
                         checkpoint::save_checkpoint(path, &mut model, &opt, &meta)?;
                         last_checkpoint = Some(path.clone());
+                        if keep {
+                            let kept = kept_checkpoint_path(path, epoch + 1);
+                            std::fs::copy(path, &kept).map_err(|e| Error::io(&kept, e))?;
+                        }
                     }
                 }
                 if stop {
@@ -546,6 +567,20 @@ impl<'h, F: Float> Trainer<'h, F> {
 
 fn skip_allowed(policy: NonFinitePolicy, skipped: usize) -> bool {
     matches!(policy, NonFinitePolicy::SkipBatch(max) if skipped < max)
+}
+
+/// Where [`Trainer::keep_checkpoints_at`] keeps the checkpoint of `epoch`:
+/// `run.ckpt.safetensors` becomes `run.ckpt.epoch40.safetensors`.
+pub fn kept_checkpoint_path(path: &Path, epoch: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.epoch{epoch}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.epoch{epoch}"),
+    };
+    path.with_file_name(name)
 }
 
 /// Restores model, optimizer and generator from the checkpoint at `path` of the run

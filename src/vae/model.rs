@@ -44,7 +44,10 @@ impl<F: Float> GaussianHeads<F> {
     /// [`GaussianHeads::backward`].
     pub fn forward(&mut self, h: ArrayView2<F>, mode: Mode) -> Result<DiagGaussian<F>> {
         if mode.keeps_cache() {
-            DiagGaussian::new(self.mu.forward2(h)?, self.logvar.forward2(h)?)
+            DiagGaussian::new(
+                self.mu.forward2(h.to_owned(), mode)?,
+                self.logvar.forward2(h.to_owned(), mode)?,
+            )
         } else {
             DiagGaussian::new(self.mu.infer(h)?, self.logvar.infer(h)?)
         }
@@ -53,8 +56,8 @@ impl<F: Float> GaussianHeads<F> {
     /// The gradient with respect to the features, from those with respect to `mu` and
     /// `logvar`; accumulates into the heads' parameter gradients.
     pub fn backward(&mut self, dmu: Array2<F>, dlogvar: Array2<F>) -> Result<Array2<F>> {
-        let mut dh = self.mu.backward2(dmu.view(), true)?.expect("asked for dx");
-        dh += &self.logvar.backward2(dlogvar.view(), true)?.expect("asked for dx");
+        let mut dh = self.mu.backward2(dmu, true)?.expect("asked for dx");
+        dh += &self.logvar.backward2(dlogvar, true)?.expect("asked for dx");
         Ok(dh)
     }
 }

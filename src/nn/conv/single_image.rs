@@ -17,7 +17,8 @@ use std::ops::Range;
 use ndarray::{s, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use super::im2col::{ConvGeom, Taps};
+use super::im2col::Taps;
+use super::layer::ConvGeom;
 use crate::gemm::gemm;
 use crate::tuning;
 use crate::Float;
@@ -221,7 +222,8 @@ fn backward_over_image<F: Float>(
 mod tests {
     use ndarray::{Array2, Array3};
 
-    use super::super::im2col::{gemm_fold, unfold_backward_over_input, unfold_gemm, weight_grad, ConvGeom};
+    use super::super::im2col::{gemm_fold, unfold_backward_over_input, unfold_gemm, weight_grad};
+    use super::super::layer::ConvGeom;
 
     fn pool(threads: usize) -> rayon::ThreadPool {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()

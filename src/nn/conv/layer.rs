@@ -1,6 +1,7 @@
-//! The convolution layer, in both directions: one struct holding weight, bias, options
-//! and the kept input, parameterised by a [`ConvDirection`] that says which pair of
-//! free functions runs it and how PyTorch lays out and initialises its weight.
+//! The convolution layer in both directions, with what describes one: its options
+//! ([`ConvOptions`]), its geometry ([`ConvGeom`], seen from the side that is unfolded) and
+//! the layer itself ([`ConvLayer`], with [`Conv2d`] and [`ConvTranspose2d`] its two
+//! directions). The arithmetic is in [`super::functions`].
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -8,12 +9,221 @@ use std::marker::PhantomData;
 use ndarray::{Array4, ArrayD, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Ix4};
 use rand::Rng;
 
-use super::conv2d::{conv2d_backward_over_input, conv2d_backward_params, conv2d_forward_keeping, ConvOptions};
-use super::conv_transpose2d::{
-    conv_transpose2d_backward_over_input, conv_transpose2d_backward_params, conv_transpose2d_forward_keeping,
+use super::algorithm::ConvAlgorithm;
+use super::fourier::KernelCache;
+use super::functions::{
+    conv2d_backward_over_input, conv2d_backward_params, conv2d_forward_keeping, conv_transpose2d_backward_over_input,
+    conv_transpose2d_backward_params, conv_transpose2d_forward_keeping,
 };
-use super::{to4, KernelCache, Layer, Mode, Module, Param};
+use crate::nn::{to4, Layer, LayerSpec, Mode, Module, Param};
 use crate::{Error, Float, Result};
+
+/// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
+/// convolution, and whether it has a bias. Defaults as PyTorch: 1, 0, 1, 0, bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvOptions {
+    /// `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// `(ph, pw)`.
+    pub padding: (usize, usize),
+    /// `(dh, dw)`.
+    pub dilation: (usize, usize),
+    /// Extra rows/columns on one side of a transposed convolution's output.
+    pub output_padding: (usize, usize),
+    /// Whether the layer has a bias.
+    pub bias: bool,
+    /// How the products are computed (im2col or per frequency); the same result either way.
+    pub algorithm: ConvAlgorithm,
+}
+
+impl Default for ConvOptions {
+    fn default() -> Self {
+        ConvOptions {
+            stride: (1, 1),
+            padding: (0, 0),
+            dilation: (1, 1),
+            output_padding: (0, 0),
+            bias: true,
+            algorithm: ConvAlgorithm::Auto,
+        }
+    }
+}
+
+impl ConvOptions {
+    /// Same stride on both axes.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = (s, s);
+        self
+    }
+    /// Same padding on both axes.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = (p, p);
+        self
+    }
+    /// Same dilation on both axes.
+    pub fn dilation(mut self, d: usize) -> Self {
+        self.dilation = (d, d);
+        self
+    }
+    /// Same output padding on both axes (transposed convolution only).
+    pub fn output_padding(mut self, p: usize) -> Self {
+        self.output_padding = (p, p);
+        self
+    }
+    /// With or without bias.
+    pub fn bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+    /// The algorithm computing the products (default [`ConvAlgorithm::Auto`]).
+    pub fn algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+}
+
+/// Sizes of one convolution, seen from the side of the image that is unfolded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    /// Channels of the unfolded image.
+    pub c: usize,
+    /// Its height.
+    pub h: usize,
+    /// Its width.
+    pub w: usize,
+    /// Kernel `(kh, kw)`.
+    pub kernel: (usize, usize),
+    /// Stride `(sh, sw)`.
+    pub stride: (usize, usize),
+    /// Zero padding `(ph, pw)`.
+    pub padding: (usize, usize),
+    /// Dilation `(dh, dw)`.
+    pub dilation: (usize, usize),
+    /// Output height (positions of the kernel).
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    /// The geometry of a convolution over a `c x h x w` image, computing the output size
+    /// as PyTorch does: `(h + 2p - d (k - 1) - 1) / s + 1`.
+    pub fn new(
+        c: usize,
+        (h, w): (usize, usize),
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        padding: (usize, usize),
+        dilation: (usize, usize),
+    ) -> Result<Self> {
+        let out = |n: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize> {
+            let span = d * (k - 1) + 1;
+            if k == 0 || s == 0 || d == 0 {
+                return Err(Error::InvalidArgument(
+                    "kernel, stride and dilation must be positive".into(),
+                ));
+            }
+            if n + 2 * p < span {
+                return Err(Error::InvalidArgument(format!(
+                    "kernel span {span} is larger than the padded input {}",
+                    n + 2 * p
+                )));
+            }
+            Ok((n + 2 * p - span) / s + 1)
+        };
+        Ok(ConvGeom {
+            c,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            oh: out(h, kernel.0, stride.0, padding.0, dilation.0)?,
+            ow: out(w, kernel.1, stride.1, padding.1, dilation.1)?,
+        })
+    }
+
+    /// Rows of the column matrix: `c * kh * kw`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.kernel.0 * self.kernel.1
+    }
+
+    /// Columns of the column matrix: `oh * ow`.
+    pub fn col_cols(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Whether the kernel covers the whole plane at a single position (output 1x1, no
+    /// padding, no dilation, kernel = plane): the column matrix of an image is then the
+    /// image itself, and the convolution a fully connected layer over the batch, one GEMM
+    /// (the DCGAN VAE's first transposed convolution, from its 1x1 code).
+    pub fn is_dense(&self) -> bool {
+        self.oh == 1
+            && self.ow == 1
+            && self.padding == (0, 0)
+            && self.dilation == (1, 1)
+            && (self.h, self.w) == self.kernel
+    }
+
+    /// For kernel offset `k` along an axis, the range of output positions whose input
+    /// coordinate `o*s - p + k*d` falls inside `0..n`.
+    #[inline]
+    pub(super) fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
+        // o*s + off >= p  and  o*s + off < n + p
+        let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
+        let hi = if n + p > off {
+            ((n + p - off - 1) / s + 1).min(o_len)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Geometry of a Conv2d with weight `[o, c, kh, kw]` on input `x` `[n, c, h, w]`.
+pub(crate) fn direct_geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
+    ConvGeom::new(
+        x[1],
+        (x[2], x[3]),
+        (w[2], w[3]),
+        opts.stride,
+        opts.padding,
+        opts.dilation,
+    )
+}
+
+/// The geometry of the convolution this one transposes: unfolding the *output* image
+/// `[c_out, h_out, w_out]` with `h_out = (h - 1) s - 2p + d (k - 1) + output_padding + 1`.
+pub(crate) fn transposed_geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
+    if x[1] != w[0] {
+        return Err(Error::shape(
+            "conv_transpose2d input",
+            format!("[batch, {}, h, w]", w[0]),
+            x,
+        ));
+    }
+    let side = |n: usize, k: usize, s: usize, p: usize, d: usize, op: usize| -> Result<usize> {
+        if op >= s && op >= d {
+            return Err(Error::InvalidArgument(format!(
+                "output_padding {op} must be smaller than the stride {s} or the dilation {d}"
+            )));
+        }
+        ((n.max(1) - 1) * s + d * (k - 1) + op + 1)
+            .checked_sub(2 * p)
+            .filter(|&v| v > 0)
+            .ok_or_else(|| Error::InvalidArgument("padding larger than the transposed output".into()))
+    };
+    let (s, p, d, op) = (opts.stride, opts.padding, opts.dilation, opts.output_padding);
+    let ho = side(x[2], w[2], s.0, p.0, d.0, op.0)?;
+    let wo = side(x[3], w[3], s.1, p.1, d.1, op.1)?;
+    let mut g = ConvGeom::new(w[1], (ho, wo), (w[2], w[3]), s, p, d)?;
+    // Output padding below the dilation (stride 1) leaves the convolution room for more
+    // kernel positions than the input has rows: those positions read nothing.
+    debug_assert!(g.oh >= x[2] && g.ow >= x[3]);
+    (g.oh, g.ow) = (x[2], x[3]);
+    Ok(g)
+}
 
 /// Which way a convolution layer runs: [`Direct`] (Conv2d) or [`Transposed`]
 /// (ConvTranspose2d).
@@ -216,8 +426,24 @@ impl<F: Float, D: ConvDirection> ConvLayer<F, D> {
         D::forward(x, (w, kernels), b, &self.opts)
     }
 
-    /// Backward from the input kept by a train-mode forward.
-    pub fn backward4(&mut self, dy: ArrayView4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
+    /// Forward in `mode`; outside [`Mode::Eval`] keeps `x` (and the Fourier path's kernel
+    /// blocks) for [`ConvLayer::backward4`].
+    pub fn forward4(&mut self, x: Array4<F>, mode: Mode) -> Result<Array4<F>> {
+        if !mode.keeps_cache() {
+            self.kernels.clear();
+            self.input = None;
+            return self.infer(x.view());
+        }
+        let mut kernels = std::mem::take(&mut self.kernels);
+        let y = self.run_forward(x.view(), &mut kernels)?;
+        (self.input, self.kernels) = (Some(x), kernels);
+        Ok(y)
+    }
+
+    /// Backward from the kept input: accumulates the weight and bias gradients, returns
+    /// `dx` if `need_dx`.
+    pub fn backward4(&mut self, dy: Array4<F>, need_dx: bool) -> Result<Option<Array4<F>>> {
+        let dy = dy.view();
         // What the forward kept serves this backward only.
         let mut kernels = std::mem::take(&mut self.kernels);
         let x = self.input.take().ok_or_else(|| {
@@ -266,19 +492,19 @@ impl<F: Float, D: ConvDirection> Module<F> for ConvLayer<F, D> {
 }
 
 impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
-    fn spec(&self) -> super::LayerSpec {
+    fn spec(&self) -> LayerSpec {
         let s = self.weight.value.shape();
         let kernel = (s[2], s[3]);
         let opts = self.opts;
         if D::TRANSPOSED {
-            super::LayerSpec::ConvTranspose2d {
+            LayerSpec::ConvTranspose2d {
                 in_ch: s[0],
                 out_ch: s[1],
                 kernel,
                 opts,
             }
         } else {
-            super::LayerSpec::Conv2d {
+            LayerSpec::Conv2d {
                 in_ch: s[1],
                 out_ch: s[0],
                 kernel,
@@ -289,19 +515,12 @@ impl<F: Float, D: ConvDirection> Layer<F> for ConvLayer<F, D> {
 
     fn forward(&mut self, x: ArrayD<F>, mode: Mode) -> Result<ArrayD<F>> {
         let x = to4(x, &self.weight.name)?;
-        if !mode.keeps_cache() {
-            self.kernels.clear();
-            return Ok(self.infer(x.view())?.into_dyn());
-        }
-        let mut kernels = std::mem::take(&mut self.kernels);
-        let y = self.run_forward(x.view(), &mut kernels)?;
-        (self.input, self.kernels) = (Some(x), kernels);
-        Ok(y.into_dyn())
+        Ok(self.forward4(x, mode)?.into_dyn())
     }
 
     fn backward(&mut self, dy: ArrayD<F>, need_dx: bool) -> Result<Option<ArrayD<F>>> {
         let dy = to4(dy, &self.weight.name)?;
-        Ok(self.backward4(dy.view(), need_dx)?.map(Array4::into_dyn))
+        Ok(self.backward4(dy, need_dx)?.map(Array4::into_dyn))
     }
 }
 

@@ -1,14 +1,15 @@
 //! Which algorithm computes a convolution's three products (forward correlation, input
-//! gradient, weight gradient), and the routing to it: [`super::im2col`] (unfolding and
-//! GEMM, any geometry), [`super::spectral`] (per frequency, stride 1),
-//! [`super::winograd`] (per evaluation point, stride 1, small planes) or
-//! [`super::kernel_rows`] (one GEMM per kernel row, stride 1, small batches).
+//! gradient, weight gradient), and the routing to it: `reference` (the defining loops),
+//! `im2col` (unfolding and GEMM, any geometry), `fourier` (per frequency, stride 1),
+//! `winograd` (per evaluation point, stride 1, small planes) or `kernel_rows` (one GEMM
+//! per kernel row, stride 1, small batches).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3};
 
-use super::im2col::{add_bias_to_images, gemm_fold, gemm_fold_bias, unfold_gemm_bias, ConvGeom};
-use super::spectral::KernelCache;
-use super::{im2col, kernel_rows, spectral, winograd};
+use super::fourier::{self, KernelCache};
+use super::im2col::{self, add_bias_to_images, gemm_fold, gemm_fold_bias, unfold_gemm_bias};
+use super::layer::ConvGeom;
+use super::{kernel_rows, reference, winograd};
 use crate::{Error, Float, Result};
 
 /// How a convolution layer computes its products. All give the same result up to
@@ -33,11 +34,15 @@ pub enum ConvAlgorithm {
     /// One GEMM per kernel row over the input unfolded along the kernel's columns alone
     /// (`kw` copies of it where im2col makes `kh * kw`); an error for strides other than 1.
     KernelRows,
+    /// The loops that define the products (`src/nn/conv/reference.rs`): any
+    /// geometry, one thread, orders of magnitude slower; for reading and for testing.
+    Reference,
 }
 
 /// The module that computes a product.
 #[derive(Clone, Copy)]
 enum Path {
+    Reference,
     Unfold,
     Fourier,
     Winograd,
@@ -51,9 +56,9 @@ impl ConvAlgorithm {
         match self {
             ConvAlgorithm::Auto if winograd::preferred(g, rows, n) => Ok(Path::Winograd),
             ConvAlgorithm::Auto if kernel_rows::preferred(g, n) => Ok(Path::KernelRows),
-            ConvAlgorithm::Auto if spectral::preferred(g, rows, n) => Ok(Path::Fourier),
+            ConvAlgorithm::Auto if fourier::preferred(g, rows, n) => Ok(Path::Fourier),
             ConvAlgorithm::Auto | ConvAlgorithm::Unfold => Ok(Path::Unfold),
-            ConvAlgorithm::Fourier if spectral::supports(g) => Ok(Path::Fourier),
+            ConvAlgorithm::Fourier if fourier::supports(g) => Ok(Path::Fourier),
             ConvAlgorithm::Fourier => Err(Error::InvalidArgument(format!(
                 "the Fourier convolution needs stride 1, not {:?}",
                 g.stride
@@ -72,11 +77,12 @@ impl ConvAlgorithm {
                 "the kernel-row convolution needs stride 1, not {:?}",
                 g.stride
             ))),
+            ConvAlgorithm::Reference => Ok(Path::Reference),
         }
     }
 }
 
-/// `out[n] = wmat · im2col(inp[n])` (see [`im2col::unfold_gemm`]), plus `bias[o]` on
+/// `out[n] = wmat · im2col(inp[n])` (see `im2col::unfold_gemm`), plus `bias[o]` on
 /// every output channel `o` unless `bias` is empty. The Fourier path takes its kernel
 /// blocks from `kernels` or leaves them there.
 pub(crate) fn correlate<F: Float>(
@@ -89,8 +95,9 @@ pub(crate) fn correlate<F: Float>(
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), inp.nrows())? {
         Path::Winograd => winograd::correlate(inp, g, wmat, out.view_mut()),
-        Path::Fourier => spectral::correlate(inp, g, wmat, out.view_mut(), kernels),
+        Path::Fourier => fourier::correlate(inp, g, wmat, out.view_mut(), kernels),
         Path::KernelRows => kernel_rows::correlate(inp, g, wmat, out.view_mut()),
+        Path::Reference => reference::correlate(inp, g, wmat, out.view_mut()),
         // Adds the bias to each group of images as it writes them.
         Path::Unfold => {
             unfold_gemm_bias(inp, g, wmat, out, bias);
@@ -103,7 +110,7 @@ pub(crate) fn correlate<F: Float>(
     Ok(())
 }
 
-/// `out[n] = col2im(wmat' · src[n])` (see [`im2col::gemm_fold`]), plus `bias[c]` on every
+/// `out[n] = col2im(wmat' · src[n])` (see `im2col::gemm_fold`), plus `bias[c]` on every
 /// channel `c` of the folded images unless `bias` is empty; `kernels` as [`correlate`].
 pub(crate) fn fold<F: Float>(
     algo: ConvAlgorithm,
@@ -115,8 +122,9 @@ pub(crate) fn fold<F: Float>(
 ) -> Result<()> {
     match algo.path(g, wmat.nrows(), src.shape()[0])? {
         Path::Winograd => winograd::fold(src, g, wmat, out.view_mut()),
-        Path::Fourier => spectral::fold(src, g, wmat, out.view_mut(), kernels),
+        Path::Fourier => fourier::fold(src, g, wmat, out.view_mut(), kernels),
         Path::KernelRows => kernel_rows::fold(src, g, wmat, out.view_mut()),
+        Path::Reference => reference::fold(src, g, wmat, out.view_mut()),
         // Adds the bias to each image as it folds it.
         Path::Unfold => {
             gemm_fold_bias(src, g, wmat, out, bias);
@@ -127,7 +135,7 @@ pub(crate) fn fold<F: Float>(
     Ok(())
 }
 
-/// `dw += sum_n a[n] · im2col(b[n])'` (see [`im2col::weight_grad`]).
+/// `dw += sum_n a[n] · im2col(b[n])'` (see `im2col::weight_grad`).
 pub(crate) fn weight_grad<F: Float>(
     algo: ConvAlgorithm,
     a: ArrayView3<F>,
@@ -137,15 +145,16 @@ pub(crate) fn weight_grad<F: Float>(
 ) -> Result<()> {
     match algo.path(g, a.shape()[1], a.shape()[0])? {
         Path::Winograd => winograd::weight_grad(a, b, g, dw),
-        Path::Fourier => spectral::weight_grad(a, b, g, dw),
+        Path::Fourier => fourier::weight_grad(a, b, g, dw),
         Path::KernelRows => kernel_rows::weight_grad(a, b, g, dw),
         Path::Unfold => im2col::weight_grad(a, b, g, dw),
+        Path::Reference => reference::weight_grad(a, b, g, dw),
     }
     Ok(())
 }
 
 /// Both gradients in one call, the input gradient written over the kept input `x` (see
-/// [`spectral::backward_over_input`]): Conv2d (`dy_is_a`) has `dy` `[N, rows*oh*ow]` and
+/// [`fourier::backward_over_input`]): Conv2d (`dy_is_a`) has `dy` `[N, rows*oh*ow]` and
 /// `x` `[N, c*h*w]`, ConvTranspose2d the other way round. `dw += ...`; `kernels` as
 /// [`correlate`].
 pub(crate) fn backward_over_input<F: Float>(
@@ -164,11 +173,24 @@ pub(crate) fn backward_over_input<F: Float>(
             return Ok(());
         }
         Path::Fourier => {
-            spectral::backward_over_input(dy_is_a, dy, x, g, (wmat, kernels), dw);
+            fourier::backward_over_input(dy_is_a, dy, x, g, (wmat, kernels), dw);
             return Ok(());
         }
         Path::KernelRows => {
             kernel_rows::backward_over_input(dy_is_a, dy, x, g, wmat, dw);
+            return Ok(());
+        }
+        Path::Reference => {
+            // Conv2d: dw reads x, then dx overwrites it; ConvTranspose2d the other way.
+            if dy_is_a {
+                let dy3 = dy.into_shape_with_order((n, rows, p)).expect("standard layout");
+                reference::weight_grad(dy3, x.view(), g, dw);
+                reference::fold(dy3, g, wmat, x);
+            } else {
+                let mut x3 = x.into_shape_with_order((n, rows, p)).expect("standard layout");
+                reference::weight_grad(x3.view(), dy, g, dw);
+                reference::correlate(dy, g, wmat, x3.view_mut());
+            }
             return Ok(());
         }
         Path::Unfold => {}

@@ -1,96 +1,29 @@
-//! Conv2d: `y[n, o] = b[o] + sum_c w[o, c] ⋆ x[n, c]` by im2col + GEMM, parallel over the batch.
+//! Conv2d and ConvTranspose2d as free functions, forward and backward side by side.
+//!
+//! A convolution is three products (see [`super::reference`] for them as plain loops):
+//! the forward correlation, the input gradient (the correlation's adjoint, a "fold") and
+//! the weight gradient. Conv2d's forward is the correlation and its input gradient the
+//! fold; ConvTranspose2d is the same pair the other way round, so both directions share
+//! the products, routed to one algorithm by [`super::algorithm`]. The bias is added as
+//! the products write their output, and its gradient is the sum of `dy` per channel.
+//! Backward accumulates (`+=`) into `dw` and `db`, as every layer of [`crate::nn`] does.
 
 use ndarray::{Array4, ArrayView1, ArrayView4, ArrayViewMut1, ArrayViewMut4, Axis, CowArray, Ix4};
 use rayon::prelude::*;
 
-use super::conv_algorithm::{backward_over_input, correlate, fold, weight_grad, ConvAlgorithm};
-use super::im2col::ConvGeom;
-use super::reduce::sum_as_ndarray;
-use super::spectral::KernelCache;
+use super::algorithm::{backward_over_input, correlate, fold, weight_grad};
+use super::fourier::KernelCache;
+use super::layer::{direct_geom, transposed_geom, ConvGeom, ConvOptions};
+use crate::nn::reduce::sum_as_ndarray;
+use crate::nn::zeros4;
 use crate::tuning;
 use crate::{Error, Float, Result};
-
-/// Stride, padding, dilation (and, for the transposed convolution, output padding) of a
-/// convolution, and whether it has a bias. Defaults as PyTorch: 1, 0, 1, 0, bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvOptions {
-    /// `(sh, sw)`.
-    pub stride: (usize, usize),
-    /// `(ph, pw)`.
-    pub padding: (usize, usize),
-    /// `(dh, dw)`.
-    pub dilation: (usize, usize),
-    /// Extra rows/columns on one side of a transposed convolution's output.
-    pub output_padding: (usize, usize),
-    /// Whether the layer has a bias.
-    pub bias: bool,
-    /// How the products are computed (im2col or per frequency); the same result either way.
-    pub algorithm: ConvAlgorithm,
-}
-
-impl Default for ConvOptions {
-    fn default() -> Self {
-        ConvOptions {
-            stride: (1, 1),
-            padding: (0, 0),
-            dilation: (1, 1),
-            output_padding: (0, 0),
-            bias: true,
-            algorithm: ConvAlgorithm::Auto,
-        }
-    }
-}
-
-impl ConvOptions {
-    /// Same stride on both axes.
-    pub fn stride(mut self, s: usize) -> Self {
-        self.stride = (s, s);
-        self
-    }
-    /// Same padding on both axes.
-    pub fn padding(mut self, p: usize) -> Self {
-        self.padding = (p, p);
-        self
-    }
-    /// Same dilation on both axes.
-    pub fn dilation(mut self, d: usize) -> Self {
-        self.dilation = (d, d);
-        self
-    }
-    /// Same output padding on both axes (transposed convolution only).
-    pub fn output_padding(mut self, p: usize) -> Self {
-        self.output_padding = (p, p);
-        self
-    }
-    /// With or without bias.
-    pub fn bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-    /// The algorithm computing the products (default [`ConvAlgorithm::Auto`]).
-    pub fn algorithm(mut self, algorithm: ConvAlgorithm) -> Self {
-        self.algorithm = algorithm;
-        self
-    }
-}
 
 fn check_x<F>(what: &str, x: &ArrayView4<F>, channels: usize) -> Result<()> {
     if x.shape()[1] != channels {
         return Err(Error::shape(what, format!("[batch, {channels}, h, w]"), x.shape()));
     }
     Ok(())
-}
-
-/// Geometry of a Conv2d with weight `[o, c, kh, kw]` on input `x` `[n, c, h, w]`.
-pub(crate) fn geom(x: &[usize], w: &[usize], opts: &ConvOptions) -> Result<ConvGeom> {
-    ConvGeom::new(
-        x[1],
-        (x[2], x[3]),
-        (w[2], w[3]),
-        opts.stride,
-        opts.padding,
-        opts.dilation,
-    )
 }
 
 /// Forward: `x` `[n, c, h, w]`, `w` `[o, c, kh, kw]`, `b` `[o]` → `[n, o, oh, ow]`.
@@ -113,7 +46,7 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
     kernels: &mut KernelCache<F>,
 ) -> Result<Array4<F>> {
     check_x("conv2d input", &x, w.shape()[1])?;
-    let g = geom(x.shape(), w.shape(), opts)?;
+    let g = direct_geom(x.shape(), w.shape(), opts)?;
     let (n, o) = (x.shape()[0], w.shape()[0]);
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
@@ -123,7 +56,7 @@ pub(crate) fn conv2d_forward_keeping<F: Float>(
         .expect("contiguous");
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
     let b = bias_values("conv2d bias", b, o)?;
-    let mut y = super::zeros4((n, o, g.oh, g.ow));
+    let mut y = zeros4((n, o, g.oh, g.ow));
     {
         let yv = y
             .view_mut()
@@ -222,9 +155,9 @@ pub(crate) fn conv2d_backward_params<F: Float>(
     db: Option<ArrayViewMut1<F>>,
 ) -> Result<()> {
     check_x("conv2d input", &x, w.shape()[1])?;
-    let g = geom(x.shape(), w.shape(), opts)?;
+    let g = direct_geom(x.shape(), w.shape(), opts)?;
     let n = x.shape()[0];
-    let dy = checked_dy(&g, n, w.shape()[0], &dy)?;
+    let dy = checked_dy_direct(&g, n, w.shape()[0], &dy)?;
     let x = x.as_standard_layout();
     let xm = x
         .view()
@@ -253,9 +186,9 @@ pub(crate) fn conv2d_backward_input<F: Float>(
     opts: &ConvOptions,
     dx: ArrayViewMut4<F>,
 ) -> Result<()> {
-    let g = geom(x_shape, w.shape(), opts)?;
+    let g = direct_geom(x_shape, w.shape(), opts)?;
     let (n, o) = (x_shape[0], w.shape()[0]);
-    let dy = checked_dy(&g, n, o, &dy)?;
+    let dy = checked_dy_direct(&g, n, o, &dy)?;
     let w = w.as_standard_layout();
     let wm = w.view().into_shape_with_order((o, g.col_rows())).expect("contiguous");
     let dym = dy
@@ -281,9 +214,9 @@ pub(crate) fn conv2d_backward_over_input<F: Float>(
     db: Option<ArrayViewMut1<F>>,
 ) -> Result<()> {
     check_x("conv2d input", &x.view(), w.shape()[1])?;
-    let g = geom(x.shape(), w.shape(), opts)?;
+    let g = direct_geom(x.shape(), w.shape(), opts)?;
     let (n, o) = (x.shape()[0], w.shape()[0]);
-    let dy = checked_dy(&g, n, o, &dy)?;
+    let dy = checked_dy_direct(&g, n, o, &dy)?;
     if let Some(db) = db {
         channel_bias_grad(dy.view(), db)?;
     }
@@ -303,7 +236,7 @@ pub(crate) fn conv2d_backward_over_input<F: Float>(
 }
 
 /// `dy` in standard layout, after checking that it is `[n, o, oh, ow]`.
-fn checked_dy<'a, F: Float>(
+fn checked_dy_direct<'a, F: Float>(
     g: &ConvGeom,
     n: usize,
     o: usize,
@@ -313,6 +246,170 @@ fn checked_dy<'a, F: Float>(
         return Err(Error::shape(
             "conv2d dy",
             format!("[{n}, {o}, {}, {}]", g.oh, g.ow),
+            dy.shape(),
+        ));
+    }
+    Ok(dy.as_standard_layout())
+}
+
+/// Forward: `x` `[n, c_in, h, w]`, `w` `[c_in, c_out, kh, kw]` (PyTorch's layout), `b`
+/// `[c_out]` → `[n, c_out, h_out, w_out]`.
+pub fn conv_transpose2d_forward<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    b: Option<ArrayView1<F>>,
+    opts: &ConvOptions,
+) -> Result<Array4<F>> {
+    conv_transpose2d_forward_keeping(x, w, b, opts, &mut KernelCache::default())
+}
+
+/// [`conv_transpose2d_forward`], leaving the Fourier path's kernel blocks in `kernels`
+/// for the backward (see [`KernelCache`]).
+pub(crate) fn conv_transpose2d_forward_keeping<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    b: Option<ArrayView1<F>>,
+    opts: &ConvOptions,
+    kernels: &mut KernelCache<F>,
+) -> Result<Array4<F>> {
+    let g = transposed_geom(x.shape(), w.shape(), opts)?;
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let xm = x
+        .view()
+        .into_shape_with_order((n, ci, g.col_cols()))
+        .expect("contiguous");
+    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    let b = bias_values("conv_transpose2d bias", b, g.c)?;
+    let mut y = zeros4((n, g.c, g.h, g.w));
+    {
+        let ym = y
+            .view_mut()
+            .into_shape_with_order((n, g.c * g.h * g.w))
+            .expect("contiguous");
+        fold(opts.algorithm, xm, &g, (wm, kernels), ym, &b)?;
+    }
+    Ok(y)
+}
+
+/// Backward of [`conv_transpose2d_forward`] given `dy`: accumulates `dw`, `db`, returns
+/// `dx` if `need_dx`.
+pub fn conv_transpose2d_backward<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    need_dx: bool,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<Option<Array4<F>>> {
+    conv_transpose2d_backward_params(x, w, dy, opts, dw, db)?;
+    if !need_dx {
+        return Ok(None);
+    }
+    let mut dx = Array4::<F>::zeros(x.raw_dim());
+    conv_transpose2d_backward_input(x.shape(), w, dy, opts, dx.view_mut())?;
+    Ok(Some(dx))
+}
+
+/// The parameter half of [`conv_transpose2d_backward`]: `dw += ...`, `db += ...`.
+pub(crate) fn conv_transpose2d_backward_params<F: Float>(
+    x: ArrayView4<F>,
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
+    let g = transposed_geom(x.shape(), w.shape(), opts)?;
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let dy = checked_dy_transposed(&g, n, &dy)?;
+    let x = x.as_standard_layout();
+    let xm = x
+        .view()
+        .into_shape_with_order((n, ci, g.col_cols()))
+        .expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    if let Some(db) = db {
+        channel_bias_grad(dy.view(), db)?;
+    }
+    let dwm = dw
+        .into_shape_with_order((ci, g.col_rows()))
+        .expect("contiguous weight gradient");
+    weight_grad(opts.algorithm, xm, dym, &g, dwm)?;
+    Ok(())
+}
+
+/// The input half of [`conv_transpose2d_backward`]: overwrites `dx` (standard layout, the
+/// input's shape `x_shape`) with the input gradient.
+pub(crate) fn conv_transpose2d_backward_input<F: Float>(
+    x_shape: &[usize],
+    w: ArrayView4<F>,
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dx: ArrayViewMut4<F>,
+) -> Result<()> {
+    let g = transposed_geom(x_shape, w.shape(), opts)?;
+    let (n, ci) = (x_shape[0], x_shape[1]);
+    let dy = checked_dy_transposed(&g, n, &dy)?;
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    let dxm = dx
+        .into_shape_with_order((n, ci, g.col_cols()))
+        .expect("standard-layout dx");
+    correlate(opts.algorithm, dym, &g, (wm, &mut KernelCache::default()), dxm, &[])?;
+    Ok(())
+}
+
+/// Both halves of [`conv_transpose2d_backward`] in one pass: `dw += ...`, `db += ...`, and
+/// the input gradient written over `x` (the kept input, standard layout), read first.
+pub(crate) fn conv_transpose2d_backward_over_input<F: Float>(
+    x: ArrayViewMut4<F>,
+    (w, kernels): (ArrayView4<F>, &mut KernelCache<F>),
+    dy: ArrayView4<F>,
+    opts: &ConvOptions,
+    dw: ArrayViewMut4<F>,
+    db: Option<ArrayViewMut1<F>>,
+) -> Result<()> {
+    let g = transposed_geom(x.shape(), w.shape(), opts)?;
+    let (n, ci) = (x.shape()[0], x.shape()[1]);
+    let dy = checked_dy_transposed(&g, n, &dy)?;
+    if let Some(db) = db {
+        channel_bias_grad(dy.view(), db)?;
+    }
+    let w = w.as_standard_layout();
+    let wm = w.view().into_shape_with_order((ci, g.col_rows())).expect("contiguous");
+    let dym = dy
+        .view()
+        .into_shape_with_order((n, g.c * g.h * g.w))
+        .expect("contiguous");
+    let xm = x
+        .into_shape_with_order((n, ci * g.col_cols()))
+        .expect("standard-layout input");
+    let dwm = dw
+        .into_shape_with_order((ci, g.col_rows()))
+        .expect("contiguous weight gradient");
+    backward_over_input(opts.algorithm, false, dym, xm, &g, (wm, kernels), dwm)
+}
+
+/// `dy` in standard layout, after checking that it is `[n, c_out, h_out, w_out]`.
+fn checked_dy_transposed<'a, F: Float>(
+    g: &ConvGeom,
+    n: usize,
+    dy: &'a ArrayView4<'a, F>,
+) -> Result<CowArray<'a, F, Ix4>> {
+    if dy.shape() != [n, g.c, g.h, g.w] {
+        return Err(Error::shape(
+            "conv_transpose2d dy",
+            format!("[{n}, {}, {}, {}]", g.c, g.h, g.w),
             dy.shape(),
         ));
     }

@@ -30,7 +30,7 @@ use std::ops::Range;
 use ndarray::{s, Array3, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use super::im2col::ConvGeom;
+use super::layer::ConvGeom;
 use crate::gemm::gemm;
 use crate::tuning;
 use crate::Float;

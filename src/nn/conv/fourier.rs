@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftPlanner};
 
-use super::im2col::ConvGeom;
+use super::layer::ConvGeom;
 use crate::gemm::gemm;
 use crate::tuning;
 use crate::Float;

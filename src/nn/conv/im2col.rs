@@ -12,123 +12,27 @@ use std::ops::Range;
 use ndarray::{s, Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
+use super::layer::ConvGeom;
 use super::single_image;
 use crate::gemm::{gemm, gemm_par};
 use crate::tuning;
-use crate::{Error, Float, Result};
-
-/// Sizes of one convolution, seen from the side of the image that is unfolded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeom {
-    /// Channels of the unfolded image.
-    pub c: usize,
-    /// Its height.
-    pub h: usize,
-    /// Its width.
-    pub w: usize,
-    /// Kernel `(kh, kw)`.
-    pub kernel: (usize, usize),
-    /// Stride `(sh, sw)`.
-    pub stride: (usize, usize),
-    /// Zero padding `(ph, pw)`.
-    pub padding: (usize, usize),
-    /// Dilation `(dh, dw)`.
-    pub dilation: (usize, usize),
-    /// Output height (positions of the kernel).
-    pub oh: usize,
-    /// Output width.
-    pub ow: usize,
-}
-
-impl ConvGeom {
-    /// The geometry of a convolution over a `c x h x w` image, computing the output size
-    /// as PyTorch does: `(h + 2p - d (k - 1) - 1) / s + 1`.
-    pub fn new(
-        c: usize,
-        (h, w): (usize, usize),
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        padding: (usize, usize),
-        dilation: (usize, usize),
-    ) -> Result<Self> {
-        let out = |n: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize> {
-            let span = d * (k - 1) + 1;
-            if k == 0 || s == 0 || d == 0 {
-                return Err(Error::InvalidArgument(
-                    "kernel, stride and dilation must be positive".into(),
-                ));
-            }
-            if n + 2 * p < span {
-                return Err(Error::InvalidArgument(format!(
-                    "kernel span {span} is larger than the padded input {}",
-                    n + 2 * p
-                )));
-            }
-            Ok((n + 2 * p - span) / s + 1)
-        };
-        Ok(ConvGeom {
-            c,
-            h,
-            w,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            oh: out(h, kernel.0, stride.0, padding.0, dilation.0)?,
-            ow: out(w, kernel.1, stride.1, padding.1, dilation.1)?,
-        })
-    }
-
-    /// Rows of the column matrix: `c * kh * kw`.
-    pub fn col_rows(&self) -> usize {
-        self.c * self.kernel.0 * self.kernel.1
-    }
-
-    /// Columns of the column matrix: `oh * ow`.
-    pub fn col_cols(&self) -> usize {
-        self.oh * self.ow
-    }
-
-    /// Whether the kernel covers the whole plane at a single position (output 1x1, no
-    /// padding, no dilation, kernel = plane): the column matrix of an image is then the
-    /// image itself, and the convolution a fully connected layer over the batch, one GEMM
-    /// (the DCGAN VAE's first transposed convolution, from its 1x1 code).
-    pub fn is_dense(&self) -> bool {
-        self.oh == 1
-            && self.ow == 1
-            && self.padding == (0, 0)
-            && self.dilation == (1, 1)
-            && (self.h, self.w) == self.kernel
-    }
-
-    /// For kernel offset `k` along an axis, the range of output positions whose input
-    /// coordinate `o*s - p + k*d` falls inside `0..n`.
-    #[inline]
-    pub(super) fn valid(o_len: usize, n: usize, s: usize, p: usize, off: usize) -> (usize, usize) {
-        // o*s + off >= p  and  o*s + off < n + p
-        let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
-        let hi = if n + p > off {
-            ((n + p - off - 1) / s + 1).min(o_len)
-        } else {
-            0
-        };
-        (lo.min(hi), hi)
-    }
-}
+use crate::Float;
 
 /// Unfolds one image `x` (`c*h*w`, row-major) into `cols` (`col_rows x col_cols`).
+#[cfg(test)]
 pub fn im2col<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F]) {
     debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
     im2col_ld(x, g, cols, g.col_cols());
 }
 
-/// [`im2col`] into a wider matrix: row `r` of this image's block starts at `cols[r * ld]`
+/// `im2col` into a wider matrix: row `r` of this image's block starts at `cols[r * ld]`
 /// (`ld >= col_cols`), so that several images can sit side by side in one column matrix.
+#[cfg(test)]
 pub fn im2col_ld<F: Float>(x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
     im2col_rows(x, g, 0..g.oh, cols, ld);
 }
 
-/// [`im2col_ld`] for the output rows `oys` alone: the column matrix's columns
+/// `im2col_ld` for the output rows `oys` alone: the column matrix's columns
 /// `oys.start * ow .. oys.end * ow`, written from column 0 of each row of `cols`.
 fn im2col_rows<F: Float>(x: &[F], g: &ConvGeom, oys: Range<usize>, cols: &mut [F], ld: usize) {
     let n_out = oys.len() * g.ow;
@@ -174,13 +78,14 @@ fn im2col_rows<F: Float>(x: &[F], g: &ConvGeom, oys: Range<usize>, cols: &mut [F
 }
 
 /// Adds the column matrix `cols` back onto the image `x` (`c*h*w`): the adjoint of
-/// [`im2col`]. `x` is accumulated into, not overwritten.
+/// `im2col`. `x` is accumulated into, not overwritten.
+#[cfg(test)]
 pub fn col2im<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F]) {
     debug_assert_eq!(cols.len(), g.col_rows() * g.col_cols());
     col2im_ld(cols, g, x, g.col_cols());
 }
 
-/// [`col2im`] from a block of a wider matrix with leading dimension `ld` (see [`im2col_ld`]).
+/// `col2im` from a block of a wider matrix with leading dimension `ld` (see `im2col_ld`).
 pub fn col2im_ld<F: Float>(cols: &[F], g: &ConvGeom, x: &mut [F], ld: usize) {
     debug_assert_eq!(x.len(), g.c * g.h * g.w);
     debug_assert!(ld >= g.col_cols() && cols.len() >= (g.col_rows() - 1) * ld + g.col_cols());
@@ -331,7 +236,7 @@ impl Taps {
         }
     }
 
-    /// [`im2col_ld`], through the table when there is one.
+    /// `im2col_ld`, through the table when there is one.
     pub(crate) fn im2col<F: Float>(&self, x: &[F], g: &ConvGeom, cols: &mut [F], ld: usize) {
         self.im2col_rows(x, g, 0..g.oh, cols, ld);
     }
@@ -451,11 +356,12 @@ fn group_size(p: usize, n: usize) -> usize {
 /// `inp` `[N, c*h*w]` and `out` `[N, rows, oh*ow]`. Small images are unfolded a group at a
 /// time into one wide column matrix, so that each GEMM has enough columns. Parallel over
 /// groups.
+#[cfg(test)]
 pub fn unfold_gemm<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
     unfold_gemm_bias(inp, g, wmat, out, &[]);
 }
 
-/// [`unfold_gemm`], then `out[n, o, ..] += bias[o]` (no bias if `bias` is empty), added to
+/// `unfold_gemm`, then `out[n, o, ..] += bias[o]` (no bias if `bias` is empty), added to
 /// each group's images while they are in cache.
 pub(crate) fn unfold_gemm_bias<F: Float>(
     inp: ArrayView2<F>,
@@ -524,7 +430,7 @@ fn gather_side_by_side<'a, F: Float>(src: ArrayView3<F>, dst: &'a mut [F]) -> Ar
 
 /// For every sample `n`: `out[n] = col2im(wmat^T · src[n])`, with `wmat` `[rows, c*kh*kw]`,
 /// `src` `[N, rows, oh*ow]` and `out` `[N, c*h*w]` (overwritten). Grouped as
-/// [`unfold_gemm`]; parallel over groups.
+/// `unfold_gemm`; parallel over groups.
 pub fn gemm_fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
     gemm_fold_bias(src, g, wmat, out, &[]);
 }
@@ -585,7 +491,7 @@ fn run_length(n: usize) -> usize {
 
 /// The skeleton of the products that sum over samples into `dw` (`[rows, c*kh*kw]`): runs
 /// of `per` samples ([`run_length`]), in parallel, run `k` paired with `runs[k]`; within a
-/// run, the samples of `b` (`[N, c*h*w]`) unfolded a group at a time (grouped as [`unfold_gemm`])
+/// run, the samples of `b` (`[N, c*h*w]`) unfolded a group at a time (grouped as `unfold_gemm`)
 /// into a `[c*kh*kw, m * oh*ow]` column matrix, and `group(run, first, range, cols, buf,
 /// acc)` called with the run's first sample, the group's samples, the columns, a scratch
 /// of `rows * m * oh*ow` (when `m > 1`) and the run's partial sum of `dw`. The partials

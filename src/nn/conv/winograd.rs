@@ -24,7 +24,7 @@
 use ndarray::{Array2, ArrayView2, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis, ShapeBuilder};
 use rayon::prelude::*;
 
-use super::im2col::ConvGeom;
+use super::layer::ConvGeom;
 use crate::gemm::gemm;
 use crate::tuning;
 use crate::Float;
@@ -311,7 +311,7 @@ fn chunk_size(n: usize) -> usize {
         .max(1)
 }
 
-/// `out[n] = wmat · im2col(inp[n])` (see [`super::im2col::unfold_gemm`]).
+/// `out[n] = wmat · im2col(inp[n])` (see `im2col::unfold_gemm`).
 pub(crate) fn correlate<F: Float>(inp: ArrayView2<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut3<F>) {
     let n = out.shape()[0];
     let out = out
@@ -377,7 +377,7 @@ fn through_kernel<F: Float>(plan: &Plan<F>, u: &[F], src: &[F], dst: &mut [F], m
     }
 }
 
-/// `out[n] = col2im(wmat' · src[n])` (see [`super::im2col::gemm_fold`]); overwrites `out`.
+/// `out[n] = col2im(wmat' · src[n])` (see `im2col::gemm_fold`); overwrites `out`.
 pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<F>, out: ArrayViewMut2<F>) {
     let (n, rows, p) = src.dim();
     let src = src.as_standard_layout();
@@ -388,7 +388,7 @@ pub(crate) fn fold<F: Float>(src: ArrayView3<F>, g: &ConvGeom, wmat: ArrayView2<
     through_chunks(&Plan::new(g, rows), wmat, src, out, false);
 }
 
-/// `dw += sum_n a[n] · im2col(b[n])'` (see [`super::im2col::weight_grad`]).
+/// `dw += sum_n a[n] · im2col(b[n])'` (see `im2col::weight_grad`).
 pub(crate) fn weight_grad<F: Float>(a: ArrayView3<F>, b: ArrayView2<F>, g: &ConvGeom, dw: ArrayViewMut2<F>) {
     let plan = Plan::new(g, a.shape()[1]);
     let (c, rows, pts) = (g.c, plan.rows, plan.pts);
@@ -466,7 +466,7 @@ fn through_parts<F: Float>(
 }
 
 /// Both gradients in one pass over the batch, sharing the transform of `dy` (see
-/// [`super::conv_algorithm::backward_over_input`]): the input gradient overwrites `x`,
+/// [`super::algorithm::backward_over_input`]): the input gradient overwrites `x`,
 /// `dw +=` the weight gradient.
 pub(crate) fn backward_over_input<F: Float>(
     dy_is_a: bool,
