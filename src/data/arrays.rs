@@ -308,7 +308,7 @@ fn pixels_of(path: &Path, a: Numeric) -> Result<ArrayD<f32>> {
         Numeric::F64(a) => Ok(a.mapv(|v| v as f32)),
         Numeric::Int(_) => Err(Error::data(
             path,
-            "images of a wider integer type: give uint8 (0..255), float32 or float64",
+            "images of a wider integer type: give uint8, float32 or float64",
         )),
     }
 }
@@ -360,6 +360,9 @@ fn npy_error(path: &Path, e: ReadNpyError) -> Error {
             format!("holds elements of type {d}: images must be uint8, float32 or float64, labels integers")
         }
         ReadNpyError::MissingData => "is truncated (fewer values than its header declares)".into(),
+        ReadNpyError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "is not a NumPy array (it ends before a NumPy header does), or is truncated".into()
+        }
         ReadNpyError::Io(e) => format!("cannot be read: {e}"),
         other => format!("is not a NumPy array: {other}"),
     };

@@ -27,9 +27,11 @@ use crate::{Error, Result};
 
 mod arrays;
 mod image_folder;
+mod shapes;
 
 pub use arrays::{ArrayLayout, NpyImages};
 pub use image_folder::{Colour, ImageFolder};
+pub use shapes::{shapes, SHAPES};
 
 /// The most pixel data, in bytes of `f32`, a loader holds in memory (16 GiB); see the
 /// module docs.
@@ -265,8 +267,10 @@ impl Dataset {
                 images.shape()
             )));
         }
-        if let Some((at, v)) = images.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::NonFinite(format!("Dataset::from_arrays: pixel {v} at {at:?}")));
+        if let Some(((i, c, y, x), v)) = images.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::NonFinite(format!(
+                "Dataset::from_arrays: image {i} has the value {v} at channel {c}, row {y}, column {x}"
+            )));
         }
         let classes = labels.iter().max().map_or(1, |&m| m as usize + 1);
         Ok(Dataset {
@@ -366,6 +370,44 @@ impl Dataset {
             labels: self.labels.clone(),
             classes: self.classes.clone(),
         }
+    }
+
+    /// Writes the images as 8-bit PNG files into `dir`, one subfolder per class named as
+    /// the class (`dir/<class>/<index>.png`), the layout [`ImageFolder`] reads back: grey
+    /// for one channel, RGB for three (other channel counts are an error). Pixels are
+    /// clamped to [0, 1] and rounded to 1/255.
+    pub fn write_image_folder(&self, dir: &Path) -> Result<()> {
+        let [c, h, w] = self.image_shape();
+        let colour = match c {
+            1 => image::ColorType::L8,
+            3 => image::ColorType::Rgb8,
+            _ => {
+                return Err(Error::InvalidArgument(format!(
+                    "write_image_folder: images of {c} channels; PNG files are written for 1 or 3"
+                )))
+            }
+        };
+        for name in &self.classes {
+            let sub = dir.join(name);
+            std::fs::create_dir_all(&sub).map_err(|e| Error::io(&sub, e))?;
+        }
+        let digits = self.len().to_string().len();
+        for (i, (im, &label)) in self.images.outer_iter().zip(&self.labels).enumerate() {
+            let mut bytes = Vec::with_capacity(c * h * w);
+            for y in 0..h {
+                for x in 0..w {
+                    for ch in 0..c {
+                        bytes.push((im[[ch, y, x]].clamp(0.0, 1.0) * 255.0).round() as u8);
+                    }
+                }
+            }
+            let path = dir
+                .join(&self.classes[label as usize])
+                .join(format!("{i:0digits$}.png"));
+            image::save_buffer(&path, &bytes, w as u32, h as u32, colour)
+                .map_err(|e| Error::data(&path, format!("cannot be written: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The first `n` images (or all of them), as a new data set.
