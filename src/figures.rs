@@ -50,7 +50,7 @@ impl FigureSet<'_> {
     }
 }
 
-/// The first channel of the first `n` images of `x`.
+/// The first `n` images of `x`.
 fn images(x: &Array4<f32>, n: usize) -> Vec<ArrayView3<'_, f32>> {
     (0..n.min(x.shape()[0])).map(|i| x.slice(s![i, .., .., ..])).collect()
 }
@@ -71,12 +71,58 @@ pub fn vae_figures<M: Vae<f32> + ?Sized, R: Rng + ?Sized>(
         written.push(loss_curve(history, set)?);
     }
     written.push(reconstructions(test, eval, set)?);
+    if model.classes().is_some() {
+        // Its decoder needs a label for every code: samples by class instead of the
+        // figures of unlabelled codes.
+        written.push(class_samples(model, class_names, set, rng)?);
+        written.push(latent_space(test, eval, class_names, set)?);
+        return Ok(written);
+    }
     written.push(prior_samples(model, set, rng)?);
     written.push(interpolation(model, test, eval, set)?);
     written.push(latent_space(test, eval, class_names, set)?);
     written.push(rsample_demo(set, rng)?);
     written.extend(elbo_ascent(model, test, set, rng)?);
     Ok(written)
+}
+
+/// A conditional VAE's samples from the prior, one row of 8 per class: the same eight
+/// codes decoded with each label.
+pub fn class_samples<M: Vae<f32> + ?Sized, R: Rng + ?Sized>(
+    model: &mut M,
+    class_names: &[&str],
+    set: &FigureSet,
+    rng: &mut R,
+) -> Result<PathBuf> {
+    let path = set.path("class_samples");
+    let classes = model
+        .classes()
+        .ok_or_else(|| Error::InvalidArgument("class_samples: the model is not conditional".into()))?;
+    let (per_row, k) = (8, model.latent_dim());
+    let z = vae::sample_noise::<f32, _>(per_row, 1, k, rng)
+        .into_shape_with_order((per_row, k))
+        .expect("contiguous");
+    let mut decoded = Vec::with_capacity(classes);
+    for class in 0..classes {
+        model.condition_on(ndarray::Array1::from_elem(per_row, class as u8).view())?;
+        decoded.push(vae::decode_images(model, z.view())?);
+    }
+    let rows: Vec<(String, Vec<ArrayView3<f32>>)> = decoded
+        .iter()
+        .enumerate()
+        .map(|(class, images_of)| {
+            let name = class_names
+                .get(class)
+                .map_or_else(|| class.to_string(), |n| n.to_string());
+            (name, images(images_of, per_row))
+        })
+        .collect();
+    image_grid(
+        &path,
+        &format!("{}: samples from the prior, one row per class", set.title),
+        &rows,
+    )?;
+    Ok(path)
 }
 
 /// The training loss per image after every step, with the epochs' means.

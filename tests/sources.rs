@@ -308,3 +308,34 @@ fn a_colour_image_folder_trains_through_trainer() {
     assert_eq!(eval.reconstructions.shape()[1], 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A conditional VAE on the labelled shapes: it trains through `Trainer` (labels to the
+/// encoder and decoder at every step and in the evaluation), and draws a row per class.
+#[test]
+fn a_conditional_vae_trains_on_labelled_colour_images_and_draws_each_class() {
+    let data = shapes(40, 12, 6).unwrap();
+    let (train, test) = data.split(0.25, 1).unwrap();
+    let image = train.image_shape();
+    let mut fitted = Trainer::<f32>::new()
+        .epochs(8)
+        .batch(20)
+        .progress(false)
+        .fit(
+            |rng| VaeModel::mlp_conditional(image, [64, 32], 4, 4, rng),
+            &train,
+            Some(&test),
+        )
+        .unwrap();
+    let losses: Vec<f64> = fitted.history.epochs.iter().map(|e| e.loss).collect();
+    assert!(losses.last().unwrap() < &(0.9 * losses[0]), "{losses:?}");
+    assert!(fitted.evaluation.unwrap().vae.unwrap().iwae.is_some());
+    let dir = tmp("class-samples");
+    let set = latent::figures::FigureSet {
+        out: &dir,
+        prefix: "cvae",
+        title: "conditional VAE",
+    };
+    let path = latent::figures::class_samples(&mut fitted.model, &test.class_names(), &set, &mut fitted.rng).unwrap();
+    assert!(path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -817,3 +817,53 @@ fn two_layer_vae_gradients_match_finite_differences() {
     );
     assert!(bad.unwrap_err().to_string().contains("eps2"));
 }
+
+/// The conditional VAE: every parameter gradient against finite differences under each
+/// objective (the decoder's label columns repeated over each image's samples); each
+/// image's bound is its own, with its label, whatever the batch; labels of the wrong
+/// count or class are errors.
+#[test]
+fn conditional_vae_gradients_match_finite_differences() {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut m = VaeModel::<f64>::mlp_conditional([2, 3, 4], [6, 5], 3, 4, &mut rng).unwrap();
+    jitter(&mut m, 22);
+    assert_eq!(m.classes(), Some(4));
+    m.condition_on(ndarray::arr1(&[2u8, 0, 3, 1, 2]).view()).unwrap();
+    for cfg in objectives() {
+        check_model("conditional MLP VAE", &mut m, 5, cfg, 5);
+    }
+    // Two images, two samples each: the batch's mean bound is the mean of each image's
+    // bound alone with its label and its noise (so codes meet their own image's label).
+    let x = rand_array(&[2, 2, 3, 4], 23)
+        .mapv(|v| 0.5 + 0.4 * v)
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let eps = arr3([2, 2, 3], 24);
+    let cfg = LossConfig {
+        objective: Objective::Elbo { samples: 2, beta: 1.0 },
+        kl: KlEstimator::Closed,
+        reduction: Reduction::Mean,
+    };
+    m.condition_on(ndarray::arr1(&[3u8, 1]).view()).unwrap();
+    let both = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap().loss;
+    let mut alone = 0.0;
+    for (i, label) in [(0, 3u8), (1, 1)] {
+        m.condition_on(ndarray::arr1(&[label]).view()).unwrap();
+        let xi = x.slice(ndarray::s![i..i + 1, .., .., ..]);
+        let ei = eps.slice(ndarray::s![i..i + 1, .., ..]);
+        alone += vae::loss_and_grad(&mut m, xi, ei, &cfg).unwrap().loss / 2.0;
+    }
+    assert!((both - alone).abs() < 1e-12 * alone.abs(), "{both} vs {alone}");
+    // Another label gives another bound: the label reaches the model.
+    m.condition_on(ndarray::arr1(&[0u8, 1]).view()).unwrap();
+    let other = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg).unwrap().loss;
+    assert!((other - both).abs() > 1e-9);
+    // Wrong count, class out of range.
+    m.condition_on(ndarray::arr1(&[0u8, 1, 2]).view()).unwrap();
+    let e = vae::loss_and_grad(&mut m, x.view(), eps.view(), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("3 labels") && e.contains("2 images"), "{e}");
+    let e = m.condition_on(ndarray::arr1(&[4u8]).view()).unwrap_err().to_string();
+    assert!(e.contains("label 4"), "{e}");
+}

@@ -128,6 +128,7 @@ fn as_images<'a, F: Float>(x: ArrayView2<'a, F>, shape: &[usize]) -> ArrayView4<
 /// The training images and a buffer that a batch's images are gathered into.
 struct Batches<'d, F: Float> {
     data: Pixels<'d, F>,
+    labels: ndarray::ArrayView1<'d, u8>,
     shape: Vec<usize>,
     xb: Array2<F>,
     binarize: bool,
@@ -137,6 +138,7 @@ impl<'d, F: Float> Batches<'d, F> {
     fn new(setup: &EngineSetup<'d, F>) -> Self {
         Batches {
             data: Pixels::of(setup.train),
+            labels: setup.train.labels.view(),
             shape: setup.train.images.shape()[1..].to_vec(),
             xb: Array2::zeros((0, setup.train.dim())),
             binarize: setup.binarize,
@@ -193,6 +195,10 @@ impl<F: Float> Engine<F, VaeModel<F>> for VaeCpu<'_, F> {
         rng: &mut ChaCha8Rng,
         want_spread: bool,
     ) -> Result<(StepStats, Option<f64>)> {
+        if model.conditional_classes().is_some() {
+            let labels: ndarray::Array1<u8> = idx.iter().map(|&i| self.batches.labels[i]).collect();
+            crate::vae::Vae::condition_on(model, labels.view())?;
+        }
         let x = self.batches.gather(idx, rng);
         let parts = self.par.train_step(model, x, loss, opt, rng)?;
         let stats = StepStats {

@@ -209,11 +209,17 @@ pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
     let (mut bound, mut recon, mut kl, mut sse) = (0.0, 0.0, 0.0, 0.0);
     let mut means = Vec::new();
     let mut first = None;
-    for chunk in pixels.view().axis_chunks_iter(Axis(0), cfg.chunk) {
+    let labels = test.labels.view();
+    for (chunk, chunk_labels) in pixels
+        .view()
+        .axis_chunks_iter(Axis(0), cfg.chunk)
+        .zip(labels.axis_chunks_iter(Axis(0), cfg.chunk))
+    {
         let b = chunk.nrows();
         let x = chunk
             .into_shape_with_order((b, shape[0], shape[1], shape[2]))
             .expect("whole images");
+        model.condition_on(chunk_labels)?;
         let eps = sample_noise(b, 1, model.latent_dim(), rng);
         let parts = evaluate(model, x, eps.view(), &elbo)?;
         let output = model.likelihood().mean_of(parts.output);
@@ -236,7 +242,16 @@ pub fn evaluate_vae<F: Float, M: Vae<F> + ?Sized>(
             .slice_move(s![..n_iwae, ..])
             .into_shape_with_order((n_iwae, shape[0], shape[1], shape[2]))
             .expect("whole images");
-        let ll = iwae_log_likelihood(model, x, cfg.iwae_k, cfg.iwae_chunk, rng)?;
+        // Chunk by chunk, each with its labels (a conditional model's); the noise is drawn
+        // in the same order as in one call over all the images.
+        let mut ll = Vec::with_capacity(n_iwae);
+        for start in (0..n_iwae).step_by(cfg.iwae_chunk) {
+            let end = (start + cfg.iwae_chunk).min(n_iwae);
+            model.condition_on(labels.slice(s![start..end]))?;
+            let xs = x.slice(s![start..end, .., .., ..]);
+            ll.extend(iwae_log_likelihood(model, xs, cfg.iwae_k, cfg.iwae_chunk, rng)?);
+        }
+        let ll = ndarray::Array1::from(ll);
         Some(IwaeEstimate::of(&ll, cfg.iwae_k))
     } else {
         None

@@ -24,9 +24,12 @@ impl<F: Float> DataParallel<VaeModel<F>> {
     }
 
     /// Up to `parts` parts per batch (one per thread is the useful number; more take
-    /// turns), or one where a layer of `model` couples the images of a batch.
+    /// turns), or one where a layer of `model` couples the images of a batch or the model
+    /// is conditional.
     pub fn vae_in_parts(model: &VaeModel<F>, parts: usize) -> Self {
-        let copies = if model.couples_batch() { 0 } else { parts.max(1) - 1 };
+        // A conditional model's labels belong to the whole batch: it is not cut.
+        let whole = model.couples_batch() || model.conditional_classes().is_some();
+        let copies = if whole { 0 } else { parts.max(1) - 1 };
         Self::from_replicas((0..copies).map(|_| Box::new(model.clone())).collect())
     }
 

@@ -8,7 +8,7 @@
 //! [`VaeModel::couples_batch`] (may a batch be cut across threads?) and
 //! [`VaeModel::layout`] (the model as data, for the GPU trainer).
 
-use ndarray::{Array0, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
+use ndarray::{s, Array0, Array2, Array4, ArrayView1, ArrayView2, ArrayView4, ArrayViewMutD, Ix2, Ix4};
 use rand::Rng;
 
 use super::{DiagGaussian, KlEstimator, Likelihood, LossConfig, Objective, PosteriorForm, Vae, VaeLayout};
@@ -170,6 +170,15 @@ pub struct VaeModel<F> {
     latent: usize,
     recipe: LossConfig,
     last_encoding: Option<Array2<F>>,
+    condition: Option<Condition<F>>,
+}
+
+/// A conditional VAE's number of classes, and the one-hot labels `[b, classes]` of the
+/// images it is working on ([`Vae::condition_on`]).
+#[derive(Debug, Clone)]
+struct Condition<F> {
+    classes: usize,
+    one_hot: Array2<F>,
 }
 
 impl<F: Float> Clone for VaeModel<F> {
@@ -183,6 +192,7 @@ impl<F: Float> Clone for VaeModel<F> {
             latent: self.latent,
             recipe: self.recipe,
             last_encoding: self.last_encoding.clone(),
+            condition: self.condition.clone(),
         }
     }
 }
@@ -201,6 +211,20 @@ impl<F: Float> VaeModel<F> {
         head: PosteriorHead<F>,
         decoder: Sequential<F>,
         likelihood: impl Into<PixelLikelihood<F>>,
+    ) -> Result<Self> {
+        let mut model = Self::new_unchecked(image, latent, encoder, head, decoder, likelihood.into())?;
+        model.check_parts()?;
+        Ok(model)
+    }
+
+    /// [`VaeModel::new`] before the parts are run against each other.
+    fn new_unchecked(
+        image: [usize; 3],
+        latent: usize,
+        encoder: Sequential<F>,
+        head: PosteriorHead<F>,
+        decoder: Sequential<F>,
+        likelihood: PixelLikelihood<F>,
     ) -> Result<Self> {
         if latent == 0 || image.contains(&0) {
             return Err(Error::InvalidArgument(format!(
@@ -221,11 +245,11 @@ impl<F: Float> VaeModel<F> {
                 ));
             }
         }
-        let mut model = VaeModel {
+        Ok(VaeModel {
             encoder,
             head,
             decoder,
-            likelihood: likelihood.into(),
+            likelihood,
             image,
             latent,
             recipe: LossConfig {
@@ -234,9 +258,87 @@ impl<F: Float> VaeModel<F> {
                 reduction: Reduction::Mean,
             },
             last_encoding: None,
-        };
+            condition: None,
+        })
+    }
+
+    /// A conditional VAE (as Pyro's CVAE and AntixK's `cvae`): the one-hot label of each
+    /// image joins the encoder's input as `classes` constant planes after the image's
+    /// channels (the encoder takes `[b, c + classes, h, w]`), and the decoder's input
+    /// after the code (it takes `[m, latent + classes]`). [`Vae::condition_on`] gives the
+    /// labels before each forward ([`crate::train::Trainer`] and the evaluation do).
+    /// The label is data: no gradient flows to it, and the code's gradient is the first
+    /// `latent` columns of the decoder's input gradient.
+    pub fn conditional(
+        image: [usize; 3],
+        latent: usize,
+        classes: usize,
+        encoder: Sequential<F>,
+        head: PosteriorHead<F>,
+        decoder: Sequential<F>,
+        likelihood: impl Into<PixelLikelihood<F>>,
+    ) -> Result<Self> {
+        if classes < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "VaeModel::conditional: {classes} classes; a condition needs at least 2"
+            )));
+        }
+        // Checked with the label's inputs in place.
+        let mut model = VaeModel::new_unchecked(image, latent, encoder, head, decoder, likelihood.into())?;
+        model.condition = Some(Condition {
+            classes,
+            one_hot: Array2::zeros((0, classes)),
+        });
         model.check_parts()?;
         Ok(model)
+    }
+
+    /// The labels' classes, for a conditional model.
+    pub fn conditional_classes(&self) -> Option<usize> {
+        self.condition.as_ref().map(|c| c.classes)
+    }
+
+    /// The images `x` with the one-hot planes of their labels after their channels.
+    fn with_label_planes(&self, x: ArrayView4<F>) -> Result<Array4<F>> {
+        let Some(cond) = &self.condition else {
+            return Ok(x.to_owned());
+        };
+        let (b, c, h, w) = x.dim();
+        if cond.one_hot.nrows() != b {
+            return Err(Error::InvalidArgument(format!(
+                "conditional VAE: {} labels given (condition_on) for {b} images",
+                cond.one_hot.nrows()
+            )));
+        }
+        let mut out = Array4::zeros((b, c + cond.classes, h, w));
+        out.slice_mut(s![.., ..c, .., ..]).assign(&x);
+        for (i, row) in cond.one_hot.outer_iter().enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                out.slice_mut(s![i, c + k, .., ..]).fill(v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The codes `z` `[m, K]` with the one-hot label of each code's image after it: `m`
+    /// is a whole number of codes per labelled image, image-major (as the noise is drawn).
+    fn with_label_columns(&self, z: ArrayView2<F>) -> Result<Array2<F>> {
+        let Some(cond) = &self.condition else {
+            return Ok(z.to_owned());
+        };
+        let (m, k, b) = (z.nrows(), z.ncols(), cond.one_hot.nrows());
+        if b == 0 || m % b != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "conditional VAE: {m} codes for {b} labels (condition_on); expected a whole number per label"
+            )));
+        }
+        let per = m / b;
+        let mut out = Array2::zeros((m, k + cond.classes));
+        out.slice_mut(s![.., ..k]).assign(&z);
+        for r in 0..m {
+            out.slice_mut(s![r, k..]).assign(&cond.one_hot.row(r / per));
+        }
+        Ok(out)
     }
 
     /// The same model with `recipe` as its training loss (a preset's notebook loss).
@@ -280,6 +382,9 @@ impl<F: Float> VaeModel<F> {
     /// The model as data, for backends that train it elsewhere (the CUDA trainer): an
     /// error names a layer that does not describe itself.
     pub fn layout(&self) -> Result<VaeLayout> {
+        if self.condition.is_some() {
+            return Err(Error::Device("the GPU path has no conditional VAE".into()));
+        }
         let encoder = self.encoder.spec().flattened();
         let decoder = self.decoder.spec().flattened();
         if let Some(LayerSpec::Opaque(name)) = encoder
@@ -302,11 +407,18 @@ impl<F: Float> VaeModel<F> {
     /// One blank image through encoder, head and decoder, in evaluation mode.
     fn check_parts(&mut self) -> Result<()> {
         let [c, h, w] = self.image;
-        let x = Array4::<F>::zeros((1, c, h, w));
+        // A conditional model's parts also take the label's planes and columns.
+        let extra = self.conditional_classes().unwrap_or(0);
+        let x = Array4::<F>::zeros((1, c + extra, h, w));
         let enc = self.encoder.forward(x.into_dyn(), Mode::Eval).map_err(|e| {
             Error::InvalidArgument(format!(
-                "VaeModel: the encoder cannot take {:?} images: {e}",
-                self.image
+                "VaeModel: the encoder cannot take {:?} images{}: {e}",
+                self.image,
+                if extra > 0 {
+                    format!(" with {extra} label planes")
+                } else {
+                    String::new()
+                }
             ))
         })?;
         let want = self.head.encoder_width(self.latent);
@@ -316,10 +428,11 @@ impl<F: Float> VaeModel<F> {
                 enc.shape()
             )));
         }
-        let z = Array2::<F>::zeros((1, self.latent));
+        let z = Array2::<F>::zeros((1, self.latent + extra));
         let out = self.decoder.forward(z.into_dyn(), Mode::Eval).map_err(|e| {
             Error::InvalidArgument(format!(
-                "VaeModel: the decoder cannot take [1, {}] codes: {e}",
+                "VaeModel: the decoder cannot take [1, {}] codes (latent {} + {extra} label columns): {e}",
+                self.latent + extra,
                 self.latent
             ))
         })?;
@@ -366,7 +479,7 @@ impl<F: Float> Vae<F> for VaeModel<F> {
     }
 
     fn encode(&mut self, x: ArrayView4<F>, mode: Mode) -> Result<DiagGaussian<F>> {
-        let h = self.encoder.forward(x.to_owned().into_dyn(), mode)?;
+        let h = self.encoder.forward(self.with_label_planes(x)?.into_dyn(), mode)?;
         let shape = h.shape().to_vec();
         let h = h
             .into_dimensionality::<Ix2>()
@@ -391,7 +504,7 @@ impl<F: Float> Vae<F> for VaeModel<F> {
     }
 
     fn decode(&mut self, z: ArrayView2<F>, mode: Mode) -> Result<Array4<F>> {
-        let y = self.decoder.forward(z.to_owned().into_dyn(), mode)?;
+        let y = self.decoder.forward(self.with_label_columns(z)?.into_dyn(), mode)?;
         let shape = y.shape().to_vec();
         y.into_dimensionality::<Ix4>()
             .map_err(|_| Error::shape("VaeModel decoder output", "[m, c, h, w]", &shape))
@@ -400,8 +513,14 @@ impl<F: Float> Vae<F> for VaeModel<F> {
     fn decode_backward(&mut self, dout: Array4<F>) -> Result<Array2<F>> {
         let dz = self.decoder.backward(dout.into_dyn(), true)?.expect("asked for dz");
         let shape = dz.shape().to_vec();
-        dz.into_dimensionality::<Ix2>()
-            .map_err(|_| Error::shape("VaeModel decoder input gradient", "[m, K]", &shape))
+        let dz = dz
+            .into_dimensionality::<Ix2>()
+            .map_err(|_| Error::shape("VaeModel decoder input gradient", "[m, K]", &shape))?;
+        // The label's columns are data: only the code's part of the gradient flows on.
+        Ok(match self.condition {
+            Some(_) => dz.slice(s![.., ..self.latent]).to_owned(),
+            None => dz,
+        })
     }
 
     fn likelihood(&self) -> Likelihood<F> {
@@ -410,6 +529,28 @@ impl<F: Float> Vae<F> for VaeModel<F> {
 
     fn decoder_is_per_sample(&self) -> bool {
         !self.decoder.couples_batch()
+    }
+
+    fn condition_on(&mut self, labels: ArrayView1<u8>) -> Result<()> {
+        let Some(cond) = &mut self.condition else {
+            return Ok(());
+        };
+        if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cond.classes) {
+            return Err(Error::InvalidArgument(format!(
+                "conditional VAE of {} classes: label {bad}",
+                cond.classes
+            )));
+        }
+        let mut one_hot = Array2::zeros((labels.len(), cond.classes));
+        for (i, &l) in labels.iter().enumerate() {
+            one_hot[[i, l as usize]] = F::one();
+        }
+        cond.one_hot = one_hot;
+        Ok(())
+    }
+
+    fn classes(&self) -> Option<usize> {
+        self.conditional_classes()
     }
 
     fn likelihood_backward(&mut self, dlog_sig_x: F) {

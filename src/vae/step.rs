@@ -1,7 +1,7 @@
 //! One VAE training step, written out: encode, sample, decode, score, and the backward
 //! pass through each of those, for any model that implements [`Vae`].
 
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis};
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis};
 use rand::Rng;
 
 use super::{
@@ -46,6 +46,18 @@ pub trait Vae<F: Float>: Module<F> + Send {
 
     /// Accumulates the gradient with respect to a learned `log sigma_x`, if the model has one.
     fn likelihood_backward(&mut self, _dlog_sig_x: F) {}
+
+    /// The labels of the images the next forward is given (`[b]`), for a model that is
+    /// conditioned on them ([`super::VaeModel::conditional`]); the decoder repeats each
+    /// label over that image's samples. Others ignore it.
+    fn condition_on(&mut self, _labels: ArrayView1<u8>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The number of classes a conditional model takes, `None` for others.
+    fn classes(&self) -> Option<usize> {
+        None
+    }
 
     /// Whether the decoder's output for one code depends on that code alone (no layer
     /// couples the codes of a batch), so that the gradient with respect to each code is
