@@ -1,4 +1,6 @@
-//! PCA against a linear autoencoder on MNIST (CIS-522 week 8).
+//! PCA against a linear autoencoder on MNIST (CIS-522 week 8), or on Fashion-MNIST, the
+//! generated colour shapes or your own images (`--data`); the CIS-522 conv AE beside them
+//! on MNIST-sized images.
 //!
 //! A linear autoencoder trained with MSE can at best reach the error of PCA with the same
 //! number of components, and its decoder then spans PCA's subspace. This example fits
@@ -12,7 +14,6 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use latent::data::{Dataset, DatasetKind, Split};
 use latent::figures::{self, Codec};
 use latent::models::{ConvAe, LinearAe};
 use latent::optim::AdamConfig;
@@ -35,8 +36,6 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ("batch", "250", "batch size"),
     ("lr", "1e-3", "Adam learning rate"),
     ("weight-decay", "1e-5", "Adam L2 weight decay"),
-    ("dataset", "mnist", "mnist or fashion"),
-    ("data-dir", "", "folder with the four IDX .gz files (default: data/mnist, or Debian's Fashion-MNIST folder)"),
     ("out", "out", "folder for the PNG figures"),
     ("seed", "0", "random seed (initialisation and shuffling)"),
     ("pca-repeats", "5", "PCA fits of each solver to time (the median is reported)"),
@@ -45,13 +44,11 @@ const FLAGS: &[(&str, &str, &str)] = &[
 ];
 
 fn run() -> latent::Result<()> {
-    let about = "PCA vs a linear autoencoder (MSE, Adam) on MNIST or Fashion-MNIST.";
-    let flags = common::Flags::new("pca_vs_ae", about, FLAGS).parse();
-    let (k, epochs, conv_epochs): (usize, usize, usize) =
+    let about = "PCA vs a linear autoencoder (MSE, Adam) on MNIST, Fashion-MNIST, generated shapes or your own images.";
+    let flags = common::Flags::new("pca_vs_ae", about, &[FLAGS, common::DATA_FLAGS].concat()).parse();
+    let (k, epochs, mut conv_epochs): (usize, usize, usize) =
         (flags.get("k"), flags.get("epochs"), flags.get("conv-epochs"));
     let (lr, wd): (f32, f32) = (flags.get("lr"), flags.get("weight-decay"));
-    let kind: DatasetKind = flags.get("dataset");
-    let data_dir = Some(flags.raw("data-dir")).filter(|d| !d.is_empty()).map(PathBuf::from);
     let out = PathBuf::from(flags.raw("out"));
     let seed: u64 = flags.get("seed");
     let repeats: usize = flags.get::<usize>("pca-repeats").max(1);
@@ -59,8 +56,7 @@ fn run() -> latent::Result<()> {
     std::fs::create_dir_all(&out).map_err(|e| latent::Error::io(&out, e))?;
     latent::runtime::Runtime::training().apply();
     let t = Instant::now();
-    let train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
-    let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;
+    let common::Data { train, test, name } = common::load_data(&flags)?;
     let dim = train.dim();
     if k == 0 || k > dim {
         return Err(latent::Error::InvalidArgument(format!(
@@ -69,10 +65,14 @@ fn run() -> latent::Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     eprintln!(
-        "loaded {} train + {} test images of {dim} pixels in {secs:.2} s (checksums verified)",
+        "loaded {} train + {} test images of {name}, {dim} values each, in {secs:.2} s",
         train.len(),
         test.len()
     );
+    if train.image_shape() != [1, 28, 28] && conv_epochs > 0 {
+        eprintln!("the conv AE takes 1x28x28 images: skipped for these (PCA and the linear AE take any size)");
+        conv_epochs = 0;
+    }
 
     // PCA, timed over several fits, with the full eigendecomposition (whose spectrum the
     // figure plots) and the randomized solver (the counterpart of torch.svd_lowrank).
@@ -123,8 +123,7 @@ fn run() -> latent::Result<()> {
         .rng(linear.rng.clone())
         .label("conv AE")
         .name(format!(
-            "CIS-522 conv AE, K {k}, {} ({} training images)",
-            kind.name(),
+            "CIS-522 conv AE, K {k}, {name} ({} training images)",
             train.len()
         ))
         .checkpoint(
@@ -155,8 +154,7 @@ fn run() -> latent::Result<()> {
     let ratio = pca.explained_variance_ratio().sum();
     println!();
     println!(
-        "{} K = {k}: PCA explains {:.2}% of the training variance",
-        kind.name(),
+        "{name} K = {k}: PCA explains {:.2}% of the training variance",
         100.0 * ratio
     );
     println!("{:<34} {:>12} {:>14}", "model", "test MSE", "fit / train");
@@ -219,7 +217,7 @@ fn run() -> latent::Result<()> {
         None => None,
     };
     let pca_fig = (&mut pca, pca_test, pca_train);
-    let classes = kind.class_names();
+    let classes = test.class_names();
     figures::pca_vs_autoencoders(
         &out,
         &test,
@@ -227,7 +225,7 @@ fn run() -> latent::Result<()> {
         pca_fig,
         linear_fig,
         conv_fig,
-        kind.name(),
+        &name,
         &mut conv.rng,
     )?;
     println!("figures written to {}", out.display());

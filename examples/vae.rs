@@ -1,8 +1,10 @@
-//! Variational autoencoders on MNIST: the CIS-522 ConvVAE, the Coursera DCGAN VAE and the
-//! stride-2 VAE, each trained on its notebook's recipe (or on the ELBO with n samples and
-//! beta, or on the importance-weighted bound), then measured on the test set: the ELBO
-//! per image with its reconstruction and KL terms, and an IWAE-k log-likelihood estimate.
-//! Figures go into `--out`.
+//! Variational autoencoders on MNIST, Fashion-MNIST, generated colour shapes or your own
+//! images (`--data`: a folder, a `.npy` file, a `.npz` archive): the CIS-522 ConvVAE, the
+//! Coursera DCGAN VAE and the stride-2 VAE (MNIST-sized images), the MLP VAE and AntixK's
+//! VanillaVAE (any size), each trained on its recipe (or on the ELBO with n samples and
+//! beta, or on the importance-weighted bound), the MLP VAE optionally conditioned on the
+//! labels, then measured on the test set: the ELBO per image with its reconstruction and
+//! KL terms, and an IWAE-k log-likelihood estimate. Figures go into `--out`.
 //!
 //! `cargo run --release --example vae -- --help`
 
@@ -11,9 +13,9 @@ mod common;
 use std::path::PathBuf;
 
 use latent::checkpoint;
-use latent::data::{Dataset, DatasetKind, Split};
 use latent::device::DeviceRequest;
 use latent::figures::{vae_figures, FigureSet};
+use latent::models::VanillaVaeParams;
 use latent::nn::Module;
 use latent::optim::AdamConfig;
 use latent::train::{CollapsePolicy, EvalConfig, Trainer};
@@ -33,9 +35,12 @@ fn recipe(model: &str) -> latent::Result<(usize, f32, f32, usize)> {
         "conv" => (20, 1e-3, 1e-6, 100),
         "dcgan" => (32, 2e-3, 0.0, 1024),
         "strided" => (32, 1e-3, 0.0, 128),
+        "mlp" => (16, 1e-3, 0.0, 100),
+        // AntixK's configs/vae.yaml: LR 0.005, batch 64, latent 128.
+        "vanilla" => (128, 5e-3, 0.0, 64),
         other => {
             return Err(Error::InvalidArgument(format!(
-                "--model {other}: expected conv, dcgan or strided"
+                "--model {other}: expected conv, dcgan, strided, mlp or vanilla"
             )))
         }
     })
@@ -44,16 +49,15 @@ fn recipe(model: &str) -> latent::Result<(usize, f32, f32, usize)> {
 /// `(flag, default, help)`; one per line, as a table.
 #[rustfmt::skip]
 const FLAGS: &[(&str, &str, &str)] = &[
-    ("model", "conv", "conv, dcgan or strided"),
+    ("model", "conv", "conv, dcgan or strided (1x28x28 images), mlp or vanilla (any size; vanilla: sides divisible by 32)"),
+    ("conditional", "off", "on: condition the mlp model on the labels (one-hot into its encoder and decoder)"),
     ("device", "auto", "auto (the GPU if usable, else the CPU, saying why), cpu, or cuda (an error without a GPU)"),
     ("tf32", "off", "on: GPU products in TF32 on the tensor cores (PyTorch's default for convolutions); off: true f32"),
-    ("dataset", "mnist", "mnist or fashion"),
-    ("data-dir", "", "folder with the four IDX .gz files (default: data/mnist, or Debian's Fashion-MNIST folder)"),
     ("epochs", "10", "training epochs"),
-    ("batch", "recipe", "batch size (conv 100, dcgan 1024, strided 128)"),
-    ("lr", "recipe", "Adam learning rate (conv 1e-3, dcgan 2e-3, strided 1e-3)"),
+    ("batch", "recipe", "batch size (conv 100, dcgan 1024, strided 128, mlp 100, vanilla 64)"),
+    ("lr", "recipe", "Adam learning rate (conv 1e-3, dcgan 2e-3, strided 1e-3, mlp 1e-3, vanilla 5e-3)"),
     ("weight-decay", "recipe", "Adam L2 weight decay (conv 1e-6, others 0)"),
-    ("latent", "recipe", "latent dimensions (conv 20, dcgan 32, strided 32)"),
+    ("latent", "recipe", "latent dimensions (conv 20, dcgan 32, strided 32, mlp 16, vanilla 128)"),
     ("beta", "1", "weight of the KL term in the ELBO"),
     ("samples", "1", "samples of z per image (ELBO) or importance samples (IWAE)"),
     ("objective", "elbo", "elbo or iwae"),
@@ -67,8 +71,9 @@ const FLAGS: &[(&str, &str, &str)] = &[
 ];
 
 fn run() -> latent::Result<()> {
-    let about = "Train a VAE (CIS-522 ConvVAE, Coursera DCGAN VAE or the stride-2 VAE) on MNIST or Fashion-MNIST.";
-    let flags = common::Flags::new("vae", about, FLAGS).parse();
+    let about = "Train a VAE (CIS-522 ConvVAE, Coursera DCGAN VAE, the stride-2 VAE, the MLP VAE or AntixK's \
+                 VanillaVAE) on MNIST, Fashion-MNIST, generated shapes or your own images.";
+    let flags = common::Flags::new("vae", about, &[FLAGS, common::DATA_FLAGS].concat()).parse();
     let model_name = flags.raw("model");
     let (latent0, lr0, wd0, batch0) = recipe(&model_name)?;
     let num = |name: &str, default: String| -> latent::Result<f64> {
@@ -81,9 +86,21 @@ fn run() -> latent::Result<()> {
     let wd = num("weight-decay", wd0.to_string())? as f32;
     let latent = num("latent", latent0.to_string())? as usize;
     let (samples, beta): (usize, f64) = (flags.get("samples"), flags.get("beta"));
-    let kind: DatasetKind = flags.get("dataset");
-    let data_dir = Some(flags.raw("data-dir")).filter(|d| !d.is_empty()).map(PathBuf::from);
     let out = PathBuf::from(flags.raw("out"));
+    let conditional = match flags.raw("conditional").as_str() {
+        "on" if model_name == "mlp" => true,
+        "on" => {
+            return Err(Error::InvalidArgument(format!(
+                "--conditional on: the mlp model takes labels, not --model {model_name}"
+            )))
+        }
+        "off" => false,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--conditional {other}: expected on or off"
+            )))
+        }
+    };
     if batch == 0 || latent == 0 || lr.is_nan() || lr <= 0.0 || wd.is_nan() || wd < 0.0 {
         return Err(Error::InvalidArgument(format!(
             "--batch {batch}, --latent {latent} must be >= 1, --lr {lr} > 0, --weight-decay {wd} >= 0"
@@ -109,8 +126,7 @@ fn run() -> latent::Result<()> {
         other => return Err(Error::InvalidArgument(format!("--tf32 {other}: expected on or off"))),
     };
     latent::runtime::Runtime::training().apply();
-    let mut train = Dataset::load(kind, data_dir.as_deref(), Split::Train)?;
-    let test = Dataset::load(kind, data_dir.as_deref(), Split::Test)?;
+    let common::Data { mut train, test, name } = common::load_data(&flags)?;
     if flags.raw("train-images") != "all" {
         let n: usize = flags.get("train-images");
         if n == 0 {
@@ -118,17 +134,47 @@ fn run() -> latent::Result<()> {
         }
         train = train.head(n);
     }
+    let image = train.image_shape();
+    let classes = train.classes.len();
     eprintln!(
-        "loaded {} train + {} test images (checksums verified)",
+        "loaded {} train + {} test images of {name}, {}x{}x{}, {classes} classes",
         train.len(),
-        test.len()
+        test.len(),
+        image[0],
+        image[1],
+        image[2]
     );
+    if matches!(model_name.as_str(), "conv" | "dcgan") && image != [1, 28, 28] {
+        return Err(Error::InvalidArgument(format!(
+            "--model {model_name} takes 1x28x28 images (MNIST's), not {}x{}x{}: use --model mlp or vanilla",
+            image[0], image[1], image[2]
+        )));
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
 
     let build = |rng: &mut rand_chacha::ChaCha8Rng| match model_name.as_str() {
         "conv" => VaeModel::<f32>::conv_cis522(latent, rng),
         "dcgan" => VaeModel::<f32>::dcgan_coursera(latent, rng),
-        _ => VaeModel::<f32>::strided([1, 28, 28], latent, rng),
+        "mlp" if conditional => VaeModel::<f32>::mlp_conditional(image, [400, 200], latent, classes, rng),
+        "mlp" => VaeModel::<f32>::mlp(image, [400, 200], latent, rng),
+        "vanilla" => VanillaVaeParams {
+            image,
+            latent,
+            ..VanillaVaeParams::default()
+        }
+        .build(rng),
+        _ => VaeModel::<f32>::strided(image, latent, rng),
+    };
+    // Files and figures: vae_mlp_conditional_* for the conditional model.
+    let stem = if conditional {
+        format!("{model_name}_conditional")
+    } else {
+        model_name.clone()
+    };
+    let label = if conditional {
+        format!("conditional {model_name} VAE")
+    } else {
+        format!("{model_name} VAE")
     };
     let mut trainer = Trainer::new()
         .epochs(flags.get("epochs"))
@@ -137,14 +183,13 @@ fn run() -> latent::Result<()> {
         .adam(AdamConfig::new(lr).weight_decay(wd))
         .device(device)
         .tf32(tf32)
-        .label(format!("{model_name} VAE"))
+        .label(label.clone())
         .name(format!(
-            "{model_name} VAE, latent {latent}, {} ({} training images)",
-            kind.name(),
+            "{label}, latent {latent}, {name} ({} training images)",
             train.len()
         ))
         .checkpoint(
-            out.join(format!("vae_{model_name}.ckpt.safetensors")),
+            out.join(format!("vae_{stem}.ckpt.safetensors")),
             flags.get("checkpoint-every"),
         )
         // A start whose posterior collapses onto the prior learns only the mean image
@@ -166,7 +211,7 @@ fn run() -> latent::Result<()> {
         ..probe.recipe()
     };
     eprintln!(
-        "{model_name} VAE: {} parameters, latent {latent}, {}, KL {:?}, {:?} over the batch; likelihood: {}",
+        "{label}: {} parameters, latent {latent}, {}, KL {:?}, {:?} over the batch; likelihood: {}",
         probe.num_params(),
         describe(&cfg.objective),
         cfg.kl,
@@ -174,7 +219,7 @@ fn run() -> latent::Result<()> {
         probe.likelihood().describe()
     );
     let mut fitted = trainer.loss(cfg).fit(build, &train, Some(&test))?;
-    let weights = out.join(format!("vae_{model_name}.safetensors"));
+    let weights = out.join(format!("vae_{stem}.safetensors"));
     checkpoint::save_weights(&weights, &mut fitted.model)?;
     eprintln!("wrote {} (PyTorch state_dict names)", weights.display());
 
@@ -182,8 +227,7 @@ fn run() -> latent::Result<()> {
     let epochs = fitted.first_epoch + fitted.history.epochs.len();
     println!();
     println!(
-        "{} {model_name} VAE, {epochs} epochs, batch {batch}, {}: median {:.2} s/epoch{}",
-        kind.name(),
+        "{name} {label}, {epochs} epochs, batch {batch}, {}: median {:.2} s/epoch{}",
         describe(&cfg.objective),
         fitted.history.median_epoch_seconds(),
         match fitted.first_epoch {
@@ -196,15 +240,15 @@ fn run() -> latent::Result<()> {
 
     let set = FigureSet {
         out: &out,
-        prefix: &format!("vae_{model_name}"),
-        title: &format!("{model_name} VAE"),
+        prefix: &format!("vae_{stem}"),
+        title: &label,
     };
     let written = vae_figures(
         &mut fitted.model,
         &test,
         eval,
         &fitted.history,
-        &kind.class_names(),
+        &test.class_names(),
         &set,
         &mut fitted.rng,
     )?;

@@ -140,3 +140,48 @@ fn iwae_paper_refuses_what_it_does_not_run() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("samples"), "{err}");
 }
+
+/// Your own data: a missing path, a model that does not fit the images, a condition the
+/// model does not take and a bad size are errors naming them, before any training.
+#[test]
+fn user_data_errors_are_named() {
+    let (code, err) = run("vae", &["--data", "/nonexistent/latent-images"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/latent-images"), "{err}");
+    let (code, err) = run("vae", &["--dataset", "shapes", "--model", "conv"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1x28x28") && err.contains("3x32x32"), "{err}");
+    let (code, err) = run("vae", &["--model", "conv", "--conditional", "on"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("mlp"), "{err}");
+    let (code, err) = run("pca_vs_ae", &["--data", "/tmp", "--size", "0x4"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--size 0x4"), "{err}");
+}
+
+/// The conditional MLP VAE on the generated colour shapes, end to end: one short epoch,
+/// the figure of samples by class written.
+#[test]
+fn a_conditional_vae_runs_on_the_colour_shapes() {
+    let out = std::env::temp_dir().join(format!("latent-cli-shapes-{}", std::process::id()));
+    let args = [
+        "--dataset",
+        "shapes",
+        "--model",
+        "mlp",
+        "--conditional",
+        "on",
+        "--epochs",
+        "1",
+        "--train-images",
+        "400",
+        "--iwae-images",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (code, err) = run("vae", &args);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.join("vae_mlp_conditional_class_samples.png").exists(), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -111,3 +111,108 @@ pub fn median(mut xs: Vec<f64>) -> f64 {
         (xs[n / 2 - 1] + xs[n / 2]) / 2.0
     }
 }
+
+/// The data flags both examples take, after their own.
+#[rustfmt::skip]
+pub const DATA_FLAGS: &[(&str, &str, &str)] = &[
+    ("dataset", "mnist", "mnist, fashion, or shapes (coloured shapes drawn from --seed: 32x32 RGB, 4 classes)"),
+    ("data-dir", "", "folder with the four IDX .gz files (default: data/mnist, $LATENT_DATA_DIR/mnist, or Debian's Fashion-MNIST folder)"),
+    ("data", "", "your own images instead: a folder (one subfolder per class, or flat), a .npy file or a .npz archive"),
+    ("labels", "", "the labels' .npy file, with --data images.npy"),
+    ("size", "", "resize --data images to HxW (or S for SxS), scaling to cover and cropping the centre"),
+    ("colour", "files", "--data images as the files are, or grey, or rgb"),
+    ("test-fraction", "0.1", "the part of --data (or of shapes) held out as the test set, drawn from --seed"),
+];
+
+/// A training and a test set, with a name for messages and titles.
+pub struct Data {
+    pub train: latent::data::Dataset,
+    pub test: latent::data::Dataset,
+    pub name: String,
+}
+
+/// The data the flags ask for: MNIST or Fashion-MNIST's own split, the generated shapes,
+/// or `--data` (an image folder, a `.npy` file, a `.npz` archive) split by
+/// `--test-fraction` from `--seed`.
+pub fn load_data(flags: &Flags) -> latent::Result<Data> {
+    use latent::data::{Colour, Dataset, DatasetKind, ImageFolder, NpyImages, Split};
+    use latent::Error;
+    let seed: u64 = flags.get("seed");
+    let fraction: f64 = flags.get("test-fraction");
+    let path = flags.raw("data");
+    if path.is_empty() {
+        if flags.raw("dataset") == "shapes" {
+            let all = latent::data::shapes(1250, 32, seed)?;
+            let (train, test) = all.split(fraction, seed)?;
+            return Ok(Data {
+                train,
+                test,
+                name: "shapes".into(),
+            });
+        }
+        let kind: DatasetKind = flags.get("dataset");
+        let dir = Some(flags.raw("data-dir"))
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from);
+        let train = Dataset::load(kind, dir.as_deref(), Split::Train)?;
+        let test = Dataset::load(kind, dir.as_deref(), Split::Test)?;
+        return Ok(Data {
+            train,
+            test,
+            name: kind.name().into(),
+        });
+    }
+    let path = std::path::PathBuf::from(path);
+    let size = match flags.raw("size").as_str() {
+        "" => None,
+        s => {
+            let parse = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
+            let (h, w) = s.split_once('x').unwrap_or((s, s));
+            Some(
+                parse(h)
+                    .zip(parse(w))
+                    .ok_or_else(|| Error::InvalidArgument(format!("--size {s}: expected HxW or S, in pixels")))?,
+            )
+        }
+    };
+    let colour = match flags.raw("colour").as_str() {
+        "files" => Colour::AsFiles,
+        "grey" | "gray" => Colour::Grey,
+        "rgb" => Colour::Rgb,
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "--colour {other}: expected files, grey or rgb"
+            )))
+        }
+    };
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let all = if path.is_dir() {
+        let mut folder = ImageFolder::new(&path).colour(colour);
+        if let Some((h, w)) = size {
+            folder = folder.resize_and_crop(h, w);
+        }
+        folder.load()?
+    } else {
+        if size.is_some() || colour != Colour::AsFiles {
+            return Err(Error::InvalidArgument(
+                "--size and --colour apply to a folder of images, not to arrays".into(),
+            ));
+        }
+        match ext.as_deref() {
+            Some("npy") => {
+                let mut npy = NpyImages::npy(&path);
+                if !flags.raw("labels").is_empty() {
+                    npy = npy.labels(flags.raw("labels"));
+                }
+                npy.load()?
+            }
+            Some("npz") => NpyImages::npz(&path).load()?,
+            _ => return Err(Error::data(&path, "is not a folder, a .npy file or a .npz archive")),
+        }
+    };
+    let (train, test) = all.split(fraction, seed)?;
+    let name = path
+        .file_name()
+        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    Ok(Data { train, test, name })
+}
