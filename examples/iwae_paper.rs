@@ -40,7 +40,100 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ("eval-images", "10000", "test images scored (the first ones)"),
     ("data-dir", "", "folder with the four MNIST IDX .gz files (default: data/mnist)"),
     ("out", "out", "folder for checkpoints, the history and the results CSV"),
+    ("plot", "", "instead of training: draw test NLL against passes from these results CSVs (comma-separated; this program's and scripts/torch_iwae_paper.py's) into --out/iwae_paper_curve.png"),
 ];
+
+/// The paper's Table 1 (test NLL, nats) by `(layers, objective, k)`.
+const PAPER: [(&str, &str, usize, f64); 12] = [
+    ("one", "vae", 1, 86.76),
+    ("one", "vae", 5, 86.47),
+    ("one", "vae", 50, 86.35),
+    ("one", "iwae", 1, 86.76),
+    ("one", "iwae", 5, 85.54),
+    ("one", "iwae", 50, 84.78),
+    ("two", "vae", 1, 85.33),
+    ("two", "vae", 5, 85.01),
+    ("two", "vae", 50, 84.78),
+    ("two", "iwae", 1, 85.33),
+    ("two", "iwae", 5, 83.89),
+    ("two", "iwae", 50, 82.90),
+];
+
+/// Test NLL against passes, with one standard error, for every run in the CSVs `files`,
+/// and the paper's figure for each (at pass 8, the paper's 3280 epochs).
+fn plot_curves(files: &str, out: &std::path::Path) -> latent::Result<()> {
+    use latent::plot::{error_bars, ErrorSeries};
+    use std::collections::BTreeMap;
+    let mut runs: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    let mut anchors = BTreeMap::new();
+    for file in files.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let path = std::path::Path::new(file);
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .ok_or_else(|| Error::data(path, format!("no column '{name}'")))
+        };
+        let cols = [
+            col("model")?,
+            col("objective")?,
+            col("k")?,
+            col("passes")?,
+            col("eval_images")?,
+            col("iwae_ll")?,
+            col("stderr")?,
+        ];
+        let source = if file.contains("torch") { "PyTorch" } else { "latent" };
+        for line in lines.filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split(',').collect();
+            let get = |i: usize| f.get(cols[i]).copied().unwrap_or_default();
+            let num = |i: usize| {
+                get(i)
+                    .parse::<f64>()
+                    .map_err(|_| Error::data(path, format!("bad number '{}' in '{line}'", get(i))))
+            };
+            let (model, objective, k) = (get(0), get(1), get(2));
+            let name = format!("{source}: {model} layer, {objective}, k = {k} ({} test images)", get(4));
+            runs.entry(name).or_default().push((num(3)?, -num(5)?, num(6)?));
+            if let Some(p) = PAPER
+                .iter()
+                .find(|p| (p.0, p.1, p.2.to_string().as_str()) == (model, objective, k))
+            {
+                anchors.insert(format!("paper: {model} layer, {objective}, k = {k}"), p.3);
+            }
+        }
+    }
+    if runs.is_empty() {
+        return Err(Error::InvalidArgument(format!("--plot {files}: no results")));
+    }
+    let mut series: Vec<ErrorSeries> = runs
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ErrorSeries { name, points }
+        })
+        .collect();
+    series.extend(anchors.into_iter().map(|(name, nll)| ErrorSeries {
+        name,
+        points: vec![(8.0, nll, 0.0)],
+    }));
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let path = out.join("iwae_paper_curve.png");
+    error_bars(
+        &path,
+        "Burda et al.'s protocol: test NLL (IWAE-5000) after each pass",
+        (
+            "passes (pass i: 3^i epochs; 8 = the paper's 3280 epochs)",
+            "test NLL, nats (± 1 s.e.)",
+        ),
+        &series,
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
 
 fn main() {
     if let Err(e) = run() {
@@ -57,6 +150,9 @@ fn epochs_before(pass: usize) -> usize {
 fn run() -> latent::Result<()> {
     let about = "Burda et al. (2015), Table 1: VAE and IWAE on dynamically binarized MNIST, scored by IWAE-5000.";
     let flags = common::Flags::new("iwae_paper", about, FLAGS).parse();
+    if !flags.raw("plot").is_empty() {
+        return plot_curves(&flags.raw("plot"), std::path::Path::new(&flags.raw("out")));
+    }
     let (k, passes, seed): (usize, usize, u64) = (flags.get("k"), flags.get("passes"), flags.get("seed"));
     let (model, objective_name) = (flags.raw("model"), flags.raw("objective"));
     if objective_name == "dreg" && model == "two" {

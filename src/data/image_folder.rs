@@ -23,7 +23,8 @@ pub enum Colour {
     /// As the files are: RGB if any file has colour, else grey (one channel).
     #[default]
     AsFiles,
-    /// One channel (colour files converted by luma, as PIL's `convert("L")`).
+    /// One channel (colour files converted to luma with Rec. 709's weights, 0.2126 R +
+    /// 0.7152 G + 0.0722 B; PIL's `convert("L")` uses Rec. 601's, 0.299, 0.587, 0.114).
     Grey,
     /// Three channels (grey files repeated in each).
     Rgb,
