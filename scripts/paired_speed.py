@@ -28,6 +28,9 @@ ROWS = {
     "conv_vae_b100": ("vae", "conv_vae_b100", "conv_vae_b100"),
     "strided_vae_b128": ("vae", "strided_vae_b128", "strided_vae_b128"),
     "dcgan_vae_b1024": ("vae", "dcgan_vae_b1024", "dcgan_vae_b1024"),
+    "mlp_vae_k1_b20": ("vae", "mlp_vae_k1_b20", "mlp_vae_k1_b20"),
+    "mlp_iwae_k50_b20": ("vae", "mlp_iwae_k50_b20", "mlp_iwae_k50_b20"),
+    "hvae2_iwae_k5_b20": ("vae", "hvae2_iwae_k5_b20", "hvae2_iwae_k5_b20"),
     # Timed by the example, not a bench: (None, pattern of its output line, group 1 in s).
     "linear_ae_epoch_b250": (None, r"linear autoencoder .*median ([0-9.]+) s/epoch", None),
     "pca_fit_randomized_k20": (None, r"^PCA, randomized solver\s+\S+\s+([0-9.]+) s", None),

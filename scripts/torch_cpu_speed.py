@@ -95,12 +95,25 @@ def step_rows(train, only):
         "strided_vae_b128": (lambda: StridedVAE(32), strided_vae_loss, 128, 1e-3, 0.0, 20, 200),
         "dcgan_vae_b1024": (lambda: DcganVAE(z_dim=32), dcgan_vae_loss, 1024, 2e-3, 0.0, 2, 10),
     }
+    # Burda et al.'s models (scripts/torch_iwae_paper.py) at their batch of 20 on
+    # binarized images, Adam with eps 1e-4 as the paper's.
+    from torch_iwae_paper import OneLayer, TwoLayers, loss as burda_loss  # noqa: E402
+
+    def burda(objective, k):
+        return lambda m, x: burda_loss(m, torch.bernoulli(x.reshape(len(x), -1)), objective, k)[1]
+
+    rows.update({
+        "mlp_vae_k1_b20": (OneLayer, burda("vae", 1), 20, 1e-3, 0.0, 50, 1000),
+        "mlp_iwae_k50_b20": (OneLayer, burda("iwae", 50), 20, 1e-3, 0.0, 20, 300),
+        "hvae2_iwae_k5_b20": (TwoLayers, burda("iwae", 5), 20, 1e-3, 0.0, 30, 500),
+    })
     for name, (make, loss_fn, batch, lr, wd, warm, reps) in rows.items():
         if only and name not in only:
             continue
         torch.manual_seed(0)
         model = make().train()
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
+        eps = 1e-4 if name.endswith("_b20") else 1e-8
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd, eps=eps)
         t = median_step(model, loss_fn, opt, train, batch, warm, reps)
         print(f"{name}: median step {t * 1e3:.3f} ms ({reps} steps)", flush=True)
 

@@ -38,7 +38,7 @@ fn unknown_flags_and_bad_values_are_named() {
     let (code, err) = run("vae", &["--model", "resnet"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("--model resnet") && err.contains("conv, dcgan or strided"),
+        err.contains("--model resnet") && err.contains("conv, dcgan, strided, mlp or vanilla"),
         "{err}"
     );
     let (code, err) = run("vae", &["--epochs", "ten"]);
@@ -49,7 +49,7 @@ fn unknown_flags_and_bad_values_are_named() {
     assert!(err.contains("--beta"), "{err}");
     let (code, err) = run("vae", &["--dataset", "cifar"]);
     assert_ne!(code, 0);
-    assert!(err.contains("cifar"), "{err}");
+    assert!(err.contains("cifar") && err.contains("shapes"), "{err}");
     let (code, err) = run("pca_vs_ae", &["--k"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--k needs a value"), "{err}");

@@ -150,7 +150,14 @@ pub fn load_data(flags: &Flags) -> latent::Result<Data> {
                 name: "shapes".into(),
             });
         }
-        let kind: DatasetKind = flags.get("dataset");
+        let kind: DatasetKind = match flags.raw("dataset").as_str() {
+            name @ ("mnist" | "fashion" | "fashion-mnist" | "fashion_mnist") => name.parse()?,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--dataset {other}: expected mnist, fashion or shapes (or --data PATH for your own)"
+                )))
+            }
+        };
         let dir = Some(flags.raw("data-dir"))
             .filter(|d| !d.is_empty())
             .map(std::path::PathBuf::from);
