@@ -76,9 +76,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let eps1 = vae::sample_noise::<f32, _>(20, 5, h1, &mut rng);
             let eps2 = vae::sample_noise::<f32, _>(20, 5, h2, &mut rng);
-            two.loss_and_grad(x.view(), eps1.view(), eps2.view(), Objective::Iwae { samples: 5 })
-                .unwrap();
-            opt.step(&mut two).unwrap();
+            // As the trainer runs it: the whole step on a worker of the pool.
+            latent::pool::on_worker(|| {
+                two.loss_and_grad(x.view(), eps1.view(), eps2.view(), Objective::Iwae { samples: 5 })
+                    .unwrap();
+                opt.step(&mut two).unwrap();
+            })
         })
     });
 }

@@ -96,7 +96,9 @@ fn plot_curves(files: &str, out: &std::path::Path) -> latent::Result<()> {
                     .map_err(|_| Error::data(path, format!("bad number '{}' in '{line}'", get(i))))
             };
             let (model, objective, k) = (get(0), get(1), get(2));
-            let name = format!("{source}: {model} layer, {objective}, k = {k} ({} test images)", get(4));
+            // One series per run, whatever the number of test images of each point (its
+            // error bar says how many).
+            let name = format!("{source}: {model} layer, {objective}, k = {k}");
             runs.entry(name).or_default().push((num(3)?, -num(5)?, num(6)?));
             if let Some(p) = PAPER
                 .iter()

@@ -60,6 +60,17 @@ pub trait Float:
     /// divide-by-zero) at zero; for `f64`, the standard library's `ln`.
     fn ln_lanes(self) -> Self;
 
+    /// `ln(1 + x)`, written so that loops over it vectorise, as [`Float::ln_lanes`]: for
+    /// `f32` from [`Float::ln_lanes`] of `u = 1 + x` corrected by `x / (u - 1)` (Goldberg's
+    /// trick, within 2 ulp), for `f64` the standard library's `ln_1p`.
+    fn ln_1p_lanes(self) -> Self;
+
+    /// `tanh x`, written so that loops over it vectorise: for `f32` Cephes' `tanhf` (an odd
+    /// polynomial below 0.625 in magnitude, `1 - 2 / (e^{2|x|} + 1)` with the sign of `x`
+    /// above, through [`Float::exp_lanes`]), within 2 ulp; for `f64` the standard
+    /// library's `tanh`. libm's `tanhf` runs one element at a time through `expm1f`.
+    fn tanh_lanes(self) -> Self;
+
     /// Lane by lane (eight lanes, an AVX register of `f32`), `a[l]` where `c[l]`, else
     /// `b[l]`: through and-masks on the bit patterns, with the masks passed through
     /// [`std::hint::black_box`] so that LLVM cannot turn them back into selects. Written
@@ -174,8 +185,46 @@ fn ln_f32(x: f32) -> f32 {
     }
 }
 
+/// `ln(1 + x)` in `f32` without branches or calls: `u = 1 + x` rounds away the low bits
+/// of a small `x`, and `ln u * x / (u - 1)` puts them back (Goldberg, "What every computer
+/// scientist should know about floating-point arithmetic", theorem 4); `x` itself where
+/// `u` rounds to 1.
+#[inline(always)]
+fn ln_1p_f32(x: f32) -> f32 {
+    let u = 1.0 + x;
+    let d = u - 1.0;
+    let r = ln_f32(u) * (x / d);
+    let r = if d == 0.0 { x } else { r };
+    if x == f32::INFINITY {
+        x
+    } else {
+        r
+    }
+}
+
+/// `tanh x` in `f32` without branches or calls: Cephes' `tanhf`.
+#[inline(always)]
+fn tanh_f32(x: f32) -> f32 {
+    let a = x.abs();
+    let z = x * x;
+    let p = -5.704_988_7e-3_f32;
+    let p = p * z + 2.063_908_9e-2;
+    let p = p * z - 5.373_971_6e-2;
+    let p = p * z + 1.333_144_2e-1;
+    let p = p * z - 3.333_328_2e-1;
+    // Odd: the sign of x, signed zeros included.
+    let small = (p * z * x + x).copysign(x);
+    let big = (1.0 - 2.0 / (exp_f32(a + a) + 1.0)).copysign(x);
+    // `!(a >= 0.625)` also takes NaN to the polynomial, which returns it.
+    if a >= 0.625 {
+        big
+    } else {
+        small
+    }
+}
+
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $exp:path, $ln:path) => {
+    ($t:ty, $bits:ty, $exp:path, $ln:path, $ln_1p:path, $tanh:path) => {
         impl Float for $t {
             const NAME: &'static str = stringify!($t);
             const BYTES: usize = std::mem::size_of::<$t>();
@@ -231,6 +280,16 @@ macro_rules! impl_float {
                 $ln(self)
             }
 
+            #[inline(always)]
+            fn ln_1p_lanes(self) -> Self {
+                $ln_1p(self)
+            }
+
+            #[inline(always)]
+            fn tanh_lanes(self) -> Self {
+                $tanh(self)
+            }
+
             #[inline]
             fn sample_normal<R: Rng + ?Sized>(rng: &mut R) -> Self {
                 StandardNormal.sample(rng)
@@ -275,8 +334,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, u32, exp_f32, ln_f32);
-impl_float!(f64, u64, f64::exp, f64::ln);
+impl_float!(f32, u32, exp_f32, ln_f32, ln_1p_f32, tanh_f32);
+impl_float!(f64, u64, f64::exp, f64::ln, f64::ln_1p, f64::tanh);
 
 #[cfg(test)]
 mod tests {
@@ -382,6 +441,38 @@ mod tests {
                 assert!(d <= 1, "{d} ulp at x = {x}");
             }
         }
+    }
+
+    /// `ln_1p_f32` and `tanh_f32` within 2 ulp of the correctly rounded value (from `f64`)
+    /// over sweeps of their ranges, small arguments included; their edges.
+    #[test]
+    fn ln_1p_and_tanh_f32_are_within_two_ulps() {
+        let mut worst = (0u32, 0u32);
+        let n = 1 << 20;
+        for i in 0..=n {
+            // ln_1p over (-1, 1e6): dense near zero and near -1, as the BCE needs (0, 1].
+            let t = i as f64 / n as f64;
+            for x in [t * t * 1e6, -(1.0 - 1e-7) * t, t * 1e-6] {
+                let x = x as f32;
+                let want = (x as f64).ln_1p() as f32;
+                worst.0 = worst.0.max(ulps(ln_1p_f32(x), want));
+            }
+            // tanh over [-20, 20] and small arguments.
+            for x in [(t - 0.5) * 40.0, (t - 0.5) * 1e-3] {
+                let x = x as f32;
+                let want = (x as f64).tanh() as f32;
+                worst.1 = worst.1.max(ulps(tanh_f32(x), want));
+            }
+        }
+        assert!(worst.0 <= 2 && worst.1 <= 2, "ln_1p, tanh worst ulps {worst:?}");
+        assert_eq!(ln_1p_f32(0.0), 0.0);
+        assert_eq!(ln_1p_f32(1e-30), 1e-30);
+        assert_eq!(ln_1p_f32(-1.0), f32::NEG_INFINITY);
+        assert_eq!(ln_1p_f32(f32::INFINITY), f32::INFINITY);
+        assert!(ln_1p_f32(-2.0).is_nan() && ln_1p_f32(f32::NAN).is_nan());
+        assert_eq!((tanh_f32(0.0), tanh_f32(-0.0).to_bits()), (0.0, (-0.0f32).to_bits()));
+        assert_eq!((tanh_f32(50.0), tanh_f32(-f32::INFINITY)), (1.0, -1.0));
+        assert!(tanh_f32(f32::NAN).is_nan());
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn activation_forward<F: Float>(act: Activation, x: ArrayViewD<F>) -> ArrayD
             map(x, move |v| rectify(v, slope))
         }
         Activation::Sigmoid => map(x, sigmoid),
-        Activation::Tanh => map(x, F::tanh),
+        Activation::Tanh => map(x, F::tanh_lanes),
     }
 }
 
