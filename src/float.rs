@@ -208,10 +208,10 @@ fn tanh_f32(x: f32) -> f32 {
     let a = x.abs();
     let z = x * x;
     let p = -5.704_988_7e-3_f32;
-    let p = p * z + 2.063_908_9e-2;
+    let p = p * z + 2.063_909e-2;
     let p = p * z - 5.373_971_6e-2;
     let p = p * z + 1.333_144_2e-1;
-    let p = p * z - 3.333_328_2e-1;
+    let p = p * z - 3.333_328e-1;
     // Odd: the sign of x, signed zeros included.
     let small = (p * z * x + x).copysign(x);
     let big = (1.0 - 2.0 / (exp_f32(a + a) + 1.0)).copysign(x);
