@@ -168,14 +168,11 @@ impl NpyImages {
             Some((_, y)) => y,
             None => Array1::zeros(n),
         };
-        if let Some((at, v)) = images.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            let (i, c, y, x) = at;
-            return Err(Error::data(
-                &where_,
-                format!("image {i} has the value {v} at channel {c}, row {y}, column {x}"),
-            ));
-        }
-        Dataset::from_arrays(images, labels)
+        // from_arrays finds a NaN or an infinity and names its place; this names the file.
+        Dataset::from_arrays(images, labels).map_err(|e| match e {
+            Error::NonFinite(what) => Error::data(&where_, what),
+            other => other,
+        })
     }
 
     /// The images as `[n, c, h, w]`, from any rank and layout this reader takes.

@@ -143,16 +143,16 @@ impl ImageFolder {
     /// channel by channel (CHW) into `out`.
     fn fill(&self, im: &DynamicImage, colour: Colour, (h, w): (usize, usize), out: &mut [f32]) {
         let sized = match self.size {
-            None => im.clone(),
+            None => std::borrow::Cow::Borrowed(im),
             Some(_) if self.crop => {
                 // Scale so that the image covers h x w, then take the centre.
                 let scale = (h as f64 / im.height() as f64).max(w as f64 / im.width() as f64);
                 let sw = ((im.width() as f64 * scale).round() as u32).max(w as u32);
                 let sh = ((im.height() as f64 * scale).round() as u32).max(h as u32);
                 let scaled = im.resize_exact(sw, sh, FilterType::Triangle);
-                scaled.crop_imm((sw - w as u32) / 2, (sh - h as u32) / 2, w as u32, h as u32)
+                std::borrow::Cow::Owned(scaled.crop_imm((sw - w as u32) / 2, (sh - h as u32) / 2, w as u32, h as u32))
             }
-            Some(_) => im.resize_exact(w as u32, h as u32, FilterType::Triangle),
+            Some(_) => std::borrow::Cow::Owned(im.resize_exact(w as u32, h as u32, FilterType::Triangle)),
         };
         let plane = h * w;
         match colour {
