@@ -247,7 +247,7 @@ fn run() -> latent::Result<()> {
         v.active_units,
         eval.codes.ncols()
     );
-    println!("evaluation took {:.0} s", eval.seconds);
+    println!("evaluation took {:.1} s", eval.seconds);
     let csv = out.join("iwae_paper.csv");
     let new = !csv.exists();
     let mut f = std::fs::OpenOptions::new()

@@ -207,9 +207,11 @@ def main():
         shutil.copyfile(out / f"{stem}.pt", out / f"{stem}.pass{i + 1}.pt")
         print(f"pass {i} done ({(time.time() - start) / 3600:.2f} h)", flush=True)
     hours = (time.time() - start) / 3600
+    t = time.time()
     mean, se, elbo, au = evaluate(model, test, a.eval_k, a.eval_images)
     print(f"{stem}: {a.passes} passes: IWAE-{a.eval_k} {mean:.2f} +- {se:.2f}, ELBO {elbo:.2f}, "
           f"active units {au}", flush=True)
+    print(f"evaluation took {time.time() - t:.1f} s", flush=True)
     csv = out / "torch_iwae_paper.csv"
     new = not csv.exists()
     with open(csv, "a") as f:
