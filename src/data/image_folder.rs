@@ -7,6 +7,7 @@
 //! become `f32` in `[0, 1]` (8-bit values / 255, 16-bit ones / 65535); an alpha channel is
 //! dropped.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use image::imageops::{self, FilterType};
@@ -143,16 +144,16 @@ impl ImageFolder {
     /// channel by channel (CHW) into `out`.
     fn fill(&self, im: &DynamicImage, colour: Colour, (h, w): (usize, usize), out: &mut [f32]) {
         let sized = match self.size {
-            None => std::borrow::Cow::Borrowed(im),
+            None => Cow::Borrowed(im),
             Some(_) if self.crop => {
                 // Scale so that the image covers h x w, then take the centre.
                 let scale = (h as f64 / im.height() as f64).max(w as f64 / im.width() as f64);
                 let sw = ((im.width() as f64 * scale).round() as u32).max(w as u32);
                 let sh = ((im.height() as f64 * scale).round() as u32).max(h as u32);
                 let scaled = im.resize_exact(sw, sh, FilterType::Triangle);
-                std::borrow::Cow::Owned(scaled.crop_imm((sw - w as u32) / 2, (sh - h as u32) / 2, w as u32, h as u32))
+                Cow::Owned(scaled.crop_imm((sw - w as u32) / 2, (sh - h as u32) / 2, w as u32, h as u32))
             }
-            Some(_) => std::borrow::Cow::Owned(im.resize_exact(w as u32, h as u32, FilterType::Triangle)),
+            Some(_) => Cow::Owned(im.resize_exact(w as u32, h as u32, FilterType::Triangle)),
         };
         let plane = h * w;
         match colour {

@@ -1,7 +1,8 @@
 //! Sums that vectorise. One running float sum is a chain of dependent adds, each waiting
 //! for the last (about four cycles apiece), and the compiler may not reorder it; eight
-//! running sums, added up at the end, let it use whole SIMD registers. The result differs
-//! from the serial sum only in rounding.
+//! running sums, added up at the end, let it use whole SIMD registers (32 in
+//! [`sum_map2`], whose terms are long enough that independent chains pay). The result
+//! differs from the serial sum only in rounding.
 
 use crate::Float;
 
