@@ -19,10 +19,10 @@
 
 use std::ops::Range;
 
-use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use crate::nn::Module;
+use crate::nn::param::{restore_params, split_params_pass, take_params};
+use crate::nn::{Module, Param};
 use crate::tuning;
 pub use crate::tuning::MIN_PART;
 use crate::{Error, Float, Result};
@@ -83,7 +83,29 @@ impl<M: ?Sized> DataParallel<M> {
             return Ok(vec![on_model(model, first.clone())?]);
         }
         assert!(rest.len() <= self.replicas.len(), "more parts than copies");
-        let values = param_values(model);
+        self.sync_params(model, rest.len())?;
+        self.run_synced(model, parts, on_model, on_copy)
+    }
+
+    /// [`DataParallel::run`] where the copies of the parts after the first already hold
+    /// `model`'s parameters ([`DataParallel::sync_params`]).
+    pub(crate) fn run_synced<F: Float, T: Send, N: Module<F> + Send + ?Sized>(
+        &mut self,
+        model: &mut N,
+        parts: &[Range<usize>],
+        on_model: impl FnOnce(&mut N, Range<usize>) -> Result<T> + Send,
+        on_copy: impl Fn(&mut M, Range<usize>) -> Result<T> + Sync,
+    ) -> Result<Vec<T>>
+    where
+        M: Module<F> + Send,
+    {
+        let Some((first, rest)) = parts.split_first() else {
+            return Ok(Vec::new());
+        };
+        if rest.is_empty() {
+            return Ok(vec![on_model(model, first.clone())?]);
+        }
+        assert!(rest.len() <= self.replicas.len(), "more parts than copies");
         let replicas = &mut self.replicas[..rest.len()];
         let (head, tail) = rayon::join(
             || on_model(model, first.clone()),
@@ -91,19 +113,57 @@ impl<M: ?Sized> DataParallel<M> {
                 replicas
                     .par_iter_mut()
                     .zip(rest)
-                    .map(|(copy, part)| {
-                        set_param_values(copy.as_mut(), &values)?;
-                        on_copy(copy.as_mut(), part.clone())
-                    })
+                    .map(|(copy, part)| on_copy(copy.as_mut(), part.clone()))
                     .collect::<Result<Vec<_>>>()
             },
         );
         let mut out = vec![head?];
         out.extend(tail?);
-        for copy in replicas.iter_mut() {
-            add_grads(model, copy.as_mut());
-        }
+        add_grads(model, replicas);
         Ok(out)
+    }
+
+    /// Sets the parameters of the first `copies` copies to `model`'s (values only). The
+    /// arrays are moved out of the models, copied in chunks over the thread pool where
+    /// they are large ([`crate::nn::param`]'s whole-model passes), and moved back.
+    pub(crate) fn sync_params<F: Float, N: Module<F> + ?Sized>(&mut self, model: &mut N, copies: usize) -> Result<()>
+    where
+        M: Module<F>,
+    {
+        let src = take_params(model);
+        let mut dsts: Vec<_> = self.replicas[..copies]
+            .iter_mut()
+            .map(|c| take_params(c.as_mut()))
+            .collect();
+        let checked = dsts.iter().try_for_each(|dst| same_params(&src, dst));
+        if checked.is_ok() {
+            let mut chunks = Vec::new();
+            for dst in &mut dsts {
+                for (d, s) in dst.iter_mut().zip(&src) {
+                    if !(d.value.is_standard_layout() && s.value.is_standard_layout()) {
+                        d.value.assign(&s.value);
+                        continue;
+                    }
+                    let (d, s) = (d.value.as_slice_mut(), s.value.as_slice());
+                    let (d, s) = (d.expect("standard layout"), s.expect("standard layout"));
+                    chunks.extend(
+                        d.chunks_mut(tuning::PARAM_PAR_CHUNK)
+                            .zip(s.chunks(tuning::PARAM_PAR_CHUNK)),
+                    );
+                }
+            }
+            let copy = |(d, s): (&mut [F], &[F])| d.copy_from_slice(s);
+            if split_params_pass(&src) {
+                chunks.into_par_iter().for_each(copy);
+            } else {
+                chunks.into_iter().for_each(copy);
+            }
+        }
+        for (copy, dst) in self.replicas.iter_mut().zip(dsts) {
+            restore_params(copy.as_mut(), dst);
+        }
+        restore_params(model, src);
+        checked
     }
 }
 
@@ -117,53 +177,135 @@ pub(crate) fn concat_parts<T, A: Clone, D: ndarray::RemoveAxis>(
     ndarray::concatenate(ndarray::Axis(0), &views).expect("parts of one batch")
 }
 
-/// The values of `model`'s parameters, in visiting order.
-fn param_values<F: Float, M: Module<F> + ?Sized>(model: &mut M) -> Vec<ArrayD<F>> {
-    let mut values = Vec::new();
-    model.visit_params(&mut |p| values.push(p.value.clone()));
-    values
-}
-
-/// Writes `values` ([`param_values`] of the model `copy` was made from) over `copy`'s
-/// parameters, in place.
-fn set_param_values<F: Float, M: Module<F> + ?Sized>(copy: &mut M, values: &[ArrayD<F>]) -> Result<()> {
-    let mut i = 0;
-    let mut bad = None;
-    copy.visit_params(&mut |p| {
-        match values.get(i) {
-            Some(v) if v.shape() == p.value.shape() => p.value.assign(v),
-            _ if bad.is_none() => bad = Some(p.name.clone()),
-            _ => {}
-        }
-        i += 1;
-    });
-    if let Some(name) = bad {
+/// An error naming the first parameter where a copy's list differs from the model's.
+fn same_params<F: Float>(model: &[Param<F>], copy: &[Param<F>]) -> Result<()> {
+    if let Some((m, _)) = model.iter().zip(copy).find(|(m, c)| m.value.shape() != c.value.shape()) {
         return Err(Error::InvalidArgument(format!(
-            "DataParallel: the copy's parameter {name} does not match the model's"
+            "DataParallel: the copy's parameter {} does not match the model's",
+            m.name
         )));
     }
-    if i != values.len() {
+    if model.len() != copy.len() {
         return Err(Error::InvalidArgument(format!(
-            "DataParallel: the copy has {i} parameters, the model {}",
-            values.len()
+            "DataParallel: the copy has {} parameters, the model {}",
+            copy.len(),
+            model.len()
         )));
     }
     Ok(())
 }
 
-/// `model.grad += copy.grad`, parameter by parameter.
-fn add_grads<F: Float, N: Module<F> + ?Sized, M: Module<F> + ?Sized>(model: &mut N, copy: &mut M) {
-    let mut grads = Vec::new();
-    copy.visit_params(&mut |p| grads.push(std::mem::take(&mut p.grad)));
-    let mut it = grads.iter();
-    model.visit_params(&mut |p| p.grad += it.next().expect("the copy has the model's parameters"));
-    let mut it = grads.into_iter();
-    copy.visit_params(&mut |p| p.grad = it.next().expect("same parameters"));
+/// `model.grad += copy.grad` for every copy in `copies`, in their order (so each entry's
+/// sum is the same whatever the threads), in chunks over the pool where the model is large.
+fn add_grads<F: Float, N: Module<F> + ?Sized, M: Module<F> + ?Sized>(model: &mut N, copies: &mut [Box<M>]) {
+    let mut sum = take_params(model);
+    let parts: Vec<_> = copies.iter_mut().map(|c| take_params(c.as_mut())).collect();
+    let split = split_params_pass(&sum);
+    let mut chunks = Vec::new();
+    for (i, p) in sum.iter_mut().enumerate() {
+        let all: Option<Vec<&[F]>> = parts.iter().map(|c| c[i].grad.as_slice()).collect();
+        match (p.grad.is_standard_layout(), all) {
+            (true, Some(all)) => {
+                let g = p.grad.as_slice_mut().expect("standard layout");
+                for (j, g) in g.chunks_mut(tuning::PARAM_PAR_CHUNK).enumerate() {
+                    let at = j * tuning::PARAM_PAR_CHUNK;
+                    let from = all.iter().map(|c| &c[at..at + g.len()]).collect::<Vec<_>>();
+                    chunks.push((g, from));
+                }
+            }
+            _ => {
+                for c in &parts {
+                    p.grad += &c[i].grad;
+                }
+            }
+        }
+    }
+    let add = |(g, from): (&mut [F], Vec<&[F]>)| {
+        for c in from {
+            g.iter_mut().zip(c).for_each(|(g, &c)| *g += c);
+        }
+    };
+    if split {
+        chunks.into_par_iter().for_each(add);
+    } else {
+        chunks.into_iter().for_each(add);
+    }
+    for (copy, p) in copies.iter_mut().zip(parts) {
+        restore_params(copy.as_mut(), p);
+    }
+    restore_params(model, sum);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::Linear;
+    use ndarray::ArrayD;
+    use rand::SeedableRng;
+
+    fn linear(out: usize, seed: u64) -> Linear<f64> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut l = Linear::new("l", 700, out, true, &mut rng);
+        l.visit_params(&mut |p| p.grad.mapv_inplace(|_| f64::sample_normal(&mut rng)));
+        l
+    }
+
+    fn values(l: &mut Linear<f64>) -> Vec<ArrayD<f64>> {
+        let mut v = Vec::new();
+        l.visit_params(&mut |p| v.push(p.value.clone()));
+        v
+    }
+
+    fn grads(l: &mut Linear<f64>) -> Vec<ArrayD<f64>> {
+        let mut v = Vec::new();
+        l.visit_params(&mut |p| v.push(p.grad.clone()));
+        v
+    }
+
+    /// Two copies of a 210,000-entry layer, on two threads: the copies end with the
+    /// model's values to the bit, and the model's gradient is its own plus the copies' in
+    /// their order, as the serial sum gives it.
+    #[test]
+    fn copies_take_the_values_and_gradients_add_in_order() {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut model = linear(300, 0);
+                let mut dp = DataParallel::<Linear<f64>>::from_replicas(vec![
+                    Box::new(linear(300, 1)),
+                    Box::new(linear(300, 2)),
+                ]);
+                dp.sync_params(&mut model, 2).unwrap();
+                let want = values(&mut model);
+                for copy in dp.replicas.iter_mut() {
+                    assert_eq!(values(copy), want);
+                }
+                let mut sum = grads(&mut model);
+                for copy in dp.replicas.iter_mut() {
+                    for (s, g) in sum.iter_mut().zip(grads(copy)) {
+                        *s += &g;
+                    }
+                }
+                add_grads(&mut model, &mut dp.replicas);
+                assert_eq!(grads(&mut model), sum);
+                assert_eq!(values(&mut model), want);
+            });
+    }
+
+    /// A copy that is not of the model's shape is an error naming the parameter, and
+    /// neither model changes.
+    #[test]
+    fn a_copy_of_another_shape_is_refused() {
+        let mut model = linear(30, 0);
+        let mut dp = DataParallel::<Linear<f64>>::from_replicas(vec![Box::new(linear(31, 1))]);
+        let (before, theirs) = (values(&mut model), values(&mut dp.replicas[0]));
+        let err = dp.sync_params(&mut model, 1).unwrap_err().to_string();
+        assert!(err.contains("parameter l.weight does not match"), "{err}");
+        assert_eq!(values(&mut model), before);
+        assert_eq!(values(&mut dp.replicas[0]), theirs);
+    }
 
     #[test]
     fn parts_cover_the_batch_in_order_and_are_never_too_small() {

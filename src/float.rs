@@ -65,6 +65,13 @@ pub trait Float:
     /// trick, within 2 ulp), for `f64` the standard library's `ln_1p`.
     fn ln_1p_lanes(self) -> Self;
 
+    /// `ln(1 + y)` for `y` in `[0, 1]` (the Bernoulli likelihood's `ln(1 + e^{-|z|})`),
+    /// written so that loops over it vectorise: for `f32` a shorter path than
+    /// [`Float::ln_1p_lanes`] (no exponent to read off, no special values, no division),
+    /// within 1 ulp; for `f64` the standard library's `ln_1p`. Outside `[0, 1]` the `f32`
+    /// result is unspecified (NaN stays NaN).
+    fn ln_1p_unit_lanes(self) -> Self;
+
     /// `tanh x`, written so that loops over it vectorise: for `f32` Cephes' `tanhf` (an odd
     /// polynomial below 0.625 in magnitude, `1 - 2 / (e^{2|x|} + 1)` with the sign of `x`
     /// above, through [`Float::exp_lanes`]), within 2 ulp; for `f64` the standard
@@ -202,6 +209,37 @@ fn ln_1p_f32(x: f32) -> f32 {
     }
 }
 
+/// `ln(1 + y)` in `f32` for `y` in `[0, 1]` (the softplus's `ln(1 + e^{-|x|})`), without
+/// branches, calls or a division: `u = 1 + y` rounded, the part `c = y - (u - 1)` it
+/// rounded away (exact, as `1 >= y`), `u = m 2^e` with `m` in `[1, sqrt 2)` or
+/// `[sqrt(1/2), 1)` by at most one halving (no bits to read off: `u` lies in `[1, 2]`),
+/// Cephes' polynomial for `ln m` as in [`ln_f32`], and `c / u` added as
+/// `c 2^{-e} (1 - f + f^2)`, within a fraction of an ulp as `|c| <= 2^{-24}`. NaN gives NaN.
+#[inline(always)]
+fn ln_1p_unit_f32(y: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let u = 1.0 + y;
+    let c = y - (u - 1.0);
+    let big = u > std::f32::consts::SQRT_2;
+    let m = if big { u * 0.5 } else { u };
+    let c = if big { c * 0.5 } else { c };
+    let e = if big { 1.0 } else { 0.0 };
+    let f = m - 1.0;
+    let z = f * f;
+    let p = 7.037_683_6e-2_f32;
+    let p = p * f - 1.151_461e-1;
+    let p = p * f + 1.167_699_9e-1;
+    let p = p * f - 1.242_014_1e-1;
+    let p = p * f + 1.424_932_3e-1;
+    let p = p * f - 1.666_805_8e-1;
+    let p = p * f + 2.000_071_4e-1;
+    let p = p * f - 2.499_999_4e-1;
+    let p = p * f + 3.333_333e-1;
+    let y = p * f * z + e * LN2_LO - 0.5 * z + c * (1.0 - f + z);
+    f + y + e * LN2_HI
+}
+
 /// `tanh x` in `f32` without branches or calls: Cephes' `tanhf`.
 #[inline(always)]
 fn tanh_f32(x: f32) -> f32 {
@@ -224,7 +262,7 @@ fn tanh_f32(x: f32) -> f32 {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $bits:ty, $exp:path, $ln:path, $ln_1p:path, $tanh:path) => {
+    ($t:ty, $bits:ty, $exp:path, $ln:path, $ln_1p:path, $ln_1p_unit:path, $tanh:path) => {
         impl Float for $t {
             const NAME: &'static str = stringify!($t);
             const BYTES: usize = std::mem::size_of::<$t>();
@@ -286,6 +324,11 @@ macro_rules! impl_float {
             }
 
             #[inline(always)]
+            fn ln_1p_unit_lanes(self) -> Self {
+                $ln_1p_unit(self)
+            }
+
+            #[inline(always)]
             fn tanh_lanes(self) -> Self {
                 $tanh(self)
             }
@@ -334,8 +377,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, u32, exp_f32, ln_f32, ln_1p_f32, tanh_f32);
-impl_float!(f64, u64, f64::exp, f64::ln, f64::ln_1p, f64::tanh);
+impl_float!(f32, u32, exp_f32, ln_f32, ln_1p_f32, ln_1p_unit_f32, tanh_f32);
+impl_float!(f64, u64, f64::exp, f64::ln, f64::ln_1p, f64::ln_1p, f64::tanh);
 
 #[cfg(test)]
 mod tests {
@@ -473,6 +516,27 @@ mod tests {
         assert_eq!((tanh_f32(0.0), tanh_f32(-0.0).to_bits()), (0.0, (-0.0f32).to_bits()));
         assert_eq!((tanh_f32(50.0), tanh_f32(-f32::INFINITY)), (1.0, -1.0));
         assert!(tanh_f32(f32::NAN).is_nan());
+    }
+
+    /// `ln_1p_unit_f32` within 1 ulp of the correctly rounded value (from `f64`) on every
+    /// 61st float of `[0, 1]` (bit patterns: dense near zero, where `1 + y` rounds), the
+    /// subnormals and the ends included.
+    #[test]
+    fn ln_1p_unit_f32_is_within_one_ulp_on_the_unit_interval() {
+        let mut worst = (0u32, 0.0f32);
+        let ends = [0u32, 1, 0x007f_ffff, 0x0080_0000, 1.0f32.to_bits()];
+        for bits in (0..=1.0f32.to_bits()).step_by(61).chain(ends) {
+            let y = f32::from_bits(bits);
+            let d = ulps(ln_1p_unit_f32(y), (y as f64).ln_1p() as f32);
+            if d > worst.0 {
+                worst = (d, y);
+            }
+        }
+        assert!(worst.0 <= 1, "{} ulp at y = {}", worst.0, worst.1);
+        assert_eq!(ln_1p_unit_f32(0.0), 0.0);
+        assert_eq!(ln_1p_unit_f32(1e-30), 1e-30);
+        assert_eq!(ln_1p_unit_f32(1.0), std::f32::consts::LN_2);
+        assert!(ln_1p_unit_f32(f32::NAN).is_nan());
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub(crate) fn bce_elem_grad<F: Float>(p: F, t: F) -> F {
 /// One element of [`bce_with_logits_loss`], stable for any logit.
 #[inline]
 pub(crate) fn bce_logits_elem<F: Float>(z: F, t: F) -> F {
-    z.max(F::zero()) - z * t + (-z.abs()).exp_lanes().ln_1p_lanes()
+    z.max(F::zero()) - z * t + (-z.abs()).exp_lanes().ln_1p_unit_lanes()
 }
 
 /// The logistic function, written to stay finite for any `z`: with `e = e^{-|z|}`,

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::nn::param::split_light_pass;
+use crate::nn::param::{restore_params, split_light_pass, split_params_pass, take_params};
 use crate::nn::{Module, Param};
 use crate::tuning;
 use crate::{Error, Float, Result};
@@ -56,24 +56,7 @@ pub fn adam_update<F: Float>(
     m: &mut ArrayD<F>,
     v: &mut ArrayD<F>,
 ) {
-    let one = F::one();
-    let bc1 = one - cfg.beta1.powi(t as i32);
-    let bc2_sqrt = (one - cfg.beta2.powi(t as i32)).sqrt();
-    let step = cfg.lr / bc1;
-    let tiny = F::min_positive_value();
-    let flush = |x: F| if x.abs() < tiny { F::zero() } else { x };
-    let update = |p: &mut F, g: F, m: &mut F, v: &mut F| {
-        let g = g + cfg.weight_decay * *p;
-        *m = flush(cfg.beta1 * *m + (one - cfg.beta1) * g);
-        *v = flush(cfg.beta2 * *v + (one - cfg.beta2) * g * g);
-        let denom = v.sqrt() / bc2_sqrt + cfg.eps;
-        *p = flush(*p - step * *m / denom);
-    };
-    let run = |p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]| {
-        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-            update(p, g, m, v);
-        }
-    };
+    let update = AdamUpdate::new(cfg, t);
     // Parameters and moments are owned, standard-layout arrays: a loop over the four
     // slices vectorises, where a 4-way Zip over dynamic-rank arrays measured 5x slower.
     // Large parameters are cut into chunks over the thread pool (each entry's update is
@@ -86,16 +69,55 @@ pub fn adam_update<F: Float>(
                     .zip(g.par_chunks(tuning::PARAM_PAR_CHUNK))
                     .zip(m.par_chunks_mut(tuning::PARAM_PAR_CHUNK))
                     .zip(v.par_chunks_mut(tuning::PARAM_PAR_CHUNK))
-                    .for_each(|(((p, g), m), v)| run(p, g, m, v));
+                    .for_each(|(((p, g), m), v)| update.run(p, g, m, v));
             } else {
-                run(p, g, m, v);
+                update.run(p, g, m, v);
             }
         }
         _ => Zip::from(p)
             .and(g)
             .and(m)
             .and(v)
-            .for_each(|p, &g, m, v| update(p, g, m, v)),
+            .for_each(|p, &g, m, v| update.one(p, g, m, v)),
+    }
+}
+
+/// [`adam_update`]'s arithmetic at one step: the configuration and the bias corrections.
+#[derive(Clone, Copy)]
+struct AdamUpdate<F> {
+    cfg: AdamConfig<F>,
+    step: F,
+    bc2_sqrt: F,
+}
+
+impl<F: Float> AdamUpdate<F> {
+    fn new(cfg: &AdamConfig<F>, t: u64) -> Self {
+        let one = F::one();
+        AdamUpdate {
+            cfg: *cfg,
+            step: cfg.lr / (one - cfg.beta1.powi(t as i32)),
+            bc2_sqrt: (one - cfg.beta2.powi(t as i32)).sqrt(),
+        }
+    }
+
+    /// One entry.
+    #[inline(always)]
+    fn one(&self, p: &mut F, g: F, m: &mut F, v: &mut F) {
+        let (cfg, one) = (&self.cfg, F::one());
+        let tiny = F::min_positive_value();
+        let flush = |x: F| if x.abs() < tiny { F::zero() } else { x };
+        let g = g + cfg.weight_decay * *p;
+        *m = flush(cfg.beta1 * *m + (one - cfg.beta1) * g);
+        *v = flush(cfg.beta2 * *v + (one - cfg.beta2) * g * g);
+        let denom = v.sqrt() / self.bc2_sqrt + cfg.eps;
+        *p = flush(*p - self.step * *m / denom);
+    }
+
+    /// Equal-length slices.
+    fn run(&self, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) {
+        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+            self.one(p, g, m, v);
+        }
     }
 }
 
@@ -152,42 +174,158 @@ impl<F: Float> Adam<F> {
     }
 
     /// Updates every parameter of `model` from its accumulated gradient. A NaN or
-    /// infinite gradient is an error naming the first such parameter, and then nothing is
-    /// updated (the model stays at its last good state).
+    /// infinite gradient, or moments of another shape than their parameter (a state
+    /// restored for another model), is an error naming the first such parameter, and then
+    /// nothing is updated (the model and the step count stay as they were).
     pub fn step(&mut self, model: &mut (impl Module<F> + ?Sized)) -> Result<()> {
-        let mut bad = None;
-        model.visit_params(&mut |p: &mut Param<F>| {
-            if bad.is_none() && !all_finite(&p.grad) {
-                bad = Some(p.name.clone());
-            }
-        });
-        if let Some(name) = bad {
-            return Err(Error::NonFinite(format!("the gradient of parameter {name}")));
+        // The parameters are moved out for the update, so that one pass over the thread
+        // pool covers all of them (not a fork and a join per large parameter), and back.
+        let mut params = take_params(model);
+        let done = self.step_params(&mut params);
+        restore_params(model, params);
+        done
+    }
+
+    /// [`Adam::step`] on parameters taken out of their model, in visiting order. Checks
+    /// every gradient and shape before it updates anything.
+    fn step_params(&mut self, params: &mut [Param<F>]) -> Result<()> {
+        let split = split_params_pass(params);
+        if let Some(p) = params.iter().find(|p| !all_finite(&p.grad)) {
+            return Err(Error::NonFinite(format!("the gradient of parameter {}", p.name)));
         }
-        self.step += 1;
-        let t = self.step;
-        let cfg = self.config;
-        let moments = &mut self.moments;
-        let mut i = 0;
-        let mut err = None;
-        model.visit_params(&mut |p: &mut Param<F>| {
-            if moments.len() == i {
-                moments.push((ArrayD::zeros(p.value.raw_dim()), ArrayD::zeros(p.value.raw_dim())));
-            }
-            let (m, v) = &mut moments[i];
-            if m.shape() != p.value.shape() {
-                err.get_or_insert_with(|| {
-                    Error::shape(
+        for (i, p) in params.iter().enumerate() {
+            match self.moments.get(i) {
+                Some((m, _)) if m.shape() != p.value.shape() => {
+                    return Err(Error::shape(
                         format!("Adam state of parameter {}", p.name),
                         format!("{:?}", m.shape()),
                         p.value.shape(),
-                    )
-                });
-            } else {
-                adam_update(&cfg, t, &mut p.value, &p.grad, m, v);
+                    ))
+                }
+                Some(_) => {}
+                None => self
+                    .moments
+                    .push((ArrayD::zeros(p.value.raw_dim()), ArrayD::zeros(p.value.raw_dim()))),
             }
-            i += 1;
-        });
-        err.map_or(Ok(()), Err)
+        }
+        self.step += 1;
+        let update = AdamUpdate::new(&self.config, self.step);
+        let mut chunks = Vec::new();
+        for (p, (m, v)) in params.iter_mut().zip(&mut self.moments) {
+            let layouts = [
+                p.value.is_standard_layout(),
+                p.grad.is_standard_layout(),
+                m.is_standard_layout(),
+                v.is_standard_layout(),
+            ];
+            if !layouts.iter().all(|&l| l) {
+                Zip::from(&mut p.value)
+                    .and(&p.grad)
+                    .and(m)
+                    .and(v)
+                    .for_each(|p, &g, m, v| update.one(p, g, m, v));
+                continue;
+            }
+            let c = tuning::PARAM_PAR_CHUNK;
+            let standard = "standard layout";
+            let (pv, g) = (
+                p.value.as_slice_mut().expect(standard),
+                p.grad.as_slice().expect(standard),
+            );
+            let (m, v) = (m.as_slice_mut().expect(standard), v.as_slice_mut().expect(standard));
+            chunks.extend(
+                pv.chunks_mut(c)
+                    .zip(g.chunks(c))
+                    .zip(m.chunks_mut(c))
+                    .zip(v.chunks_mut(c)),
+            );
+        }
+        if split {
+            use rayon::prelude::*;
+            chunks
+                .into_par_iter()
+                .for_each(|(((p, g), m), v)| update.run(p, g, m, v));
+        } else {
+            chunks.into_iter().for_each(|(((p, g), m), v)| update.run(p, g, m, v));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::Linear;
+    use rand::SeedableRng;
+
+    fn two_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+            .install(f)
+    }
+
+    fn random_grads(layer: &mut Linear<f64>, seed: u64) {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        layer.visit_params(&mut |p| p.grad.mapv_inplace(|_| f64::sample_normal(&mut rng)));
+    }
+
+    /// The whole-model pass (its 180,000-entry weight cut over two threads) gives every
+    /// parameter the bits that `adam_update` gives it alone, step after step.
+    #[test]
+    fn one_pass_over_all_parameters_matches_the_update_of_each() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut layer = Linear::<f64>::new("l", 600, 300, true, &mut rng);
+        let mut want = layer.clone();
+        let cfg = AdamConfig::new(1e-2).weight_decay(1e-3);
+        let mut opt = Adam::new(cfg);
+        let mut moments: Vec<Moments<f64>> = Vec::new();
+        want.visit_params(&mut |p| moments.push((ArrayD::zeros(p.value.raw_dim()), ArrayD::zeros(p.value.raw_dim()))));
+        for t in 1..=3 {
+            random_grads(&mut layer, t);
+            random_grads(&mut want, t);
+            two_threads(|| opt.step(&mut layer)).unwrap();
+            let mut i = 0;
+            want.visit_params(&mut |p| {
+                let (m, v) = &mut moments[i];
+                adam_update(&cfg, t, &mut p.value, &p.grad, m, v);
+                i += 1;
+            });
+        }
+        let (mut got, mut expected) = (Vec::new(), Vec::new());
+        layer.visit_params(&mut |p| got.push((p.name.clone(), p.value.clone())));
+        want.visit_params(&mut |p| expected.push((p.name.clone(), p.value.clone())));
+        assert_eq!(got, expected);
+        assert_eq!(opt.steps(), 3);
+    }
+
+    /// A NaN gradient, or moments of another shape, is an error naming the parameter,
+    /// and the model, the moments and the step count stay as they were.
+    #[test]
+    fn a_bad_gradient_or_state_updates_nothing() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut layer = Linear::<f64>::new("l", 4, 3, true, &mut rng);
+        let mut opt = Adam::new(AdamConfig::new(1e-2));
+        random_grads(&mut layer, 1);
+        opt.step(&mut layer).unwrap();
+        let before = layer.clone();
+        let state = opt.state().1.to_vec();
+        random_grads(&mut layer, 2);
+        layer.bias.as_mut().unwrap().grad[[1]] = f64::NAN;
+        let err = opt.step(&mut layer).unwrap_err().to_string();
+        assert!(err.contains("l.bias"), "{err}");
+        assert_eq!(layer.weight.value, before.weight.value);
+        assert_eq!(opt.steps(), 1);
+        assert_eq!(opt.state().1, &state[..]);
+
+        random_grads(&mut layer, 3);
+        let mut wrong = state.clone();
+        wrong[1] = (ArrayD::zeros(ndarray::IxDyn(&[4])), ArrayD::zeros(ndarray::IxDyn(&[4])));
+        opt.set_state(1, wrong);
+        let err = opt.step(&mut layer).unwrap_err().to_string();
+        assert!(err.contains("Adam state of parameter l.bias"), "{err}");
+        assert_eq!(layer.weight.value, before.weight.value);
+        assert_eq!(opt.steps(), 1);
     }
 }

@@ -75,3 +75,29 @@ impl<F: Float> Param<F> {
         Param::new(name, value)
     }
 }
+
+/// The parameters of `model` moved out, in visiting order (names, values and gradients:
+/// no copies), so that one pass over the thread pool can cover all of them at once;
+/// [`restore_params`] moves them back. Until then `model` holds empty arrays.
+pub(crate) fn take_params<F: Float, M: super::Module<F> + ?Sized>(model: &mut M) -> Vec<Param<F>> {
+    let mut out = Vec::new();
+    model.visit_params(&mut |p| {
+        out.push(Param {
+            name: std::mem::take(&mut p.name),
+            value: std::mem::take(&mut p.value),
+            grad: std::mem::take(&mut p.grad),
+        })
+    });
+    out
+}
+
+/// Moves parameters taken with [`take_params`] back into `model`, in visiting order.
+pub(crate) fn restore_params<F: Float, M: super::Module<F> + ?Sized>(model: &mut M, params: Vec<Param<F>>) {
+    let mut it = params.into_iter();
+    model.visit_params(&mut |p| *p = it.next().expect("the parameters taken from this model"));
+}
+
+/// Whether a pass over all of `params` (each entry touched once) is split over threads.
+pub(crate) fn split_params_pass<F>(params: &[Param<F>]) -> bool {
+    split_light_pass(params.iter().map(|p| p.value.len()).sum())
+}
