@@ -157,11 +157,6 @@ fn run() -> latent::Result<()> {
     }
     let (k, passes, seed): (usize, usize, u64) = (flags.get("k"), flags.get("passes"), flags.get("seed"));
     let (model, objective_name) = (flags.raw("model"), flags.raw("objective"));
-    if objective_name == "dreg" && model == "two" {
-        return Err(Error::InvalidArgument(
-            "--objective dreg: the one-layer model only".into(),
-        ));
-    }
     if model != "one" && model != "two" {
         return Err(Error::InvalidArgument(format!("--model {model}: expected one or two")));
     }

@@ -1,7 +1,7 @@
 """Burda, Grosse & Salakhutdinov (2015), Table 1's protocol in PyTorch, the same-protocol
 reference for latent's `examples/iwae_paper.rs` (docs/iwae-paper.md):
 
-    python scripts/torch_iwae_paper.py --model one --objective vae|iwae|dreg --k K \
+    python scripts/torch_iwae_paper.py --model one|two --objective vae|iwae|dreg --k K \
         --passes P [--seed S --eval-k 5000 --eval-images N --out DIR --resume PATH]
 
 - data: MNIST from data/mnist; every training batch binarized afresh (Bernoulli of the
@@ -13,8 +13,7 @@ reference for latent's `examples/iwae_paper.rs` (docs/iwae-paper.md):
   100-200-200-784), Glorot-uniform weights and zero biases, as `scripts/torch_interop.py`'s
   fixtures name them.
 - training: Adam (0.9, 0.999, eps 1e-4), batch 20; pass i runs 3^i epochs at
-  1e-3 * 10^(-i/7); the k-sample ELBO, IWAE, or IWAE with the DReG encoder gradient
-  (one layer only).
+  1e-3 * 10^(-i/7); the k-sample ELBO, IWAE, or IWAE with the DReG encoder gradient.
 - a checkpoint after every pass (`--out/torch_iwae_paper_*.pt`), `--resume` to go on;
   at the end the IWAE-`eval-k` log-likelihood on the test images, its standard error, the
   test ELBO and the active units (first stochastic layer), appended to
@@ -103,16 +102,23 @@ class TwoLayers(nn.Module):
         self.p_x = mlp([100, 200, 200, 784])
 
     def log_w(self, x, k, stop_q=False):
-        if stop_q:
-            raise ValueError("DReG: the one-layer model only")
+        """log w [b, k]; with `stop_q` both log q terms take q's parameters detached
+        (DReG): h1 and h2 keep their dependence through the samples, h1 also through
+        q_h2's network."""
         mu1, lv1 = self.q_h1(x)
         h1 = mu1[:, None] + torch.exp(0.5 * lv1)[:, None] * torch.randn(x.shape[0], k, 100)
         mu2, lv2 = self.q_h2(h1)
         h2 = mu2 + torch.exp(0.5 * lv2) * torch.randn_like(mu2)
+        if stop_q:
+            q_mu1, q_lv1 = mu1.detach(), lv1.detach()
+            fixed = {n: p.detach() for n, p in self.q_h2.named_parameters()}
+            q_mu2, q_lv2 = torch.func.functional_call(self.q_h2, fixed, (h1,))
+        else:
+            q_mu1, q_lv1, q_mu2, q_lv2 = mu1, lv1, mu2, lv2
         mp, lvp = self.p_h1(h2)
         log_w = (log_bernoulli(x[:, None], self.p_x(h1)) + log_normal(h1, mp, lvp)
-                 + log_normal(h2, 0.0, torch.zeros(())) - log_normal(h1, mu1[:, None], lv1[:, None])
-                 - log_normal(h2, mu2, lv2))
+                 + log_normal(h2, 0.0, torch.zeros(())) - log_normal(h1, q_mu1[:, None], q_lv1[:, None])
+                 - log_normal(h2, q_mu2, q_lv2))
         return log_w, mu1
 
 
@@ -133,7 +139,7 @@ def loss(model, x, objective, k):
 def train_pass(model, opt, train, objective, k, epochs, lr):
     for g in opt.param_groups:
         g["lr"] = lr
-    enc_params = [p for n, p in model.named_parameters() if n.startswith(("encoder", "fc_"))]
+    enc_params = [p for n, p in model.named_parameters() if n.startswith(("encoder", "fc_", "q_h1", "q_h2"))]
     for _ in range(epochs):
         t = time.time()
         total = 0.0

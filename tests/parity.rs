@@ -538,8 +538,9 @@ fn model_mlp_vae<F: Float>(fx: &Fixture, r: &mut Report) {
     });
 }
 
-/// Burda et al.'s two-stochastic-layer VAE on the ELBO or IWAE: the log-weights, the
-/// loss and every gradient by name.
+/// Burda et al.'s two-stochastic-layer VAE on the ELBO, IWAE or IWAE with the DReG
+/// encoder gradient: the log-weights (and DReG's normalised weights), the loss and every
+/// gradient by name.
 fn model_hvae2<F: Float>(fx: &Fixture, r: &mut Report) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let n = |key: &str| fx.setting_f64(key) as usize;
@@ -559,10 +560,15 @@ fn model_hvae2<F: Float>(fx: &Fixture, r: &mut Report) {
     let objective = match fx.setting_str("objective").as_str() {
         "elbo" => vae::Objective::Elbo { samples: k, beta: 1.0 },
         "iwae" => vae::Objective::Iwae { samples: k },
+        "iwae_dreg" => vae::Objective::IwaeDreg { samples: k },
         other => panic!("{}: unknown objective {other}", fx.file),
     };
     let log_w = m.log_weights(x.view(), eps1.view(), eps2.view()).unwrap();
-    r.check(&fx.file, "log_w", &log_w.into_dyn(), &fx.get("log_w"));
+    r.check(&fx.file, "log_w", &log_w.clone().into_dyn(), &fx.get("log_w"));
+    if fx.has("w_tilde") {
+        let w = vae::log_mean_exp_backward(log_w.view(), ndarray::Array1::ones(b).view()).unwrap();
+        r.check(&fx.file, "w_tilde", &w.into_dyn(), &fx.get("w_tilde"));
+    }
     let out = m.loss_and_grad(x.view(), eps1.view(), eps2.view(), objective).unwrap();
     r.scalar(&fx.file, "loss", out.loss, scalar_of(fx, "loss"));
     check_grads(fx, r, &mut m);

@@ -818,6 +818,101 @@ fn two_layer_vae_gradients_match_finite_differences() {
     assert!(bad.unwrap_err().to_string().contains("eps2"));
 }
 
+/// The two-layer model's DReG gradient against central differences in f64. Its encoder
+/// part is the gradient of a surrogate, `-mean_b sum_k c_k l_k`, with `c = w~^2` fixed at
+/// the current parameters and `l_k` the log-weight of sample k with q's parameters fixed
+/// (at their current values) inside both `log q` terms, while the samples `h1`, `h2` move
+/// with the encoder's parameters; its decoder part is IWAE's, checked against the loss.
+#[test]
+fn two_layer_dreg_gradients_match_finite_differences_of_their_surrogate() {
+    use latent::models::{GaussianMlp, Hvae2};
+    use latent::nn::{Layer, Mode};
+    use ndarray::{Array2, ArrayView2, Axis, Ix2};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(66);
+    let mut m = Hvae2::<f64>::new([1, 3, 4], (7, 5), (6, 3), &mut rng).unwrap();
+    jitter(&mut m, 67);
+    let (b, k) = (3, 4);
+    let x = rand_array(&[b, 1, 3, 4], 68)
+        .mapv(|v| if v > 0.0 { 1.0 } else { 0.0 })
+        .into_dimensionality::<Ix4>()
+        .unwrap();
+    let (eps1, eps2) = (arr3([b, k, 5], 69), arr3([b, k, 3], 70));
+    let gaussian = |g: &mut GaussianMlp<f64>, input: Array2<f64>| {
+        let h = g.net.forward(input.into_dyn(), Mode::Eval).unwrap();
+        let q = g
+            .heads
+            .forward(h.into_dimensionality::<Ix2>().unwrap().view(), Mode::Eval)
+            .unwrap();
+        (q.mu, q.logvar)
+    };
+    // sum over the last axis of log N(v; mu, e^lv), rows of [m, c].
+    let log_normal = |v: ArrayView2<f64>, mu: ArrayView2<f64>, lv: ArrayView2<f64>| {
+        let t = (&v - &mu).mapv(|d| d * d) * lv.mapv(|l| (-l).exp());
+        (lv.mapv(|l| -0.5 * (2.0 * std::f64::consts::PI).ln() - 0.5 * l) - t * 0.5).sum_axis(Axis(1))
+    };
+    let x2 = x.to_shape((b, 12)).unwrap().to_owned();
+    // l [b, k]: samples from `path`'s encoder, q's densities from `fixed`'s.
+    let surrogate_terms = |path: &mut Hvae2<f64>, fixed: &mut Hvae2<f64>| {
+        let (mu1, lv1) = gaussian(&mut path.q_h1, x2.clone());
+        let mut h1 = Array2::zeros((b * k, 5));
+        for ((r, c), v) in h1.indexed_iter_mut() {
+            let (i, j) = (r / k, r % k);
+            *v = mu1[[i, c]] + (0.5 * lv1[[i, c]]).exp() * eps1[[i, j, c]];
+        }
+        let (mu2, lv2) = gaussian(&mut path.q_h2, h1.clone());
+        let e2 = eps2.to_shape((b * k, 3)).unwrap();
+        let h2 = &mu2 + &(lv2.mapv(|l| (0.5 * l).exp()) * &e2);
+        let (mp, lvp) = gaussian(&mut path.p_h1, h2.clone());
+        let logits = path.p_x.forward(h1.clone().into_dyn(), Mode::Eval).unwrap();
+        let logits = logits.into_shape_with_order((b, k, 12)).unwrap();
+        let ll = vae::log_likelihood(vae::Likelihood::BernoulliLogits, x2.view(), logits.view()).unwrap();
+        let (fmu1, flv1) = gaussian(&mut fixed.q_h1, x2.clone());
+        let rep = |a: &Array2<f64>| Array2::from_shape_fn((b * k, a.ncols()), |(r, c)| a[[r / k, c]]);
+        let (fmu2, flv2) = gaussian(&mut fixed.q_h2, h1.clone());
+        let zeros = Array2::zeros((b * k, 3));
+        let rest = log_normal(h1.view(), mp.view(), lvp.view()) + log_normal(h2.view(), zeros.view(), zeros.view())
+            - log_normal(h1.view(), rep(&fmu1).view(), rep(&flv1).view())
+            - log_normal(h2.view(), fmu2.view(), flv2.view());
+        ll + rest.into_shape_with_order((b, k)).unwrap()
+    };
+    let mut base = m.clone();
+    let log_w = m.log_weights(x.view(), eps1.view(), eps2.view()).unwrap();
+    let l0 = surrogate_terms(&mut base.clone(), &mut base);
+    let start = (&l0 - &log_w).mapv(f64::abs).fold(0.0, |a: f64, &d| a.max(d));
+    assert!(
+        start < 1e-10,
+        "the surrogate's terms are the log-weights at the start: {start:e}"
+    );
+    let w = vae::log_mean_exp_backward(log_w.view(), ndarray::Array1::ones(b).view()).unwrap();
+    let c = w.mapv(|v| v * v);
+    m.loss_and_grad(x.view(), eps1.view(), eps2.view(), Objective::IwaeDreg { samples: k })
+        .unwrap();
+    let mut grads = Vec::new();
+    m.visit_params(&mut |p| grads.push((p.name.clone(), p.value.clone(), p.grad.clone())));
+    for (i, (name, value, grad)) in grads.into_iter().enumerate() {
+        let encoder = name.starts_with("q_");
+        let e = fd_check_h(&value, &grad, 5, H, |vp| {
+            let mut moved = base.clone();
+            let mut j = 0;
+            moved.visit_params(&mut |p| {
+                if j == i {
+                    p.value.assign(vp);
+                }
+                j += 1;
+            });
+            if encoder {
+                -(&c * &surrogate_terms(&mut moved, &mut base.clone())).sum() / b as f64
+            } else {
+                moved
+                    .loss_and_grad(x.view(), eps1.view(), eps2.view(), Objective::Iwae { samples: k })
+                    .unwrap()
+                    .loss
+            }
+        });
+        assert!(e < TOL, "two-layer DReG: d{name} {e:.2e}");
+    }
+}
+
 /// The conditional VAE: every parameter gradient against finite differences under each
 /// objective (the decoder's label columns repeated over each image's samples); each
 /// image's bound is its own, with its label, whatever the batch; labels of the wrong

@@ -5,9 +5,11 @@
 //! `log w = log p(x|h1) + log p(h1|h2) + log p(h2) - log q(h1|x) - log q(h2|h1)`,
 //!
 //! with `h1 = mu1 + sigma1 eps1` and `h2 = mu2(h1) + sigma2(h1) eps2`, all densities
-//! normalised. [`Hvae2::loss_and_grad`] writes the forward and the whole backward out.
+//! normalised. [`Hvae2::loss_and_grad`] writes the forward and the whole backward out,
+//! for the ELBO, IWAE, and IWAE with the doubly reparameterised encoder gradient (DReG,
+//! Tucker et al. 2018).
 
-use ndarray::{Array1, Array2, Array3, ArrayView2, ArrayView3, ArrayView4, Axis, Ix2};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayView3, ArrayView4, Axis, Ix2};
 use rand::Rng;
 
 use crate::nn::{Activation, ActivationLayer, Flatten, Layer, Linear, Mode, Module, Param, Sequential};
@@ -230,8 +232,9 @@ impl<F: Float> Hvae2<F> {
     }
 
     /// The loss `-bound` (averaged over the batch) of images `x` with noise `eps1`, `eps2`
-    /// under `objective` (the ELBO with beta 1, or IWAE, on the log-weights), then the
-    /// whole backward pass: parameter gradients are zeroed, then filled.
+    /// under `objective` (the ELBO with beta 1, IWAE, or IWAE with DReG's encoder
+    /// gradient, on the log-weights), then the whole backward pass: parameter gradients
+    /// are zeroed, then filled.
     pub fn loss_and_grad(
         &mut self,
         x: ArrayView4<F>,
@@ -241,11 +244,9 @@ impl<F: Float> Hvae2<F> {
     ) -> Result<Hvae2Loss<F>> {
         objective.validate()?;
         self.check(&x, &eps1, &eps2)?;
-        if matches!(objective, Objective::IwaeDreg { .. })
-            || matches!(objective, Objective::Elbo { beta, .. } if beta != 1.0)
-        {
+        if matches!(objective, Objective::Elbo { beta, .. } if beta != 1.0) {
             return Err(Error::InvalidArgument(
-                "two-layer VAE: the ELBO with beta 1 or IWAE".into(),
+                "two-layer VAE: the ELBO with beta 1, IWAE or IWAE with DReG".into(),
             ));
         }
         self.zero_grad();
@@ -259,7 +260,8 @@ impl<F: Float> Hvae2<F> {
         // d loss / d log_w: the bound's weights, over the batch.
         let scale = F::one() / F::lit(b as f64);
         let g = weights.mapv(|w| -scale * w);
-        self.backward(&fw, g.view())?;
+        let dreg = matches!(objective, Objective::IwaeDreg { .. });
+        self.backward(&fw, g.view(), dreg.then_some(weights.view()))?;
         Ok(Hvae2Loss { loss: -bound, bound })
     }
 
@@ -320,8 +322,10 @@ impl<F: Float> Hvae2<F> {
         })
     }
 
-    /// The backward pass from `g = d loss / d log_w` `[b, k]`.
-    fn backward(&mut self, fw: &Forward<F>, g: ArrayView2<F>) -> Result<()> {
+    /// The backward pass from `g = d loss / d log_w` `[b, k]`. With DReG's normalised
+    /// weights `dreg` (`w~` `[b, k]`), the encoder's gradient is DReG's instead
+    /// ([`Hvae2::dreg_sample_gradients`]); the decoder's is the same either way.
+    fn backward(&mut self, fw: &Forward<F>, g: ArrayView2<F>, dreg: Option<ArrayView2<F>>) -> Result<()> {
         let (b, k) = g.dim();
         let (n1, n2) = (self.h1, self.h2);
         let half = F::lit(0.5);
@@ -351,31 +355,85 @@ impl<F: Float> Hvae2<F> {
             }
         }
         let mut dh2 = self.p_h1.backward(dmu_p, dlv_p, true)?.expect("asked for dh2");
-        // log p(h2) = N(0, I): -h2; -log q(h2|h1) at its own sample: +1/2 per log variance.
-        let mut dlv2 = Array2::zeros((b * k, n2));
+        // log p(h2) = N(0, I): -h2.
         for r in 0..b * k {
             let gr = g_rows[r];
             for c in 0..n2 {
                 dh2[[r, c]] -= gr * fw.h2[[r, c]];
-                dlv2[[r, c]] = half * gr;
             }
+        }
+        let mut dlv2 = Array2::zeros((b * k, n2));
+        let mut dlv1 = Array2::zeros((b, n1));
+        match dreg {
+            None => {
+                // -log q(h2|h1) and -log q(h1|x) at their own samples: +1/2 per log
+                // variance (and per sample, for q(h1|x)'s).
+                dlv2.fill(half);
+                dlv2 *= &g_rows.view().insert_axis(Axis(1));
+                for i in 0..b {
+                    dlv1.row_mut(i).fill(half * g.row(i).sum());
+                }
+            }
+            Some(w) => self.dreg_sample_gradients(fw, g_rows.view(), w, &mut dh1, &mut dh2)?,
         }
         // h2 = mu2 + sigma2 eps2.
         let std2 = fw.q2.std();
         let dmu2 = dh2.clone();
         dlv2 += &(&dh2 * &std2 * &fw.eps2).mapv(|v| half * v);
         dh1 += &self.q_h2.backward(dmu2, dlv2, true)?.expect("asked for dh1");
-        // -log q(h1|x) at its own sample: +1/2 per log variance and sample; h1 = mu1 + sigma1 eps1.
+        // h1 = mu1 + sigma1 eps1.
         let dh1 = dh1.into_shape_with_order((b, k, n1)).expect("[b, k, h1]");
         let mut dmu1 = Array2::zeros((b, n1));
-        let mut dlv1 = Array2::zeros((b, n1));
-        for i in 0..b {
-            let gsum = g.row(i).sum();
-            dlv1.row_mut(i).fill(half * gsum);
-        }
         fw.q1
             .rsample_backward(fw.eps1.view(), dh1.view(), &mut dmu1, &mut dlv1)?;
         self.q_h1.backward(dmu1, dlv1, false)?;
+        Ok(())
+    }
+}
+
+impl<F: Float> Hvae2<F> {
+    /// DReG's gradients with respect to the samples (Tucker et al. 2018), in place of
+    /// IWAE's: `dh1`, `dh2` `[b k, h]` arrive holding the decoder's part of
+    /// `d loss / d h` (weighted by `g = -w~ / b`); they leave holding the gradient of
+    /// `-mean_b sum_k w~^2 log w` with respect to the samples, with q's parameters held
+    /// fixed inside `log q(h1|x)` and `log q(h2|h1)`. Those terms add, per sample,
+    /// `eps1 / sigma1` to `dh1`, `eps2 / sigma2` to `dh2`, and to `dh1` what `log q(h2|h1)`
+    /// sends back through q_h2's network (on a copy, so that the parameters' gradients
+    /// are not touched); then each sample's row is weighted by its `w~` once more. The
+    /// caller goes on down the samples' paths to the encoder's parameters, without
+    /// the score terms (the `1/2` per log variance) that IWAE's gradient has.
+    fn dreg_sample_gradients(
+        &self,
+        fw: &Forward<F>,
+        g_rows: ArrayView1<F>,
+        w: ArrayView2<F>,
+        dh1: &mut Array2<F>,
+        dh2: &mut Array2<F>,
+    ) -> Result<()> {
+        let (b, k) = w.dim();
+        let half = F::lit(0.5);
+        let (std1, std2) = (fw.q1.std(), fw.q2.std());
+        // -log q(h2|h1), q_h2's parameters fixed: to h2 directly, and to h1 through the
+        // network's mean and log variance.
+        let mut dmu2 = Array2::zeros(dh2.raw_dim());
+        let mut dlv2 = Array2::zeros(dh2.raw_dim());
+        for ((r, c), e) in fw.eps2.indexed_iter() {
+            let gr = g_rows[r];
+            dh2[[r, c]] += gr * *e / std2[[r, c]];
+            dmu2[[r, c]] = -gr * *e / std2[[r, c]];
+            dlv2[[r, c]] = gr * (half - half * *e * *e);
+        }
+        let mut q_h2 = self.q_h2.clone();
+        *dh1 += &q_h2.backward(dmu2, dlv2, true)?.expect("asked for dh1");
+        // -log q(h1|x), q_h1's parameters fixed: to h1 directly.
+        for ((i, j, c), e) in fw.eps1.indexed_iter() {
+            let r = i * k + j;
+            dh1[[r, c]] += g_rows[r] * *e / std1[[i, c]];
+        }
+        // The encoder's weights are w~^2: each sample's row times its w~ once more.
+        let w_rows = w.to_shape(b * k).expect("[b, k]");
+        *dh1 *= &w_rows.view().insert_axis(Axis(1));
+        *dh2 *= &w_rows.view().insert_axis(Axis(1));
         Ok(())
     }
 }
