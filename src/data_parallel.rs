@@ -76,14 +76,10 @@ impl<M: ?Sized> DataParallel<M> {
     where
         M: Module<F> + Send,
     {
-        let Some((first, rest)) = parts.split_first() else {
-            return Ok(Vec::new());
-        };
-        if rest.is_empty() {
-            return Ok(vec![on_model(model, first.clone())?]);
+        let copies = parts.len().saturating_sub(1);
+        if copies > 0 {
+            self.sync_params(model, copies)?;
         }
-        assert!(rest.len() <= self.replicas.len(), "more parts than copies");
-        self.sync_params(model, rest.len())?;
         self.run_synced(model, parts, on_model, on_copy)
     }
 
@@ -130,6 +126,7 @@ impl<M: ?Sized> DataParallel<M> {
     where
         M: Module<F>,
     {
+        assert!(copies <= self.replicas.len(), "more parts than copies");
         let src = take_params(model);
         let mut dsts: Vec<_> = self.replicas[..copies]
             .iter_mut()

@@ -160,8 +160,6 @@ fn exp_f32(x: f32) -> f32 {
 /// NaN gives NaN, infinity gives infinity.
 #[inline(always)]
 fn ln_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4; // 355/512, exact times any exponent
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let sub = x < f32::MIN_POSITIVE;
     let xs = if sub { x * 8_388_608.0 } else { x };
     let bits = xs.to_bits();
@@ -170,18 +168,7 @@ fn ln_f32(x: f32) -> f32 {
     let big = m > std::f32::consts::SQRT_2;
     let f = if big { m * 0.5 } else { m } - 1.0;
     let e = (e + big as i32) as f32;
-    let z = f * f;
-    let p = 7.037_683_6e-2_f32;
-    let p = p * f - 1.151_461e-1;
-    let p = p * f + 1.167_699_9e-1;
-    let p = p * f - 1.242_014_1e-1;
-    let p = p * f + 1.424_932_3e-1;
-    let p = p * f - 1.666_805_8e-1;
-    let p = p * f + 2.000_071_4e-1;
-    let p = p * f - 2.499_999_4e-1;
-    let p = p * f + 3.333_333e-1;
-    let y = p * f * z + e * LN2_LO - 0.5 * z;
-    let r = f + y + e * LN2_HI;
+    let r = ln_reduced_f32(f, e, 0.0);
     let r = if x == 0.0 { f32::NEG_INFINITY } else { r };
     let r = if x == f32::INFINITY { f32::INFINITY } else { r };
     // `!(x >= 0)` is true below zero and for NaN.
@@ -217,8 +204,6 @@ fn ln_1p_f32(x: f32) -> f32 {
 /// `c 2^{-e} (1 - f + f^2)`, within a fraction of an ulp as `|c| <= 2^{-24}`. NaN gives NaN.
 #[inline(always)]
 fn ln_1p_unit_f32(y: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let u = 1.0 + y;
     let c = y - (u - 1.0);
     let big = u > std::f32::consts::SQRT_2;
@@ -226,6 +211,17 @@ fn ln_1p_unit_f32(y: f32) -> f32 {
     let c = if big { c * 0.5 } else { c };
     let e = if big { 1.0 } else { 0.0 };
     let f = m - 1.0;
+    ln_reduced_f32(f, e, c * (1.0 - f + f * f))
+}
+
+/// `e ln 2 + ln(1 + f)` for `f` in `[sqrt(1/2) - 1, sqrt(2) - 1]` and a whole `e`, plus
+/// `tail`, a correction far below the result's ulp added among the small terms: Cephes'
+/// degree-9 polynomial for `ln(1 + f)`, and `e ln 2` in two parts (Cody-Waite), the
+/// larger added last.
+#[inline(always)]
+fn ln_reduced_f32(f: f32, e: f32, tail: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4; // 355/512, exact times any exponent
+    const LN2_LO: f32 = -2.121_944_4e-4;
     let z = f * f;
     let p = 7.037_683_6e-2_f32;
     let p = p * f - 1.151_461e-1;
@@ -236,7 +232,7 @@ fn ln_1p_unit_f32(y: f32) -> f32 {
     let p = p * f + 2.000_071_4e-1;
     let p = p * f - 2.499_999_4e-1;
     let p = p * f + 3.333_333e-1;
-    let y = p * f * z + e * LN2_LO - 0.5 * z + c * (1.0 - f + z);
+    let y = p * f * z + e * LN2_LO - 0.5 * z + tail;
     f + y + e * LN2_HI
 }
 
