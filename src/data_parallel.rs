@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::nn::param::{restore_params, split_params_pass, take_params};
+use crate::nn::param::{for_each_chunk, restore_params, split_params_pass, take_params};
 use crate::nn::{Module, Param};
 use crate::tuning;
 pub use crate::tuning::MIN_PART;
@@ -149,12 +149,9 @@ impl<M: ?Sized> DataParallel<M> {
                     );
                 }
             }
-            let copy = |(d, s): (&mut [F], &[F])| d.copy_from_slice(s);
-            if split_params_pass(&src) {
-                chunks.into_par_iter().for_each(copy);
-            } else {
-                chunks.into_iter().for_each(copy);
-            }
+            for_each_chunk(chunks, split_params_pass(&src), |(d, s): (&mut [F], &[F])| {
+                d.copy_from_slice(s)
+            });
         }
         for (copy, dst) in self.replicas.iter_mut().zip(dsts) {
             restore_params(copy.as_mut(), dst);
@@ -217,16 +214,11 @@ fn add_grads<F: Float, N: Module<F> + ?Sized, M: Module<F> + ?Sized>(model: &mut
             }
         }
     }
-    let add = |(g, from): (&mut [F], Vec<&[F]>)| {
+    for_each_chunk(chunks, split, |(g, from): (&mut [F], Vec<&[F]>)| {
         for c in from {
             g.iter_mut().zip(c).for_each(|(g, &c)| *g += c);
         }
-    };
-    if split {
-        chunks.into_par_iter().for_each(add);
-    } else {
-        chunks.into_iter().for_each(add);
-    }
+    });
     for (copy, p) in copies.iter_mut().zip(parts) {
         restore_params(copy.as_mut(), p);
     }

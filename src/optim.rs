@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, Zip};
 
-use crate::nn::param::{restore_params, split_light_pass, split_params_pass, take_params};
+use crate::nn::param::{for_each_chunk, restore_params, split_light_pass, split_params_pass, take_params};
 use crate::nn::{Module, Param};
 use crate::tuning;
 use crate::{Error, Float, Result};
@@ -240,14 +240,7 @@ impl<F: Float> Adam<F> {
                     .zip(v.chunks_mut(c)),
             );
         }
-        if split {
-            use rayon::prelude::*;
-            chunks
-                .into_par_iter()
-                .for_each(|(((p, g), m), v)| update.run(p, g, m, v));
-        } else {
-            chunks.into_iter().for_each(|(((p, g), m), v)| update.run(p, g, m, v));
-        }
+        for_each_chunk(chunks, split, |(((p, g), m), v)| update.run(p, g, m, v));
         Ok(())
     }
 }

@@ -101,3 +101,14 @@ pub(crate) fn restore_params<F: Float, M: super::Module<F> + ?Sized>(model: &mut
 pub(crate) fn split_params_pass<F>(params: &[Param<F>]) -> bool {
     split_light_pass(params.iter().map(|p| p.value.len()).sum())
 }
+
+/// Runs `f` on every chunk of a whole-model pass, over the thread pool when `split`
+/// ([`split_params_pass`]), else on the calling thread.
+pub(crate) fn for_each_chunk<T: Send>(chunks: Vec<T>, split: bool, f: impl Fn(T) + Sync + Send) {
+    if split {
+        use rayon::prelude::*;
+        chunks.into_par_iter().for_each(f);
+    } else {
+        chunks.into_iter().for_each(f);
+    }
+}

@@ -125,55 +125,35 @@ pub fn log_likelihood_backward<F: Float>(
         ));
     }
     let two = F::lit(2.0);
-    // Row by row (no zero-fill of the whole array first), from slices where the rows are
-    // contiguous, so that the per-pixel terms vectorise.
-    let mut dmean = Vec::with_capacity(b * n * d);
+    let mut dmean = Array3::zeros((b, n, d));
     let mut dlog_sig = F::zero();
     for i in 0..b {
         let xi = x.row(i);
-        let mi = mean.index_axis(Axis(0), i);
         for j in 0..n {
             let g = dll[[i, j]];
-            let m = mi.row(j);
-            let out = &mut dmean;
+            let m = mean.index_axis(Axis(0), i);
+            let m = m.row(j);
+            let mut dm = dmean.index_axis_mut(Axis(0), i);
+            let dm = dm.row_mut(j);
+            let z = Zip::from(dm).and(&xi).and(&m);
             match like {
                 Likelihood::Gaussian { log_sig_x, .. } => {
                     let inv_var = (-(log_sig_x + log_sig_x)).exp();
-                    push_row(out, xi, m, |x, m| g * (x - m) * inv_var);
-                    let sse = row_sum(xi, m, |x, m| (x - m) * (x - m));
+                    let mut sse = F::zero();
+                    z.for_each(|o, &x, &m| {
+                        *o = g * (x - m) * inv_var;
+                        sse += (x - m) * (x - m);
+                    });
                     // d/d log s of -(sse / 2) e^{-2 log s} - d log s.
                     dlog_sig += g * (sse * inv_var - F::lit(d as f64));
                 }
-                Likelihood::SquaredError => push_row(out, xi, m, |x, m| g * two * (x - m)),
-                Likelihood::Bernoulli => push_row(out, xi, m, |x, p| -g * bce_elem_grad(p, x)),
-                Likelihood::BernoulliLogits => push_row(out, xi, m, |x, l| -g * (sigmoid(l) - x)),
+                Likelihood::SquaredError => z.for_each(|o, &x, &m| *o = g * two * (x - m)),
+                Likelihood::Bernoulli => z.for_each(|o, &x, &p| *o = -g * bce_elem_grad(p, x)),
+                Likelihood::BernoulliLogits => z.for_each(|o, &x, &l| *o = -g * (sigmoid(l) - x)),
             }
         }
     }
-    let dmean = Array3::from_shape_vec((b, n, d), dmean).expect("b * n rows of d pixels");
     Ok((dmean, dlog_sig))
-}
-
-/// Appends `f(x[k], m[k])` for every pixel `k` of a row to `out`. The row is zeroed
-/// first while it is in cache (a few nanoseconds), so that the loop that fills it is a
-/// plain one over slices, which vectorises where `extend` over a map did not.
-#[inline(always)]
-fn push_row<F: Float>(out: &mut Vec<F>, x: ArrayView1<F>, m: ArrayView1<F>, f: impl Fn(F, F) -> F) {
-    let start = out.len();
-    out.resize(start + x.len(), F::zero());
-    let row = &mut out[start..];
-    match (x.as_slice(), m.as_slice()) {
-        (Some(a), Some(b)) => {
-            for ((o, &x), &m) in row.iter_mut().zip(a).zip(b) {
-                *o = f(x, m);
-            }
-        }
-        _ => {
-            for ((o, &x), &m) in row.iter_mut().zip(x).zip(m) {
-                *o = f(x, m);
-            }
-        }
-    }
 }
 
 /// The CIS-522 `log_p_x`: the notebook-form Gaussian log-likelihood summed over pixels,
